@@ -1,0 +1,1 @@
+"""Growing NCA studio: the NCA core (`backend.nca`) and the services built on it."""

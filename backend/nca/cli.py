@@ -1,0 +1,191 @@
+"""`python -m backend.nca {train,grow,import-distill}`: the core without the web service."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from . import modelfile
+from .distill import DistillFormatError, import_distill
+from .render import growth_frames, save_gif, save_strip
+from .target import TARGET_PADDING, TARGET_SIZE, TargetError, TargetOptions, load_target
+from .train import EXPERIMENTS, Progress, TrainConfig, Trainer, TrainingFailed
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    p.add_argument("image", type=Path, help="target image (PNG, JPEG, WebP, GIF, BMP)")
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    p.add_argument("--experiment", choices=list(EXPERIMENTS), default=defaults.experiment)
+    p.add_argument("--size", type=int, default=TARGET_SIZE, help="max side of the target in cells")
+    p.add_argument("--padding", type=int, default=TARGET_PADDING, help="empty cells around the target")
+    p.add_argument("--key-background", action="store_true",
+                   help="make the border colour transparent (for images without alpha)")
+    for name in ("iterations", "batch_size", "pool_size", "min_steps", "max_steps", "lr_decay_at",
+                 "damage_count", "channels", "hidden", "seed", "checkpoint_every"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
+                       if name != "damage_count" else None)
+    for name in ("lr", "lr_decay", "fire_rate"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs (loss, growth video) here")
+    p.add_argument("--video-every", type=int, default=500, help="iterations between growth videos")
+
+
+def _gif_summary(tag: str, frames: list, step: int):
+    """A TensorBoard image summary holding an animated GIF (what SummaryWriter.add_video makes)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    buf = io.BytesIO()
+    save_gif(frames, buf, scale=2)
+    h, w = frames[0].shape[:2]
+    image = Summary.Image(height=h * 2, width=w * 2, colorspace=3, encoded_image_string=buf.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    options = TargetOptions(args.size, args.padding, args.key_background)
+    target = load_target(args.image, options)
+    config = TrainConfig.from_dict(vars(args))
+    device = pick_device(args.device)
+    resume = modelfile.load(args.out) if args.resume and args.out.exists() else None
+    trainer = Trainer(target, config, device, resume=resume, name=args.image.stem,
+                      target_size=args.size, padding=args.padding)
+    writer = None
+    if args.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(args.tensorboard))
+        writer.add_image("target", torch.from_numpy(_rgb_target(target)), dataformats="HWC")
+    bar = tqdm(total=config.iterations, initial=trainer.iteration, unit="it", dynamic_ncols=True)
+
+    def on_progress(p: Progress) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{p.loss:.5f}", lr=f"{p.lr:.0e}")
+        if writer is not None:
+            writer.add_scalar("loss", p.loss, p.iteration)
+            writer.add_scalar("log10_loss", math.log10(max(p.loss, 1e-12)), p.iteration)
+            if p.iteration % args.video_every == 0 or p.iteration == p.total:
+                frames = growth_frames(trainer.model, trainer.height, trainer.width, 300, every=3)
+                writer._get_file_writer().add_summary(_gif_summary("growth", frames, p.iteration), p.iteration)
+
+    def on_checkpoint(mf: modelfile.ModelFile) -> None:
+        modelfile.save(mf, args.out)
+
+    try:
+        result = trainer.run(on_progress=on_progress, on_checkpoint=on_checkpoint)
+    except KeyboardInterrupt:
+        modelfile.save(trainer.export(), args.out)
+        print(f"\ninterrupted at iteration {trainer.iteration}; saved {args.out} (resume with --resume)")
+        return 130
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    print(f"{result.status} after {result.iteration} iterations, loss {result.loss:.6f} on {device}; wrote {args.out}")
+    return 0
+
+
+def _rgb_target(target: torch.Tensor):
+    from .render import rgb8
+
+    return rgb8(target)  # the target is an RGBA state: render it like one
+
+
+def cmd_grow(args: argparse.Namespace) -> int:
+    mf = modelfile.load(args.model, map_location=pick_device(args.device))
+    height = args.height or mf.info.grid_height
+    width = args.width or mf.info.grid_width
+    generator = torch.Generator(next(mf.model.parameters()).device).manual_seed(args.seed)
+    damage = None
+    if args.damage_at is not None:
+        cx, cy = (width / 2, height / 2) if args.damage_center is None else args.damage_center
+        radius = args.damage_radius if args.damage_radius is not None else min(height, width) / 5
+        damage = (cx, cy, radius)
+    frames = growth_frames(mf.model, height, width, args.steps, every=args.frame_every,
+                           angle=math.radians(args.angle), damage_at=args.damage_at, damage=damage,
+                           generator=generator)
+    if args.out.suffix.lower() == ".gif":
+        save_gif(frames, args.out, scale=args.scale, frame_ms=args.frame_ms)
+    elif args.out.suffix.lower() == ".png":
+        save_strip(frames, args.out, scale=args.scale)
+    else:
+        raise SystemExit("--out must end in .gif or .png")
+    print(f"wrote {len(frames)} frames ({height}x{width} cells, {args.steps} steps) to {args.out}")
+    return 0
+
+
+def cmd_import_distill(args: argparse.Namespace) -> int:
+    mf = import_distill(args.json)
+    modelfile.save(mf, args.out)
+    print(f"imported {args.json.name} ({mf.info.experiment}, {mf.model.parameter_count()} parameters) to {args.out}")
+    return 0
+
+
+def _center(text: str) -> tuple[float, float]:
+    x, _, y = text.partition(",")
+    return float(x), float(y)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nca", description="Growing Neural Cellular Automata")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model on a target image")
+    _add_train_args(train)
+    train.set_defaults(func=cmd_train)
+
+    grow = sub.add_parser("grow", help="render growth from the seed as a GIF or PNG strip")
+    grow.add_argument("model", type=Path)
+    grow.add_argument("--steps", type=int, required=True)
+    grow.add_argument("--out", type=Path, required=True, help="FILE.gif (animation) or FILE.png (strip)")
+    grow.add_argument("--frame-every", type=int, default=1, help="steps between frames")
+    grow.add_argument("--scale", type=int, default=4, help="integer upscaling factor (nearest neighbour)")
+    grow.add_argument("--frame-ms", type=int, default=40, help="GIF frame duration")
+    grow.add_argument("--angle", type=float, default=0.0, help="perception rotation in degrees")
+    grow.add_argument("--height", type=int, help="grid height (default: the model's grid)")
+    grow.add_argument("--width", type=int, help="grid width (default: the model's grid)")
+    grow.add_argument("--damage-at", type=int, help="erase a circle before this step")
+    grow.add_argument("--damage-center", type=_center, help="X,Y in cells (default: grid centre)")
+    grow.add_argument("--damage-radius", type=float, help="in cells (default: a fifth of the grid)")
+    grow.add_argument("--seed", type=int, default=0, help="random seed for the stochastic updates")
+    grow.add_argument("--device", default="cpu")
+    grow.set_defaults(func=cmd_grow)
+
+    imp = sub.add_parser("import-distill", help="convert a Distill article WebGL model JSON")
+    imp.add_argument("json", type=Path)
+    imp.add_argument("--out", type=Path, required=True)
+    imp.set_defaults(func=cmd_import_distill)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "steps", 1) < 0 or getattr(args, "frame_every", 1) < 1 or getattr(args, "scale", 1) < 1:
+        raise SystemExit("error: --steps must be >= 0, --frame-every and --scale >= 1")
+    try:
+        return args.func(args)
+    except (TargetError, modelfile.ModelFileError, DistillFormatError, TrainingFailed, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return 2
+

@@ -1,0 +1,106 @@
+"""Target images: load safely, thumbnail to a max side, premultiply, pad (nca-spec "Target")."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+TARGET_SIZE = 40  # longer side of the target after thumbnailing, in cells
+TARGET_PADDING = 16  # empty cells around the target on every side
+MIN_TARGET_SIZE, MAX_TARGET_SIZE = 8, 128
+MAX_PADDING = 64
+MIN_IMAGE_SIDE = 4  # a thinner image has nothing to learn
+MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels; more is treated as a decompression bomb
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+KEY_TOLERANCE = 24  # max per-channel difference (0-255) from the background colour to key out
+
+
+class TargetError(ValueError):
+    """The image cannot be used as a target; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    size: int = TARGET_SIZE
+    padding: int = TARGET_PADDING
+    key_background: bool = False  # make the border colour transparent (for opaque images)
+
+    def __post_init__(self) -> None:
+        if not MIN_TARGET_SIZE <= self.size <= MAX_TARGET_SIZE:
+            raise TargetError(f"target size must be between {MIN_TARGET_SIZE} and {MAX_TARGET_SIZE}")
+        if not 0 <= self.padding <= MAX_PADDING:
+            raise TargetError(f"padding must be between 0 and {MAX_PADDING}")
+
+
+def open_image(source: bytes | str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode the first frame of an image as RGBA, refusing bombs, truncation and odd formats."""
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp, formats=ALLOWED_FORMATS)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise TargetError(f"image is {width}x{height} pixels; at most {max_pixels:,} pixels are accepted")
+            img.seek(0)  # first frame of an animation
+            img.load()
+    except TargetError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise TargetError("image is too large when decoded (possible decompression bomb)") from exc
+    except UnidentifiedImageError as exc:
+        raise TargetError(f"not a readable image; upload one of: {', '.join(ALLOWED_FORMATS)}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise TargetError(f"image file is damaged or truncated ({exc})") from exc
+    if min(img.size) < MIN_IMAGE_SIDE:
+        raise TargetError(f"image is {img.width}x{img.height}; each side must be at least {MIN_IMAGE_SIDE} pixels")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    return img.convert("RGBA") if has_alpha else img.convert("RGB").convert("RGBA")
+
+
+def key_out_background(img: Image.Image, tolerance: int = KEY_TOLERANCE) -> Image.Image:
+    """Make pixels close to the most common border colour transparent."""
+    rgba = np.asarray(img, dtype=np.int16).copy()
+    border = np.concatenate([rgba[0], rgba[-1], rgba[:, 0], rgba[:, -1]])[:, :3]
+    colours, counts = np.unique(border, axis=0, return_counts=True)
+    background = colours[counts.argmax()]
+    close = np.abs(rgba[..., :3] - background).max(axis=-1) <= tolerance
+    rgba[close, 3] = 0
+    return Image.fromarray(rgba.astype(np.uint8), "RGBA")
+
+
+def prepare_target(img: Image.Image, options: TargetOptions = TargetOptions()) -> torch.Tensor:
+    """RGBA image -> padded, premultiplied target (4, H, W) float32 in [0, 1]."""
+    if options.key_background:
+        img = key_out_background(img)
+    img = img.copy()
+    img.thumbnail((options.size, options.size), Image.LANCZOS)  # keeps the aspect ratio
+    if min(img.size) < 2:
+        raise TargetError(f"image is too thin: it becomes {img.width}x{img.height} cells; use a less elongated image")
+    rgba = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    rgba[:3] *= rgba[3:4]
+    if rgba[3].max() <= 0.1:
+        raise TargetError("image is (almost) fully transparent: there is nothing to grow")
+    p = options.padding
+    return torch.nn.functional.pad(rgba, (p, p, p, p)).contiguous()
+
+
+def load_target(source: bytes | str | Path, options: TargetOptions = TargetOptions()) -> torch.Tensor:
+    return prepare_target(open_image(source), options)
+
+
+def target_to_png(target: torch.Tensor) -> bytes:
+    """The premultiplied RGBA target as an (un-premultiplied) RGBA PNG."""
+    rgba = target.detach().float().cpu().clamp(0, 1).clone()
+    alpha = rgba[3:4]
+    rgba[:3] = torch.where(alpha > 0, rgba[:3] / alpha.clamp_min(1e-6), torch.zeros_like(rgba[:3])).clamp(0, 1)
+    array = (rgba.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
