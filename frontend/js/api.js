@@ -1,0 +1,45 @@
+// Small fetch helpers for the REST API: JSON in, JSON out, and errors as plain sentences.
+
+/** An API answer that was not 2xx; `message` is the server's `detail`, ready to show a user. */
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** FastAPI validation errors are a list of {loc, msg}; turn them into "iterations: must be ≤ 20000". */
+function detailText(detail) {
+  if (typeof detail === 'string') return detail;
+  if (Array.isArray(detail)) {
+    return detail.map((d) => {
+      const field = Array.isArray(d.loc) ? d.loc.filter((p) => p !== 'body' && p !== 'query').join('.') : '';
+      return field ? `${field}: ${d.msg}` : d.msg;
+    }).join('; ');
+  }
+  return detail ? JSON.stringify(detail) : '';
+}
+
+async function request(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, { headers: { Accept: 'application/json' }, ...options });
+  } catch {
+    throw new ApiError(0, 'Cannot reach the server. Check your connection and try again.');
+  }
+  const isJson = (response.headers.get('content-type') || '').includes('application/json');
+  const body = isJson ? await response.json().catch(() => null) : null;
+  if (!response.ok) {
+    const message = detailText(body && body.detail) || `The server answered ${response.status} ${response.statusText}.`;
+    throw new ApiError(response.status, message);
+  }
+  return body;
+}
+
+export const getConfig = () => request('/api/config');
+export const listModels = () => request('/api/models');
+export const listJobs = (params = {}) => request(`/api/jobs?${new URLSearchParams(params)}`);
+export const getJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}`);
+export const cancelJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
+/** `form` is a FormData with the `image` file and the training options as fields. */
+export const createJob = (form) => request('/api/jobs', { method: 'POST', body: form });

@@ -1,0 +1,224 @@
+// The Jobs view: one card per job with status, progress, speed, ETA and a live loss chart.
+// Only active jobs are polled (GET /api/jobs/{id}); polling slows down while the tab is hidden.
+
+import { cancelJob, getJob, listJobs } from './api.js';
+import { drawLossChart } from './chart.js';
+
+const ACTIVE = new Set(['queued', 'running']);
+const POLL_MS = 1000;
+const HIDDEN_POLL_MS = 15000;
+const PAGE_SIZE = 20;
+
+/** `onWatch(modelId)` opens the Watch view on a job's model. */
+export function initJobs(onWatch) {
+  const list = document.getElementById('job-list');
+  const empty = document.getElementById('jobs-empty');
+  const statusLine = document.getElementById('jobs-status');
+  const more = document.getElementById('more-jobs');
+  const cards = new Map(); // job id -> {element, job}
+  let timer = null;
+  let nextPage = null;
+
+  function upsert(job, { prepend = false } = {}) {
+    let card = cards.get(job.id);
+    if (!card) {
+      card = { element: createCard(job, onWatch, cancel) };
+      cards.set(job.id, card);
+      if (prepend) list.prepend(card.element);
+      else list.append(card.element);
+    }
+    card.job = job;
+    updateCard(card.element, job);
+    empty.hidden = cards.size > 0;
+  }
+
+  async function cancel(id) {
+    try {
+      upsert(await cancelJob(id));
+      statusLine.textContent = 'Cancel requested; the job stops after its current iteration.';
+    } catch (error) {
+      statusLine.textContent = `Could not cancel: ${error.message}`;
+    }
+    schedule(0);
+  }
+
+  async function poll() {
+    timer = null;
+    const active = [...cards.values()].filter((c) => ACTIVE.has(c.job.status));
+    await Promise.all(active.map(async (card) => {
+      try {
+        upsert(await getJob(card.job.id));
+      } catch (error) {
+        statusLine.textContent = `Lost touch with job ${shortId(card.job.id)}: ${error.message}`;
+      }
+    }));
+    schedule();
+  }
+
+  function schedule(delay) {
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    const anyActive = [...cards.values()].some((c) => ACTIVE.has(c.job.status));
+    if (!anyActive) return;
+    timer = setTimeout(poll, delay ?? (document.hidden ? HIDDEN_POLL_MS : POLL_MS));
+  }
+  // Back to the fast pace (and fresh numbers) as soon as the tab is visible again.
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) schedule(0); });
+
+  async function refresh() {
+    try {
+      const page = await listJobs({ limit: PAGE_SIZE });
+      for (const job of jobsOf(page).reverse()) upsert(job, { prepend: true });
+      nextPage = nextOffset(page, 0);
+      more.hidden = nextPage === null;
+      statusLine.textContent = '';
+      empty.hidden = cards.size > 0;
+    } catch (error) {
+      statusLine.textContent = `Could not load jobs: ${error.message}`;
+    }
+    schedule(0);
+  }
+
+  more.addEventListener('click', async () => {
+    try {
+      const page = await listJobs({ limit: PAGE_SIZE, offset: nextPage });
+      for (const job of jobsOf(page)) upsert(job);
+      nextPage = nextOffset(page, nextPage);
+      more.hidden = nextPage === null;
+    } catch (error) {
+      statusLine.textContent = `Could not load older jobs: ${error.message}`;
+    }
+    schedule(0);
+  });
+  document.getElementById('refresh-jobs').addEventListener('click', refresh);
+  window.addEventListener('resize', () => cards.forEach((c) => drawChart(c.element, c.job)));
+
+  return {
+    refresh,
+    /** A job just created by this page: show it first and start polling it. */
+    add(job) {
+      upsert(job, { prepend: true });
+      schedule(0);
+    },
+  };
+}
+
+// --- reading the job record -------------------------------------------------------------------
+
+/** GET /api/jobs answers a page: {items|jobs: [...], total?, offset?, limit?} or a plain list. */
+function jobsOf(page) {
+  return Array.isArray(page) ? page : (page.items || page.jobs || []);
+}
+
+function nextOffset(page, offset) {
+  if (Array.isArray(page)) return null;
+  const count = jobsOf(page).length;
+  const start = page.offset ?? offset;
+  if (typeof page.total === 'number') return start + count < page.total ? start + count : null;
+  return count === PAGE_SIZE ? start + count : null;
+}
+
+const totalOf = (job) => job.total ?? job.iterations ?? job.options?.iterations ?? 0;
+const linkOf = (job, name) => job.links?.[name] ?? job[`${name}_url`] ?? null;
+
+/** Loss history as [[iteration, loss], ...] whichever shape the API sends. */
+function historyOf(job) {
+  const history = job.loss_history || [];
+  return history.map((p) => (Array.isArray(p) ? p : [p.iteration, p.loss]));
+}
+
+// --- rendering ---------------------------------------------------------------------------------
+
+function createCard(job, onWatch, cancel) {
+  const li = document.createElement('li');
+  li.className = 'job card';
+  li.dataset.jobId = job.id;
+  li.innerHTML = `
+    <img class="job-target pixels" alt="Target image" width="72" height="72">
+    <div class="job-main">
+      <div class="job-head">
+        <h3 class="job-name"></h3>
+        <span class="badge" data-role="status"></span>
+      </div>
+      <p class="job-meta hint"></p>
+      <progress max="1" value="0"></progress>
+      <p class="job-numbers"></p>
+      <p class="job-error error" role="alert" hidden></p>
+      <div class="job-actions">
+        <button type="button" data-action="watch">Watch</button>
+        <button type="button" data-action="cancel">Cancel</button>
+        <a data-action="download" class="button" download>Download model</a>
+      </div>
+    </div>
+    <canvas class="loss-chart" aria-label="Loss over iterations, log scale"></canvas>`;
+  li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(li.dataset.jobId));
+  li.querySelector('[data-action="cancel"]').addEventListener('click', (event) => {
+    event.currentTarget.disabled = true;
+    cancel(li.dataset.jobId);
+  });
+  return li;
+}
+
+function updateCard(li, job) {
+  const total = totalOf(job);
+  const iteration = job.iteration ?? 0;
+  const active = ACTIVE.has(job.status);
+  li.dataset.status = job.status;
+
+  const target = li.querySelector('.job-target');
+  const targetUrl = linkOf(job, 'target') || `/api/jobs/${job.id}/target.png`;
+  if (target.getAttribute('src') !== targetUrl) target.src = targetUrl;
+
+  li.querySelector('.job-name').textContent = job.name || `Job ${shortId(job.id)}`;
+  const badge = li.querySelector('[data-role="status"]');
+  badge.textContent = job.status;
+  badge.dataset.status = job.status;
+  const experiment = job.experiment ?? job.options?.experiment;
+  li.querySelector('.job-meta').textContent = [experiment, job.device && `on ${job.device}`,
+    job.created_at && `started ${formatTime(job.created_at)}`].filter(Boolean).join(' · ');
+
+  const progress = li.querySelector('progress');
+  progress.max = Math.max(total, 1);
+  progress.value = Math.min(iteration, progress.max);
+  progress.setAttribute('aria-label', `${iteration} of ${total} iterations`);
+
+  const rate = job.iterations_per_second;
+  const numbers = [`${iteration.toLocaleString()} / ${total.toLocaleString()} it`];
+  if (job.loss != null) numbers.push(`loss ${Number(job.loss).toExponential(2)}`);
+  if (active && rate) numbers.push(`${rate.toFixed(rate < 10 ? 2 : 1)} it/s`);
+  const eta = job.eta_seconds ?? (active && rate ? (total - iteration) / rate : null);
+  if (job.status === 'running' && eta != null) numbers.push(`ETA ${formatDuration(eta)}`);
+  li.querySelector('.job-numbers').textContent = numbers.join(' · ');
+
+  const error = li.querySelector('.job-error');
+  error.textContent = job.error || '';
+  error.hidden = !job.error;
+
+  li.querySelector('[data-action="cancel"]').hidden = !active;
+  const modelUrl = linkOf(job, 'model') || linkOf(job, 'file');
+  const hasModel = Boolean(modelUrl) && (job.status === 'succeeded' || job.status === 'cancelled' || iteration > 0);
+  const download = li.querySelector('[data-action="download"]');
+  download.hidden = !hasModel;
+  if (hasModel) download.href = modelUrl;
+  li.querySelector('[data-action="watch"]').hidden = !hasModel;
+  drawChart(li, job);
+}
+
+function drawChart(li, job) {
+  drawLossChart(li.querySelector('.loss-chart'), historyOf(job), totalOf(job));
+}
+
+const shortId = (id) => String(id).slice(0, 8);
+
+function formatDuration(seconds) {
+  if (!Number.isFinite(seconds) || seconds < 0) return '–';
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+function formatTime(value) {
+  const date = typeof value === 'number' ? new Date(value * 1000) : new Date(value);
+  return Number.isNaN(date.getTime()) ? '' : date.toLocaleString();
+}

@@ -1,0 +1,54 @@
+// Entry point: read the server's config, wire the three views, and switch between them by URL
+// hash (#train, #jobs, #watch, #watch/<model id>).
+
+import { getConfig } from './api.js';
+import { initJobs } from './jobs.js';
+import { initUpload } from './upload.js';
+import { initWatch } from './watch.js';
+
+const VIEWS = ['train', 'jobs', 'watch'];
+
+async function main() {
+  let config;
+  try {
+    config = await getConfig();
+  } catch (error) {
+    config = {};
+    showPageError(`The server did not send its settings (${error.message}). Some things may not work.`);
+  }
+  const watch = initWatch(config);
+  const jobs = initJobs((modelId) => { location.hash = `#watch/${encodeURIComponent(modelId)}`; });
+  initUpload(config, (job) => {
+    jobs.add(job);
+    location.hash = '#jobs';
+  });
+
+  let current = null;
+  function route() {
+    const [name, arg] = location.hash.replace(/^#/, '').split('/');
+    const view = VIEWS.includes(name) ? name : 'train';
+    for (const v of VIEWS) document.getElementById(`view-${v}`).hidden = v !== view;
+    for (const link of document.querySelectorAll('[data-view-link]')) {
+      if (link.dataset.viewLink === view) link.setAttribute('aria-current', 'page');
+      else link.removeAttribute('aria-current');
+    }
+    if (current === 'watch' && view !== 'watch') watch.hide();
+    if (view === 'watch') watch.show(arg ? decodeURIComponent(arg) : null);
+    if (view === 'jobs' && current !== 'jobs') jobs.refresh();
+    if (current !== null && current !== view) document.getElementById(`${view}-title`).focus({ preventScroll: true });
+    current = view;
+  }
+  window.addEventListener('hashchange', route);
+  route();
+  document.body.dataset.ready = 'true'; // lets tests (and people) know the page is wired up
+}
+
+function showPageError(message) {
+  const box = document.createElement('p');
+  box.className = 'error page-error';
+  box.setAttribute('role', 'alert');
+  box.textContent = message;
+  document.querySelector('main').prepend(box);
+}
+
+main();

@@ -1,0 +1,262 @@
+// The Watch view: a model growing live on a canvas, fed by the stream service. Drag to erase,
+// double-click to plant a seed; play/pause, step, reset, speed and rotation go to the server.
+
+import { listModels } from './api.js';
+import { deviceSide, drawCells } from './pixels.js';
+import { StreamClient, streamBase } from './stream.js';
+
+const CANVAS_SIDE = 576; // CSS pixels when the layout gives no width (hidden view)
+const STATE_TEXT = {
+  idle: 'not connected', connecting: 'connecting…', open: 'live', retrying: 'reconnecting…', closed: 'closed',
+};
+
+export function initWatch(config) {
+  const $ = (id) => document.getElementById(id);
+  const canvas = $('stream-canvas');
+  const select = $('model-select');
+  const modelInfo = $('model-info');
+  const stepOut = $('ca-step');
+  const fpsOut = $('measured-fps');
+  const connection = $('connection');
+  const statusLine = $('watch-status');
+  const playPause = $('play-pause');
+  const sliders = {
+    fps: $('fps'), spf: $('steps-per-frame'), angle: $('angle'), eraser: $('eraser'),
+  };
+  const base = streamBase(config);
+  const offscreen = document.createElement('canvas');
+  let client = null;
+  let modelId = null;
+  let paused = false;
+  let latest = null; // newest frame not yet drawn: a slow screen skips frames, never queues them
+  let lastSize = [0, 0];
+  let frameTimes = [];
+  let visible = false;
+
+  const params = () => ({
+    model: modelId,
+    fps: sliders.fps.value,
+    steps_per_frame: sliders.spf.value,
+    angle: sliders.angle.value,
+  });
+  const send = (command) => client && client.send(command);
+  const say = (text) => { statusLine.textContent = text; };
+
+  function connect(id) {
+    if (client) client.close();
+    modelId = id;
+    latest = null;
+    frameTimes = [];
+    if (!id) return;
+    setPaused(false);
+    client = new StreamClient(base, params, { onFrame, onEvent, onState });
+    client.open();
+  }
+
+  function onState(state, detail) {
+    connection.dataset.state = state;
+    connection.textContent = STATE_TEXT[state] || state;
+    if (detail) say(`Stream: ${detail}.`);
+    else if (state === 'open') say('');
+  }
+
+  function onEvent(event) {
+    switch (event.type) {
+      case 'model':
+        modelInfo.textContent = describeModel(event);
+        break;
+      case 'reloaded':
+        say(`Model updated to checkpoint ${event.version ?? ''}`
+          + `${event.iteration != null ? ` (iteration ${event.iteration})` : ''}: it keeps getting better while it trains.`);
+        break;
+      case 'state':
+        setPaused(Boolean(event.paused));
+        syncSlider(sliders.fps, event.fps);
+        syncSlider(sliders.spf, event.steps_per_frame);
+        syncSlider(sliders.angle, event.angle);
+        break;
+      case 'error':
+        say(`Stream: ${event.message}`);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function onFrame(frame) {
+    const now = performance.now();
+    frameTimes.push(now);
+    while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
+    if (latest === null) requestAnimationFrame(draw);
+    latest = frame;
+  }
+
+  function draw() {
+    const frame = latest;
+    latest = null;
+    if (!frame) return;
+    const image = new ImageData(frame.width, frame.height);
+    image.data.set(frame.pixels);
+    // RGB is already composited on white (the spec's rendering); show it opaque.
+    for (let i = 3; i < image.data.length; i += 4) image.data[i] = 255;
+    drawCells(canvas, image, deviceSide(canvas, CANVAS_SIDE), offscreen);
+    lastSize = [frame.width, frame.height];
+    stepOut.textContent = frame.step;
+    fpsOut.textContent = frameTimes.length;
+  }
+
+  function setPaused(value) {
+    paused = value;
+    playPause.textContent = paused ? 'Play' : 'Pause';
+    playPause.setAttribute('aria-pressed', String(paused));
+  }
+
+  function syncSlider(slider, value) {
+    if (value == null || document.activeElement === slider) return;
+    slider.value = value;
+    showSliderValue(slider);
+  }
+
+  // --- controls ---------------------------------------------------------------------------------
+  const togglePlay = () => {
+    setPaused(!paused);
+    send({ cmd: paused ? 'pause' : 'play' });
+  };
+  const step = () => {
+    if (!paused) {
+      setPaused(true);
+      send({ cmd: 'pause' });
+    }
+    send({ cmd: 'step' });
+  };
+  const reset = () => send({ cmd: 'reset' });
+  playPause.addEventListener('click', togglePlay);
+  $('step').addEventListener('click', step);
+  $('reset').addEventListener('click', reset);
+
+  for (const slider of Object.values(sliders)) {
+    showSliderValue(slider);
+    slider.addEventListener('input', () => showSliderValue(slider));
+  }
+  const sendSpeed = () => send({ cmd: 'speed', fps: Number(sliders.fps.value), steps_per_frame: Number(sliders.spf.value) });
+  sliders.fps.addEventListener('input', sendSpeed);
+  sliders.spf.addEventListener('input', sendSpeed);
+  sliders.angle.addEventListener('input', () => send({ cmd: 'rotate', angle: Number(sliders.angle.value) }));
+
+  select.addEventListener('change', () => {
+    history.replaceState(null, '', `#watch/${encodeURIComponent(select.value)}`);
+    connect(select.value);
+  });
+
+  // Space / S / R anywhere in the view, except where those keys already mean something.
+  document.addEventListener('keydown', (event) => {
+    if (!visible || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest('input, select, textarea, button, a, summary, [contenteditable]')) return;
+    const action = { ' ': togglePlay, s: step, S: step, r: reset, R: reset }[event.key];
+    if (action) {
+      event.preventDefault();
+      action();
+    }
+  });
+
+  // --- pointer: drag to erase, double-click to plant a seed --------------------------------------
+  const cellAt = (event) => {
+    const rect = canvas.getBoundingClientRect();
+    const [w, h] = lastSize;
+    return {
+      x: ((event.clientX - rect.left) / rect.width) * w,
+      y: ((event.clientY - rect.top) / rect.height) * h,
+    };
+  };
+  let erasing = false;
+  const erase = (event) => {
+    if (!lastSize[0]) return;
+    const { x, y } = cellAt(event);
+    send({ cmd: 'erase', x: round2(x), y: round2(y), r: Number(sliders.eraser.value) });
+  };
+  canvas.addEventListener('pointerdown', (event) => {
+    if (event.button !== 0) return;
+    erasing = true;
+    canvas.setPointerCapture(event.pointerId);
+    erase(event);
+  });
+  canvas.addEventListener('pointermove', (event) => { if (erasing) erase(event); });
+  const stopErasing = () => { erasing = false; };
+  canvas.addEventListener('pointerup', stopErasing);
+  canvas.addEventListener('pointercancel', stopErasing);
+  canvas.addEventListener('dblclick', (event) => {
+    if (!lastSize[0]) return;
+    const { x, y } = cellAt(event);
+    const [w, h] = lastSize;
+    send({ cmd: 'seed', x: Math.min(w - 1, Math.floor(x)), y: Math.min(h - 1, Math.floor(y)) });
+  });
+
+  async function loadModels(wanted) {
+    let models;
+    try {
+      models = await listModels();
+    } catch (error) {
+      say(`Could not load models: ${error.message}`);
+      return;
+    }
+    fillSelect(select, models);
+    if (models.length === 0) {
+      say('No models yet: train one, or put example model files in models/.');
+      return;
+    }
+    const pick = models.some((m) => m.id === wanted) ? wanted
+      : (models.some((m) => m.id === modelId) ? modelId : models[0].id);
+    select.value = pick;
+    if (pick !== modelId || !client) connect(pick);
+  }
+
+  return {
+    /** Show the view, on `wantedModel` if given; the stream only runs while the view is visible. */
+    show(wantedModel) {
+      visible = true;
+      loadModels(wantedModel || modelId);
+    },
+    hide() {
+      visible = false;
+      if (client) client.close();
+      client = null;
+    },
+  };
+}
+
+function fillSelect(select, models) {
+  const groups = [['example', 'Examples'], ['job', 'Trained here']];
+  select.replaceChildren();
+  for (const [source, label] of groups) {
+    const members = models.filter((m) => (m.source || 'example') === source);
+    if (!members.length) continue;
+    const group = document.createElement('optgroup');
+    group.label = label;
+    for (const model of members) {
+      const option = document.createElement('option');
+      option.value = model.id;
+      const status = model.status && model.status !== 'ready' ? ` (${model.status})` : '';
+      option.textContent = `${model.name || model.id}${status}`;
+      group.append(option);
+    }
+    select.append(group);
+  }
+}
+
+function describeModel(info) {
+  const parts = [];
+  if (info.experiment) parts.push(info.experiment);
+  const w = info.grid_width ?? info.width;
+  const h = info.grid_height ?? info.height;
+  if (w && h) parts.push(`${w}×${h} cells`);
+  if (info.iterations) parts.push(`${Number(info.iterations).toLocaleString()} training iterations`);
+  if (info.device) parts.push(`running on ${info.device}`);
+  return parts.join(' · ');
+}
+
+function showSliderValue(slider) {
+  const out = document.querySelector(`output[for="${slider.id}"]`);
+  if (out) out.textContent = slider.id === 'angle' ? `${slider.value}°` : slider.value;
+}
+
+const round2 = (v) => Math.round(v * 100) / 100;
