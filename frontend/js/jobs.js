@@ -175,7 +175,7 @@ function updateCard(li, job) {
   badge.dataset.status = job.status;
   const experiment = job.experiment ?? job.options?.experiment;
   li.querySelector('.job-meta').textContent = [experiment, job.device && `on ${job.device}`,
-    job.created_at && `started ${formatTime(job.created_at)}`].filter(Boolean).join(' · ');
+    job.created_at && `submitted ${formatTime(job.created_at)}`].filter(Boolean).join(' · ');
 
   const progress = li.querySelector('progress');
   progress.max = Math.max(total, 1);

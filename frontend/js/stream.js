@@ -4,7 +4,8 @@
 export const HEADER_BYTES = 16;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
-// Close codes that retrying cannot fix (bad request, unknown model, policy): the server says why.
+// Close codes that retrying cannot fix (bad query, unknown model, idle viewer): the reason says
+// why. Others (server restart, too many streams, too slow) are worth another try after a wait.
 const FINAL_CLOSE = (code) => code === 1003 || code === 1008 || (code >= 4000 && code < 4500 && code !== 4429);
 
 /**

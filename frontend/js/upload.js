@@ -69,7 +69,8 @@ export function initUpload(config, onCreated) {
     const scale = drawCells(previewCanvas, targetImageData(target), deviceSide(previewCanvas, PREVIEW_SIDE));
     outlineTarget(previewCanvas, target, options.padding, scale);
     caption.textContent = `The image becomes ${target.cellsW}×${target.cellsH} cells on a `
-      + `${target.width}×${target.height} grid (${options.padding} empty cells around it).`
+      + `${target.width}×${target.height} grid: the dashed line frames the image, the empty border around it `
+      + 'is room to grow into.'
       + (isEmptyTarget(target) ? ' It is almost fully transparent: there would be nothing to grow.' : '');
   }
 

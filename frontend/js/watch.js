@@ -20,6 +20,7 @@ export function initWatch(config) {
   const connection = $('connection');
   const statusLine = $('watch-status');
   const playPause = $('play-pause');
+  const reconnect = $('reconnect');
   const sliders = {
     fps: $('fps'), spf: $('steps-per-frame'), angle: $('angle'), eraser: $('eraser'),
   };
@@ -54,6 +55,7 @@ export function initWatch(config) {
   }
 
   function onState(state, detail) {
+    reconnect.hidden = state !== 'closed';
     connection.dataset.state = state;
     connection.textContent = STATE_TEXT[state] || state;
     if (detail) say(`Stream: ${detail}.`);
@@ -131,6 +133,7 @@ export function initWatch(config) {
   };
   const reset = () => send({ cmd: 'reset' });
   playPause.addEventListener('click', togglePlay);
+  reconnect.addEventListener('click', () => connect(modelId));
   $('step').addEventListener('click', step);
   $('reset').addEventListener('click', reset);
 
@@ -163,9 +166,10 @@ export function initWatch(config) {
   const cellAt = (event) => {
     const rect = canvas.getBoundingClientRect();
     const [w, h] = lastSize;
-    return {
-      x: ((event.clientX - rect.left) / rect.width) * w,
-      y: ((event.clientY - rect.top) / rect.height) * h,
+    const clamp = (v, max) => Math.min(Math.max(v, 0), max);
+    return { // the pointer may leave the canvas while captured: keep it on the grid
+      x: clamp(((event.clientX - rect.left) / rect.width) * w, w),
+      y: clamp(((event.clientY - rect.top) / rect.height) * h, h),
     };
   };
   let erasing = false;
