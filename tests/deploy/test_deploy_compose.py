@@ -1,0 +1,186 @@
+"""docker-compose.yml and the CPU override: valid Compose files that deploy what issue 6 asks for."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft7Validator
+
+from backend.config import Settings
+from tests.deploy.compose_model import (
+    COMPOSE_FILE,
+    CPU_OVERRIDE_FILE,
+    REPO_ROOT,
+    Reset,
+    command_argv,
+    interpolate,
+    load,
+    merge,
+    resolved_environment,
+    strip_tags,
+    variable_defaults,
+)
+
+COMPOSE_SCHEMA = REPO_ROOT.parent / "shared" / "reference" / "compose-spec.json"
+PYTHON_SERVICES = ("api", "worker", "stream")
+
+# The service commands every part of the project agrees on (python -m backend.run, compose, tests).
+CONTRACT_COMMANDS = {
+    "api": "uvicorn backend.api.main:app --host 0.0.0.0 --port 8000",
+    "worker": "celery -A backend.worker.celery_app worker --pool=solo --concurrency=1 --prefetch-multiplier=1 "
+              "--loglevel=INFO",
+    "stream": "uvicorn backend.stream.app:app --host 0.0.0.0 --port 8001",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    """docker-compose.yml as Compose sees it with no variables set (every `${VAR:-default}` at its default)."""
+    return interpolate(strip_tags(load(COMPOSE_FILE)), {})
+
+
+@pytest.fixture(scope="module")
+def cpu_compose() -> dict:
+    """docker-compose.yml with docker-compose.cpu.yml merged on top, as `-f a -f b` does."""
+    return interpolate(merge(load(COMPOSE_FILE), load(CPU_OVERRIDE_FILE)), {})
+
+
+@pytest.fixture(scope="module")
+def schema_validator() -> Draft7Validator:
+    if not COMPOSE_SCHEMA.is_file():
+        pytest.skip(f"Compose specification schema not found at {COMPOSE_SCHEMA} "
+                    "(../shared is absent in a fresh clone)")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema)
+
+
+def _errors(validator: Draft7Validator, document: dict) -> list[str]:
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(document)]
+
+
+@pytest.mark.parametrize("path", [COMPOSE_FILE, CPU_OVERRIDE_FILE], ids=lambda p: p.name)
+def test_compose_file_validates_against_the_compose_spec(schema_validator: Draft7Validator, path: Path) -> None:
+    raw = strip_tags(load(path))
+    assert _errors(schema_validator, raw) == []
+    assert _errors(schema_validator, interpolate(raw, {})) == []
+
+
+def test_merged_cpu_variant_validates_against_the_compose_spec(schema_validator, cpu_compose) -> None:
+    assert _errors(schema_validator, cpu_compose) == []
+
+
+def test_the_schema_check_rejects_a_broken_file(schema_validator, compose) -> None:
+    """Guards the check itself: a misspelt key and a bad healthcheck are reported."""
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["api"]["healthchek"] = broken["services"]["api"].pop("healthcheck")
+    broken["services"]["redis"]["volumes"] = "redis-data:/data"
+    assert len(_errors(schema_validator, broken)) >= 2
+
+
+def test_services_and_their_commands_are_the_contract(compose) -> None:
+    assert set(compose["services"]) == {"redis", "api", "worker", "stream"}
+    for name, command in CONTRACT_COMMANDS.items():
+        assert command_argv(compose["services"][name]) == shlex.split(command), name
+
+
+def test_python_services_share_one_image_built_from_the_dockerfile(compose) -> None:
+    services = compose["services"]
+    images = {services[name]["image"] for name in PYTHON_SERVICES}
+    assert len(images) == 1
+    for name in PYTHON_SERVICES:
+        build = services[name]["build"]
+        assert build["context"] == "."
+        assert not build.get("dockerfile") or build["dockerfile"] == "Dockerfile"
+    assert services["redis"]["image"] == "redis:7"
+
+
+def test_every_service_has_a_healthcheck_without_curl(compose) -> None:
+    for name, service in compose["services"].items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
+        assert "curl" not in " ".join(test) and "wget" not in " ".join(test), f"{name}: slim images have no curl/wget"
+    assert "redis-cli ping" in " ".join(compose["services"]["redis"]["healthcheck"]["test"])
+    assert "/api/health" in " ".join(compose["services"]["api"]["healthcheck"]["test"])
+    assert "/health" in " ".join(compose["services"]["stream"]["healthcheck"]["test"])
+
+
+def test_python_services_wait_for_a_healthy_redis(compose) -> None:
+    for name in PYTHON_SERVICES:
+        depends_on = compose["services"][name]["depends_on"]
+        assert depends_on["redis"]["condition"] == "service_healthy", name
+
+
+def test_ports_only_on_api_and_stream(compose) -> None:
+    published = {name: service.get("ports", []) for name, service in compose["services"].items() if "ports" in service}
+    assert set(published) == {"api", "stream"}
+    assert published["api"] == ["8000:8000"]
+    assert published["stream"] == ["8001:8001"]
+
+
+def test_worker_scales_and_reserves_one_nvidia_gpu(compose) -> None:
+    services = compose["services"]
+    assert not any("container_name" in service for service in services.values()), "fixed names block --scale"
+    worker = services["worker"]
+    assert "ports" not in worker
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    for name in ("api", "stream", "redis"):
+        assert "deploy" not in services[name], f"only the worker reserves a GPU, not {name}"
+
+
+def test_cpu_override_drops_only_the_gpu_reservation(compose, cpu_compose) -> None:
+    override = load(CPU_OVERRIDE_FILE)
+    assert isinstance(override["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"], Reset)
+    worker = cpu_compose["services"]["worker"]
+    assert "devices" not in worker.get("deploy", {}).get("resources", {}).get("reservations", {})
+    for name in PYTHON_SERVICES:
+        merged, base = cpu_compose["services"][name], compose["services"][name]
+        assert merged["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+        assert merged["image"] != base["image"], "the CPU image must not overwrite the CUDA image's tag"
+        assert command_argv(merged) == command_argv(base)
+        assert merged["environment"] == base["environment"]
+        assert merged["healthcheck"] == base["healthcheck"]
+
+
+def test_redis_persists_append_only_on_a_named_volume(compose) -> None:
+    redis = compose["services"]["redis"]
+    argv = command_argv(redis)
+    assert argv[0] == "redis-server"
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    volume, target = redis["volumes"][0].split(":")[:2]
+    assert target == "/data"
+    assert volume in compose["volumes"], "a named volume, not a host path"
+
+
+def test_settings_come_from_the_environment_with_defaults() -> None:
+    """Every variable in an `environment` block has a default in the file, and the NCA_ defaults equal
+    backend/config.py's, so `docker compose up` and a bare `python -m backend.run` behave alike."""
+    raw = load(COMPOSE_FILE)
+    settings_defaults = Settings.model_construct()  # field defaults, ignoring this process's environment
+    for name in PYTHON_SERVICES:
+        environment = raw["services"][name]["environment"]
+        assert environment, name
+        for variable, value in environment.items():
+            defaults = variable_defaults(str(value))
+            assert str(value) == f"${{{variable}:-{defaults.get(variable, '')}}}", (
+                f"{name}: {variable} should be `${{{variable}:-default}}` so it can be set from the host")
+            if variable.startswith("NCA_"):
+                field = variable.removeprefix("NCA_").lower()
+                assert field in Settings.model_fields, f"{variable} is not a setting in backend/config.py"
+                parsed = Settings.model_validate({field: defaults[variable]})
+                assert getattr(parsed, field) == getattr(settings_defaults, field), variable
+    assert resolved_environment(raw["services"]["api"])["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_environment_is_interpolated_from_the_host(compose) -> None:
+    """Setting a variable on the host reaches the service (and a host port moves the published port)."""
+    host_env = {"NCA_CHECKPOINT_EVERY": "25", "NCA_API_PORT": "9000", "REDIS_URL": "redis://10.0.0.5:6379/1"}
+    configured = interpolate(strip_tags(load(COMPOSE_FILE)), host_env)
+    worker_env = resolved_environment(configured["services"]["worker"])
+    assert worker_env["NCA_CHECKPOINT_EVERY"] == "25"
+    assert worker_env["REDIS_URL"] == "redis://10.0.0.5:6379/1"
+    assert configured["services"]["api"]["ports"] == ["9000:8000"]
