@@ -31,6 +31,20 @@ class Settings(BaseSettings):
     max_iterations: int = 20_000
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 
+    # Stream service (docs/stream-protocol.md); it plays on `device` too.
+    stream_max_sessions: int = 64  # more viewers are refused with close code 1013
+    stream_idle_timeout: float = 900.0  # seconds without any client message before a stream ends (4408)
+    stream_stall_timeout: float = 10.0  # seconds a client may leave a frame unaccepted before it is closed (4429)
+    stream_torch_threads: int = 0  # intra-op threads for the batched steps; 0: torch's default (one per core)
+
+    # Training service: crash recovery and limits (docs/api.md).
+    lease_seconds: float = 15.0  # a running job whose worker stops renewing its lease this long is re-queued
+    visibility_timeout: int = 2 * 24 * 3600  # Celery redelivers an unacked message after this: longer than any job
+    progress_every: float = 0.5  # seconds between progress writes to Redis
+    max_pool_megabytes: int = 2048  # training memory cap: pool_size x grid x channels x 4 bytes
+    torch_threads: int = 0  # CPU threads for torch in the worker and API (0: torch's default)
+    max_stored_upload_bytes: int = 2 * 1024 * 1024  # the original upload is kept in Redis only up to this size
+
 
 @lru_cache
 def get_settings() -> Settings:

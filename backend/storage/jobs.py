@@ -83,6 +83,7 @@ class Job(BaseModel):
     checkpoint_iteration: int | None = None
     checkpoint_loss: float | None = None
     checkpoint_at: float | None = None
+    attempts: int = 0  # times a worker started it (more than 1 after a worker loss or shutdown)
     resumed_from: list[int] = []  # checkpoint iterations this job was resumed from after a worker loss
     cancel_requested: bool = False
 
@@ -139,6 +140,7 @@ if {_TERMINAL_LUA} then return st end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'busy' end
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'running', 'device', ARGV[5], 'worker', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[4]) end
 return 'ok'
 """

@@ -1,0 +1,1 @@
+"""Celery worker: the training task, worker presence and crash recovery."""
