@@ -33,9 +33,10 @@ RUN groupadd --system --gid 10001 nca \
     && useradd --system --uid 10001 --gid nca --create-home --home-dir /home/nca nca
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
-# The source stays root-owned (read-only for the services); models/ (shipped examples + exports) is writable.
+# The source and the shipped example models stay root-owned, read-only for the services; a worker exports
+# finished models to models/jobs/ (Redis holds every model anyway; see docs/deploy.md).
 COPY . .
-COPY --chown=nca:nca models/ models/
+RUN mkdir -p models/jobs && chown nca:nca models/jobs
 USER 10001:10001
 EXPOSE 8000 8001
 CMD ["uvicorn", "backend.api.main:app", "--host", "0.0.0.0", "--port", "8000"]
