@@ -1,0 +1,198 @@
+"""The stream service: `WS /ws/stream` plays models to many viewers; `GET /health` says how it is doing.
+
+Run: `uvicorn backend.stream.app:app --host 0.0.0.0 --port 8001` (protocol: docs/stream-protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio
+import torch
+from fastapi import FastAPI, WebSocket
+from redis.exceptions import RedisError
+
+from backend.config import Settings, get_settings
+from backend.nca.cli import pick_device
+from backend.nca.modelfile import ModelFileError
+from backend.storage.connection import REDIS_DOWN_ERRORS, connect
+from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound
+
+from . import protocol as p
+from .engine import Engine, StreamsFull
+from .protocol import ProtocolError, event, parse_command, parse_params
+from .sessions import Session
+
+log = logging.getLogger(__name__)
+CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up on the client
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    if settings.stream_torch_threads > 0:
+        torch.set_num_threads(settings.stream_torch_threads)
+    client = connect(settings.redis_url)
+    catalog = ModelCatalog(client, settings.models_dir)
+
+    def fetch(model_id: str) -> tuple[bytes, int]:
+        version = catalog.get_model_version(model_id)  # first: the bytes are then at least this new
+        return catalog.get_model_bytes(model_id), version
+
+    engine = Engine(fetch, pick_device(settings.device), settings.stream_max_sessions)
+    app.state.engine, app.state.settings, app.state.checkpoints = engine, settings, "connecting"
+    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(follow_checkpoints(app, settings.redis_url))]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client.close()
+
+
+app = FastAPI(title="Growing NCA stream", lifespan=lifespan)
+
+
+@app.get("/health")
+async def health() -> dict:
+    engine: Engine = app.state.engine
+    return {
+        "status": "ok", "device": str(engine.device), "sessions": len(engine.sessions),
+        "max_sessions": engine.max_sessions, "torch_threads": torch.get_num_threads(),
+        "models": {m.id: {"version": m.version, "sessions": len(m.sessions)} for m in engine.models.values()},
+        "ticks": engine.ticks, "last_tick_ms": round(engine.last_tick_ms, 2), "checkpoints": app.state.checkpoints,
+    }
+
+
+@app.websocket("/ws/stream")
+async def stream(ws: WebSocket) -> None:
+    await ws.accept()
+    engine: Engine = ws.app.state.engine
+    settings: Settings = ws.app.state.settings
+    try:
+        params = parse_params(ws.query_params)
+        session = await engine.open(params)
+    except ProtocolError as exc:
+        return await _refuse(ws, p.CLOSE_BAD_REQUEST, str(exc))
+    except StreamsFull:
+        reason = f"too many streams (max {engine.max_sessions}); try again later"
+        return await _refuse(ws, p.CLOSE_TRY_AGAIN_LATER, reason)
+    except ModelNotFound:
+        reason = f"unknown model {params.model!r}: pick one from GET /api/models"
+        return await _refuse(ws, p.CLOSE_UNKNOWN_MODEL, reason)
+    except ModelFileError as exc:
+        return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} is unreadable: {exc}")
+    except REDIS_DOWN_ERRORS:
+        return await _refuse(ws, p.CLOSE_SERVER_ERROR, "the model store (Redis) is unavailable; try again later")
+    try:
+        session.send_event("model", **session.model.describe())
+        session.send_state()
+        outcome = await _serve(ws, session, engine, settings)
+    finally:
+        engine.close(session)
+    if outcome is not None:
+        await _close(ws, *outcome)
+
+
+async def _serve(ws: WebSocket, session: Session, engine: Engine, settings: Settings) -> tuple[int, str] | None:
+    """Run the receiver and the sender until one ends; (close code, reason), or None if the client left."""
+    tasks = {asyncio.create_task(_receive(ws, session, engine, settings.stream_idle_timeout)),
+             asyncio.create_task(_send(ws, session, settings.stream_stall_timeout))}
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return next(iter(done)).result()
+
+
+async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout: float) -> tuple[int, str] | None:
+    """Commands in; any bad one gets an `error` event and the stream goes on."""
+    height, width = session.model.size
+    while True:
+        try:
+            message = await asyncio.wait_for(ws.receive(), idle_timeout)
+        except TimeoutError:
+            return p.CLOSE_IDLE, f"idle: no message from the client for {idle_timeout:g} s"
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        try:
+            if text is None:
+                raise ProtocolError("commands are JSON text messages, not binary")
+            session.apply(parse_command(text, width, height))
+        except ProtocolError as exc:
+            session.send_event("error", message=str(exc))
+        engine.wake()
+
+
+async def _send(ws: WebSocket, session: Session, stall_timeout: float) -> tuple[int, str] | None:
+    """The connection's only writer: events, then the newest frame; never more than one frame waiting."""
+    while True:
+        message = await session.next_message()
+        send = ws.send_bytes(message) if isinstance(message, bytes) else ws.send_text(message)
+        try:
+            await asyncio.wait_for(send, stall_timeout)
+        except TimeoutError:
+            return p.CLOSE_TOO_SLOW, f"too slow: a frame waited {stall_timeout:g} s to be accepted"
+        except Exception:  # the client went away mid-send; the receiver sees the disconnect too
+            return None
+
+
+async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
+    """An `error` event saying why, then the close code."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.send_text(event("error", message=reason)), CLOSE_WAIT)
+    await _close(ws, code, reason)
+
+
+async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    reason = reason.encode()[:123].decode(errors="ignore")  # a close reason is at most 123 bytes
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(code, reason), CLOSE_WAIT)
+
+
+async def follow_checkpoints(app: FastAPI, redis_url: str) -> None:
+    """Hot-swap: each message on `nca:checkpoints` naming a playing model reloads it; reconnects forever."""
+    engine: Engine = app.state.engine
+    while True:
+        client = redis.asyncio.Redis.from_url(redis_url, socket_connect_timeout=2.0)
+        try:
+            async with client.pubsub() as pubsub:
+                await pubsub.subscribe(CHECKPOINT_CHANNEL)
+                app.state.checkpoints = "subscribed"
+                for model_id in list(engine.models):  # catch up on what was published while disconnected
+                    await _reload(engine, model_id, None)
+                async for message in pubsub.listen():
+                    if message["type"] == "message":
+                        await _on_checkpoint(engine, message["data"])
+        except (RedisError, OSError) as exc:
+            app.state.checkpoints = "disconnected"
+            log.warning("checkpoint channel unavailable (%s); retrying in 1 s", exc)
+            await asyncio.sleep(1.0)
+        finally:
+            await client.aclose()
+
+
+async def _on_checkpoint(engine: Engine, data: bytes) -> None:
+    try:
+        message = json.loads(data)
+        model_id, version = str(message["model_id"]), int(message["version"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring malformed message on %s: %r", CHECKPOINT_CHANNEL, data[:200])
+        return
+    if model_id in engine.models:
+        await _reload(engine, model_id, version, iteration=message.get("iteration"), status=message.get("status"))
+
+
+async def _reload(engine: Engine, model_id: str, version: int | None, **details: object) -> None:
+    try:
+        await engine.reload(model_id, version, **details)
+    except (ModelNotFound, ModelFileError, *REDIS_DOWN_ERRORS) as exc:
+        log.warning("could not reload model %s: %s", model_id, exc)

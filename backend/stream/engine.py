@@ -1,0 +1,260 @@
+"""Loaded models and the single ticker that advances every session: one batched step per model.
+
+Each tick the ticker (an asyncio task) picks the sessions whose next frame is due, groups them
+by model and angle (the rotation is one scalar per forward pass), and hands the whole plan to
+one worker thread: apply queued edits, stack the states, step the batch, convert the batch to
+RGBA8 in one op, unstack. The event loop keeps serving sockets meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from backend.nca.model import NCA, erase_circle, make_seed
+from backend.nca.modelfile import ModelInfo, from_bytes
+from backend.nca.render import rgba8
+
+from .protocol import FLAGS, HEADER, Command, StreamParams
+from .sessions import Session
+
+log = logging.getLogger(__name__)
+
+# fetch(model_id) -> (model file bytes, version); raises ModelNotFound for unknown ids.
+Fetch = Callable[[str], tuple[bytes, int]]
+
+
+def advance(model: NCA, x: torch.Tensor, angle_degrees: float) -> torch.Tensor:
+    """One CA step of a batch: the only place the engine calls the model (swap a faster path in here)."""
+    return model(x, math.radians(angle_degrees))
+
+
+class StreamsFull(RuntimeError):
+    """The service already plays max_sessions streams."""
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    id: str
+    model: NCA
+    info: ModelInfo
+    version: int
+    sessions: set[Session] = field(default_factory=set)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.info.grid_height, self.info.grid_width
+
+    def describe(self) -> dict:
+        """The `model` event's fields."""
+        i = self.info
+        return {"id": self.id, "name": i.name, "experiment": i.experiment, "source": i.source,
+                "width": i.grid_width, "height": i.grid_height, "channels": i.channels, "hidden": i.hidden,
+                "iterations": i.iterations, "loss": i.final_loss, "version": self.version}
+
+
+@dataclass
+class _Work:
+    """One session's share of a tick, captured on the event loop so the thread sees a fixed plan."""
+
+    session: Session
+    state: torch.Tensor
+    edits: list[Command]
+    steps: int
+    header: tuple[int, int]  # (frame number, CA step after this tick)
+
+
+@dataclass
+class _Group:
+    model: LoadedModel
+    net: NCA
+    angle: float
+    work: list[_Work]  # sorted by steps, most first
+
+
+class Engine:
+    def __init__(self, fetch: Fetch, device: torch.device, max_sessions: int):
+        self.fetch, self.device, self.max_sessions = fetch, device, max_sessions
+        self.models: dict[str, LoadedModel] = {}
+        self.sessions: set[Session] = set()
+        self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
+        self._wake = asyncio.Event()
+        self.ticks = 0
+        self.last_tick_ms = 0.0
+
+    # --- sessions ---------------------------------------------------------------------------
+    async def open(self, params: StreamParams) -> Session:
+        """A new session on its first (seed) frame; StreamsFull, ModelNotFound or ModelFileError."""
+        if len(self.sessions) >= self.max_sessions:
+            raise StreamsFull
+        loaded = await self._model(params.model)
+        if len(self.sessions) >= self.max_sessions:  # others may have joined while the model loaded
+            raise StreamsFull
+        height, width = loaded.size
+        session = Session(loaded, make_seed(height, width, loaded.info.channels, device=self.device),
+                          params.fps, params.steps_per_frame, params.angle)
+        session.next_due = time.monotonic() + 1.0 / session.fps
+        loaded.sessions.add(session)
+        self.sessions.add(session)
+        self.wake()
+        return session
+
+    def close(self, session: Session) -> None:
+        session.closed = True
+        self.sessions.discard(session)
+        loaded = session.model
+        loaded.sessions.discard(session)
+        if not loaded.sessions and self.models.get(loaded.id) is loaded:
+            del self.models[loaded.id]  # free the weights; the next viewer loads the newest version
+
+    def wake(self) -> None:
+        """A session changed (new, command): plan a tick now instead of at the next due time."""
+        self._wake.set()
+
+    # --- models -------------------------------------------------------------------------------
+    async def _model(self, model_id: str) -> LoadedModel:
+        if (loaded := self.models.get(model_id)) is not None:
+            return loaded
+        future = self._loading.get(model_id)
+        if future is None:  # one load per model however many viewers arrive at once
+            future = asyncio.ensure_future(self._load(model_id))
+            self._loading[model_id] = future
+            future.add_done_callback(lambda _: self._loading.pop(model_id, None))
+        return await asyncio.shield(future)
+
+    async def _load(self, model_id: str) -> LoadedModel:
+        net, info, version = await asyncio.to_thread(self._read, model_id)
+        loaded = self.models.setdefault(model_id, LoadedModel(model_id, net, info, version))
+        return loaded
+
+    def _read(self, model_id: str) -> tuple[NCA, ModelInfo, int]:
+        data, version = self.fetch(model_id)
+        mf = from_bytes(data, map_location=self.device)
+        return mf.model.eval().requires_grad_(False), mf.info, version
+
+    async def reload(self, model_id: str, version: int | None, **details: object) -> bool:
+        """Swap in a newer checkpoint of a model that is playing; sessions keep their states.
+
+        `version` is the announced one (None: look it up); nothing happens unless it is newer.
+        """
+        loaded = self.models.get(model_id)
+        if loaded is None or (version is not None and version <= loaded.version):
+            return False
+        net, info, new_version = await asyncio.to_thread(self._read, model_id)
+        if new_version <= loaded.version:
+            return False
+        resized = (info.grid_height, info.grid_width) != loaded.size
+        loaded.model, loaded.info, loaded.version = net, info, new_version
+        for session in loaded.sessions:
+            if resized:
+                session.apply(Command("reset"))
+            session.send_event("reloaded", model=model_id, version=new_version, iterations=info.iterations,
+                               loss=info.final_loss, **details)
+        log.info("model %s reloaded at version %d for %d sessions", model_id, new_version, len(loaded.sessions))
+        return True
+
+    # --- the ticker -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: wait until some frame is due, compute the tick in a thread, hand out frames."""
+        while True:
+            now = time.monotonic()
+            groups = self._plan(now)
+            if not groups:
+                await self._sleep_until_due(now)
+                continue
+            started = time.perf_counter()
+            try:
+                results = await asyncio.to_thread(self._compute, groups)
+            except Exception:  # a broken model must not stop every other stream
+                log.exception("tick failed; skipping it")
+                continue
+            self.last_tick_ms = (time.perf_counter() - started) * 1000.0
+            self.ticks += 1
+            for group, (batch, frames) in zip(groups, results, strict=True):
+                for i, work in enumerate(group.work):
+                    session = work.session
+                    if session.closed:
+                        continue
+                    session.state = batch[i : i + 1]
+                    session.frame, session.step = work.header[0] + 1, work.header[1]
+                    session.offer_frame(frames[i].tobytes())
+
+    async def _sleep_until_due(self, now: float) -> None:
+        playing = [s.next_due for s in self.sessions if not s.paused]
+        delay = max(0.0, min(playing) - now) if playing else None
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _plan(self, now: float) -> list[_Group]:
+        """The sessions due now, grouped by (model, angle); also moves each one's next due time."""
+        groups: dict[tuple[str, float], _Group] = {}
+        for session in self.sessions:
+            period = 1.0 / session.fps
+            if not session.paused and session.next_due - now <= 0.5 * period:
+                # Early by up to half a period: sessions of equal fps fall into step and share batches.
+                steps = session.steps_per_frame
+                session.next_due = now + period
+            elif session.paused and session.pending_steps:
+                steps, session.pending_steps = session.pending_steps, 0
+            elif session.needs_frame and (session.paused or not session.edits):
+                steps = 0  # a new session's seed frame, or an edit while paused
+            else:
+                continue
+            session.needs_frame = False
+            edits, session.edits = session.edits, []
+            step = (0 if any(e.cmd == "reset" for e in edits) else session.step) + steps
+            key = (session.model.id, session.angle)
+            if key not in groups:
+                groups[key] = _Group(session.model, session.model.model, session.angle, [])
+            groups[key].work.append(_Work(session, session.state, edits, steps, (session.frame, step)))
+        for group in groups.values():
+            group.work.sort(key=lambda w: -w.steps)
+        return list(groups.values())
+
+    def _compute(self, groups: list[_Group]) -> list[tuple[torch.Tensor, np.ndarray]]:
+        """Worker thread: edits, one batched step per group and CA step, then frames with headers."""
+        results = []
+        with torch.inference_mode():
+            for group in groups:
+                height, width = group.model.size
+                states = [_edited(w.state, w.edits, group.net.channels) for w in group.work]
+                x = torch.cat(states) if len(states) > 1 else states[0]
+                active = [w.steps for w in group.work]
+                for step in range(active[0]):
+                    n = sum(1 for s in active if s > step)  # sorted: the first n still step
+                    x = advance(group.net, x, group.angle) if n == len(active) else \
+                        torch.cat([advance(group.net, x[:n], group.angle), x[n:]])
+                results.append((x, _frames(x, [w.header for w in group.work], width, height)))
+        return results
+
+
+def _edited(state: torch.Tensor, edits: list[Command], channels: int) -> torch.Tensor:
+    """Apply queued reset/seed/erase commands, in order, to one (1, C, H, W) state."""
+    for edit in edits:
+        if edit.cmd == "reset":
+            _, _, h, w = state.shape
+            state = make_seed(h, w, channels, device=state.device)
+        elif edit.cmd == "seed":
+            state[:, 3:, int(edit.y), int(edit.x)] = 1.0  # as make_seed's centre cell
+        elif edit.cmd == "erase":
+            erase_circle(state, edit.x, edit.y, edit.r)
+    return state
+
+
+def _frames(x: torch.Tensor, headers: list[tuple[int, int]], width: int, height: int) -> np.ndarray:
+    """(B, 16 + H*W*4) uint8: each row is one whole binary message, header then RGBA8 pixels."""
+    pixels = rgba8(x).reshape(len(headers), -1)  # the whole batch in one conversion
+    out = np.empty((len(headers), HEADER.size + pixels.shape[1]), dtype=np.uint8)
+    for i, (frame, step) in enumerate(headers):
+        HEADER.pack_into(out[i], 0, frame & 0xFFFFFFFF, step & 0xFFFFFFFF, width, height, FLAGS)
+    out[:, HEADER.size :] = pixels
+    return out

@@ -1,0 +1,141 @@
+"""The wire protocol of `WS /ws/stream` (docs/stream-protocol.md): frame header, close codes,
+query parameters and client commands, validated into plain values before they touch a session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Binary frame: this header, then width*height*4 bytes RGBA8, row-major, top row first.
+HEADER = struct.Struct("<IIHHI")  # frame number, CA step, width, height, flags
+FLAGS = 0
+
+FPS_RANGE = (1.0, 60.0)
+STEPS_PER_FRAME_RANGE = (1, 16)
+DEFAULT_FPS = 30.0
+DEFAULT_STEPS_PER_FRAME = 1
+MAX_COMMAND_BYTES = 1024
+
+# Close codes (RFC 6455 ones where one fits, 44xx mirroring HTTP statuses otherwise).
+CLOSE_NORMAL = 1000
+CLOSE_SERVER_ERROR = 1011  # the model could not be loaded
+CLOSE_TRY_AGAIN_LATER = 1013  # max concurrent streams reached
+CLOSE_BAD_REQUEST = 4400  # invalid query parameters
+CLOSE_UNKNOWN_MODEL = 4404
+CLOSE_IDLE = 4408  # no client message for stream_idle_timeout_s
+CLOSE_TOO_SLOW = 4429  # the client accepted no frame for stream_stall_timeout_s
+
+
+class ProtocolError(ValueError):
+    """Bad client input; the message says what to fix and goes back as an `error` event."""
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{name} must be a number")
+    value = float(value)
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ProtocolError(f"{name} must be between {low:g} and {high:g}")
+    return value
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{name} must be an integer")
+    if not low <= value <= high:
+        raise ProtocolError(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _angle(value: Any) -> float:
+    """Degrees, any finite number, normalised to [0, 360)."""
+    return _number(value, "angle", -math.inf, math.inf) % 360.0
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    model: str
+    fps: float = DEFAULT_FPS
+    steps_per_frame: int = DEFAULT_STEPS_PER_FRAME
+    angle: float = 0.0
+
+
+def _parse_query_number(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ProtocolError(f"{name} must be a number, got {raw!r}") from None
+
+
+def parse_params(query: Mapping[str, str]) -> StreamParams:
+    """`?model=...&fps=...&steps_per_frame=...&angle=...` -> StreamParams, or ProtocolError."""
+    model = query.get("model", "").strip()
+    if not model:
+        raise ProtocolError("the model query parameter is required: /ws/stream?model=<model id>")
+    fps, spf, angle = DEFAULT_FPS, DEFAULT_STEPS_PER_FRAME, 0.0
+    if "fps" in query:
+        fps = _number(_parse_query_number(query["fps"], "fps"), "fps", *FPS_RANGE)
+    if "steps_per_frame" in query:
+        spf = _integer(_parse_query_number(query["steps_per_frame"], "steps_per_frame"), "steps_per_frame",
+                       *STEPS_PER_FRAME_RANGE)
+    if "angle" in query:
+        angle = _angle(_parse_query_number(query["angle"], "angle"))
+    return StreamParams(model, fps, spf, angle)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One validated client command; only the fields its `cmd` uses are set."""
+
+    cmd: str
+    x: float | None = None
+    y: float | None = None
+    r: float | None = None
+    fps: float | None = None
+    steps_per_frame: int | None = None
+    angle: float | None = None
+
+
+COMMANDS = ("reset", "seed", "erase", "pause", "play", "speed", "rotate", "step")
+
+
+def parse_command(text: str, width: int, height: int) -> Command:
+    """A JSON text message -> Command; coordinates are checked against the session's grid."""
+    if len(text) > MAX_COMMAND_BYTES:
+        raise ProtocolError(f"command too long (max {MAX_COMMAND_BYTES} bytes)")
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {exc.msg}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
+        raise ProtocolError('a command is a JSON object with a "cmd" string, e.g. {"cmd": "pause"}')
+    cmd = msg["cmd"]
+    if cmd in ("reset", "pause", "play", "step"):
+        return Command(cmd)
+    if cmd == "seed":
+        return Command(cmd, x=_integer(msg.get("x"), "x", 0, width - 1), y=_integer(msg.get("y"), "y", 0, height - 1))
+    if cmd == "erase":
+        return Command(cmd, x=_number(msg.get("x"), "x", 0, width), y=_number(msg.get("y"), "y", 0, height),
+                       r=_number(msg.get("r"), "r", 0, max(width, height)))
+    if cmd == "speed":
+        if "fps" not in msg and "steps_per_frame" not in msg:
+            raise ProtocolError("speed needs fps and/or steps_per_frame")
+        fps = _number(msg["fps"], "fps", *FPS_RANGE) if "fps" in msg else None
+        spf = _integer(msg["steps_per_frame"], "steps_per_frame", *STEPS_PER_FRAME_RANGE) \
+            if "steps_per_frame" in msg else None
+        return Command(cmd, fps=fps, steps_per_frame=spf)
+    if cmd == "rotate":
+        return Command(cmd, angle=_angle(msg.get("angle")))
+    raise ProtocolError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
+
+
+def event(kind: str, **fields: Any) -> str:
+    """A server->client JSON text message."""
+    return json.dumps({"type": kind, **fields})
