@@ -195,8 +195,8 @@ function updateCard(li, job) {
   error.hidden = !job.error;
 
   li.querySelector('[data-action="cancel"]').hidden = !active;
-  const modelUrl = linkOf(job, 'model') || linkOf(job, 'file');
-  const hasModel = Boolean(modelUrl) && (job.status === 'succeeded' || job.status === 'cancelled' || iteration > 0);
+  const modelUrl = linkOf(job, 'model_file');
+  const hasModel = Boolean(modelUrl); // set from the first checkpoint on
   const download = li.querySelector('[data-action="download"]');
   download.hidden = !hasModel;
   if (hasModel) download.href = modelUrl;

@@ -30,6 +30,7 @@ export function initUpload(config, onCreated) {
 
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
   applyDefaults(form, config.defaults || {});
+  applyLimits(form, config.limits || {});
 
   const showError = (message) => {
     errorBox.textContent = message;
@@ -153,6 +154,18 @@ function applyDefaults(form, defaults) {
     } else {
       field.value = value;
     }
+  }
+}
+
+/** Let the inputs know the server's bounds (spinner steps, and what assistive tech announces). */
+function applyLimits(form, limits) {
+  for (const [name, bounds] of Object.entries(limits)) {
+    const field = form.elements[name];
+    if (!field || field.type !== 'number') continue;
+    const min = bounds.min ?? bounds.ge;
+    const max = bounds.max ?? bounds.le;
+    if (min != null) field.min = min;
+    if (max != null) field.max = max;
   }
 }
 

@@ -1,0 +1,50 @@
+"""Helpers for driving the app in a Playwright page: open a view, read canvas pixels, screenshots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+# Fraction of "painted" (not white) pixels of a canvas inside a box given in fractions of its size.
+# The stream renders cells on white (nca-spec), so empty cells are pure white.
+PAINTED_FRACTION_JS = """([selector, box]) => {
+  const canvas = document.querySelector(selector);
+  const [x0, y0, x1, y1] = box;
+  const left = Math.floor(x0 * canvas.width), top = Math.floor(y0 * canvas.height);
+  const w = Math.max(1, Math.floor((x1 - x0) * canvas.width)), h = Math.max(1, Math.floor((y1 - y0) * canvas.height));
+  const data = canvas.getContext('2d').getImageData(left, top, w, h).data;
+  let painted = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] < 245 || data[i + 1] < 245 || data[i + 2] < 245) painted++;
+  }
+  return painted / (w * h);
+}"""
+WHOLE = (0.0, 0.0, 1.0, 1.0)
+
+
+def open_app(page, view: str = "train") -> None:
+    page.goto(f"/#{view}")
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def painted(page, selector: str = "#stream-canvas", box: tuple[float, float, float, float] = WHOLE) -> float:
+    return page.evaluate(PAINTED_FRACTION_JS, [selector, list(box)])
+
+
+def wait_painted(page, predicate: str, box: tuple[float, float, float, float] = WHOLE,
+                 selector: str = "#stream-canvas", timeout: float = 20_000) -> float:
+    """Wait (checking every animation frame) until `predicate` holds for the painted fraction `p`."""
+    page.wait_for_function(f"(args) => {{ const p = ({PAINTED_FRACTION_JS})(args); return {predicate}; }}",
+                           arg=[selector, list(box)], polling="raf", timeout=timeout)
+    return painted(page, selector, box)
+
+
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -1,0 +1,113 @@
+"""The Train and Jobs views in a real browser against the real stack: upload, progress, errors."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+from PIL import Image, ImageDraw
+from playwright.sync_api import expect
+
+from backend.nca import modelfile
+from tests.frontend.pages import open_app, screenshot
+
+# Tiny training options (through the advanced fields) so the job finishes in seconds on CPU.
+TINY = {"#target-size": "8", "#iterations": "30", "#padding": "4", "#batch-size": "2", "#pool-size": "8",
+        "#min-steps": "8", "#max-steps": "12"}
+
+
+def heart_png(path) -> None:
+    """A red blob with a green leaf on a transparent 48x48 image."""
+    img = Image.new("RGBA", (48, 48), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((6, 12, 42, 46), fill=(220, 40, 60, 255))
+    draw.ellipse((24, 2, 40, 16), fill=(40, 160, 70, 255))
+    img.save(path)
+
+
+def preview_cells(page) -> np.ndarray:
+    """The preview canvas's pixels, (H*scale, W*scale, 4): a whole-number upscale of the cells."""
+    data = page.evaluate("""() => {
+      const c = document.getElementById('target-preview');
+      return {w: c.width, h: c.height, px: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)};
+    }""")
+    return np.array(data["px"], dtype=np.uint8).reshape(data["h"], data["w"], 4)
+
+
+def on_white(png: bytes) -> np.ndarray:
+    rgba = np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=np.float32) / 255.0
+    rgb = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
+
+
+def test_upload_trains_to_success(page, stack, tmp_path):
+    image = tmp_path / "apple.png"
+    heart_png(image)
+    open_app(page, "train")
+    page.set_input_files("#image-input", str(image))
+    page.click("details.advanced summary")
+    for selector, value in TINY.items():
+        page.fill(selector, value)
+    page.dispatch_event("#padding", "input")
+    # The preview mirrors the core: 48x48 -> 8x8 cells, 4 empty cells around -> a 16x16 grid.
+    expect(page.locator("#preview-caption")).to_contain_text("8×8 cells on a 16×16 grid")
+    screenshot(page, "train")
+    preview = preview_cells(page)[..., :3]
+
+    page.click("#submit-job")
+    page.wait_for_url("**/#jobs")
+    card = page.locator(".job").first
+    expect(card.locator(".badge")).to_have_text("succeeded", timeout=120_000)
+    job_id = card.get_attribute("data-job-id")
+    assert page.evaluate("() => { const p = document.querySelector('.job progress'); return p.value === p.max; }")
+    expect(card.locator(".job-numbers")).to_contain_text("30 / 30 it")
+    expect(card.locator("[data-action=cancel]")).to_be_hidden()
+    # The server's processed target is shown, and the browser's preview agreed with it.
+    expect(card.locator("img.job-target")).to_have_js_property("naturalWidth", 16)
+    server_target = on_white(httpx.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
+    scale = preview.shape[0] // server_target.shape[0]
+    assert preview.shape[:2] == (server_target.shape[0] * scale, server_target.shape[1] * scale)
+    cells = preview[scale // 2::scale, scale // 2::scale].astype(int)
+    assert np.abs(cells - server_target.astype(int)).mean() < 12, "the preview differs from the server's target"
+
+    # The loss chart has a curve (painted pixels) and the model file downloads and loads.
+    expect(card.locator(".job-numbers")).to_contain_text("loss")
+    chart_painted = page.evaluate("""() => {
+      const c = document.querySelector('.job .loss-chart');
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 200 && d[i] < 100) n++;
+      return n; }""")
+    assert chart_painted > 20, "no loss curve drawn"
+    href = card.locator("[data-action=download]").get_attribute("href")
+    download = page.request.get(href)
+    assert download.ok
+    loaded = modelfile.from_bytes(download.body())
+    assert loaded.info.iterations == 30
+    screenshot(page, "jobs")
+
+
+def test_invalid_upload_shows_the_api_message(page, stack):
+    """A text file named .png, dropped on the drop zone: the API's `detail` appears by the form."""
+    text = b"this is not an image, just text\n" * 4
+    api = httpx.post(f"{stack.api_url}/api/jobs", files={"image": ("notes.png", text, "image/png")}, timeout=10)
+    assert 400 <= api.status_code < 500
+    message = api.json()["detail"]
+    assert isinstance(message, str) and message
+
+    open_app(page, "train")
+    page.evaluate("""(content) => {
+      const data = new DataTransfer();
+      data.items.add(new File([content], 'notes.png', {type: 'image/png'}));
+      const zone = document.getElementById('drop-zone');
+      for (const type of ['dragenter', 'dragover', 'drop']) {
+        zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+      }
+    }""", text.decode())
+    expect(page.locator("#file-name")).to_contain_text("notes.png")
+    page.click("#submit-job")
+    error = page.locator("#upload-error")
+    expect(error).to_be_visible()
+    expect(error).to_have_text(message)
+    expect(page).to_have_url(f"{stack.api_url}/#train")  # stays on the form
+    screenshot(page, "train-error")
