@@ -162,8 +162,8 @@ function applyLimits(form, limits) {
   for (const [name, bounds] of Object.entries(limits)) {
     const field = form.elements[name];
     if (!field || field.type !== 'number') continue;
-    const min = bounds.min ?? bounds.ge;
-    const max = bounds.max ?? bounds.le;
+    const min = bounds.minimum ?? bounds.exclusiveMinimum;
+    const max = bounds.maximum;
     if (min != null) field.min = min;
     if (max != null) field.max = max;
   }

@@ -33,6 +33,7 @@ export function initWatch(config) {
   let lastSize = [0, 0];
   let frameTimes = [];
   let visible = false;
+  let modelDetails = {}; // the stream's `model` event
 
   const params = () => ({
     model: modelId,
@@ -65,12 +66,17 @@ export function initWatch(config) {
   function onEvent(event) {
     switch (event.type) {
       case 'model':
+        modelDetails = event;
         modelInfo.textContent = describeModel(event);
         break;
-      case 'reloaded':
-        say(`Model updated to checkpoint ${event.version ?? ''}`
-          + `${event.iteration != null ? ` (iteration ${event.iteration})` : ''}: it keeps getting better while it trains.`);
+      case 'reloaded': {
+        // A running job wrote a new checkpoint: the stream swapped it in, the cells play on.
+        const iteration = event.iteration ?? event.iterations;
+        modelInfo.textContent = describeModel({ ...modelDetails, ...event, iterations: iteration });
+        say(`New checkpoint${iteration != null ? ` at iteration ${Number(iteration).toLocaleString()}` : ''}`
+          + ' swapped in: the model keeps getting better while it trains.');
         break;
+      }
       case 'state':
         setPaused(Boolean(event.paused));
         syncSlider(sliders.fps, event.fps);
@@ -254,7 +260,7 @@ function describeModel(info) {
   const h = info.grid_height ?? info.height;
   if (w && h) parts.push(`${w}×${h} cells`);
   if (info.iterations) parts.push(`${Number(info.iterations).toLocaleString()} training iterations`);
-  if (info.device) parts.push(`running on ${info.device}`);
+  if (info.loss != null) parts.push(`loss ${Number(info.loss).toExponential(1)}`);
   return parts.join(' · ');
 }
 
