@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from itertools import count
 from pathlib import Path
 
 import pytest
+import redis
 import torch
+from PIL import Image
 
 from backend.storage.embedded_redis import EmbeddedRedis, start_redis
 
@@ -22,3 +32,105 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
     server = start_redis(data_dir=tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+# --- Training service: Redis databases, Celery workers, the API app, test images -----------------
+
+
+# Small enough that a job of a few hundred iterations takes seconds on one CPU thread.
+TINY_TRAINING = {"experiment": "growing", "target_size": 8, "padding": 2, "batch_size": 2, "min_steps": 8,
+                 "max_steps": 16, "checkpoint_every": 20, "seed": 1}
+SERVICE_ENV = {"NCA_TORCH_THREADS": "1", "NCA_LEASE_SECONDS": "2", "NCA_PROGRESS_EVERY": "0.2"}
+_databases = count(1)
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """A Redis database of its own for each test module (1-15 of the session's server), emptied first."""
+    db = next(_databases) % 15 + 1
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def png_image(size: tuple[int, int] = (24, 24), mode: str = "RGBA", box: int = 4,
+              colour: tuple[int, ...] = (200, 40, 40, 255)) -> bytes:
+    """A PNG with a coloured square on a transparent (or white) background."""
+    background = (0, 0, 0, 0) if mode == "RGBA" else (255, 255, 255)
+    img = Image.new(mode, size, background)
+    img.paste(colour[: len(mode)], (box, box, size[0] - box, size[1] - box))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Worker:
+    """A real Celery worker process (the contract command), with its log in a file."""
+
+    def __init__(self, redis_url: str, models_dir: Path, log_path: Path, env: dict[str, str] | None = None):
+        self.redis_url, self.log_path = redis_url, log_path
+        full_env = {**os.environ, **SERVICE_ENV, "REDIS_URL": redis_url, "NCA_MODELS_DIR": str(models_dir),
+                    **(env or {})}
+        command = [sys.executable, "-m", "celery", "-A", "backend.worker.celery_app", "worker", "--pool=solo",
+                   "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO",
+                   f"--hostname=test-{log_path.stem}@%h"]
+        self.log = log_path.open("ab")
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=full_env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> Worker:
+        """Until its presence key shows up in Redis (written once the worker consumes)."""
+        from backend.storage.workers import live_workers
+
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + timeout
+        while not any(w["id"].endswith(f"-{self.pid}") for w in live_workers(client)):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+    def kill9(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """`start_worker(redis_url, models_dir)` -> a ready Worker; all are stopped after the test."""
+    started: list[Worker] = []
+
+    def start(redis_url: str, models_dir: Path, env: dict[str, str] | None = None) -> Worker:
+        worker = Worker(redis_url, models_dir, tmp_path / f"worker{len(started)}.log", env)
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: float = 0.1, what: str = "") -> object:
+    """Poll until `condition()` is truthy; returns its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+        time.sleep(interval)

@@ -1,0 +1,1 @@
+"""The HTTP API: jobs, models, health and config; serves the frontend at `/`."""

@@ -1,0 +1,67 @@
+"""Builds the API app: routers, error handlers, the upload cap, and the frontend at `/`.
+
+    uvicorn backend.api.main:app --host 0.0.0.0 --port 8000
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from kombu.exceptions import OperationalError
+
+from backend.config import Settings, get_settings
+from backend.nca.target import TargetError
+from backend.storage.connection import REDIS_DOWN_ERRORS, connect
+from backend.storage.jobs import JobStore
+from backend.storage.models import ModelCatalog
+from backend.worker.celery_app import make_celery
+
+from .routes import config, health, jobs, models
+from .upload_limit import UploadLimitMiddleware
+
+log = logging.getLogger(__name__)
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries on top of the image itself
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    app = FastAPI(title="Growing NCA studio", version="0.1.0",
+                  description="Train a Growing Neural Cellular Automaton on your own image (docs/api.md).")
+    client = connect(settings.redis_url)  # connects lazily, reconnects by itself after an outage
+    app.state.settings, app.state.redis = settings, client
+    app.state.store, app.state.catalog = JobStore(client), ModelCatalog(client, settings.models_dir)
+    app.state.celery = make_celery(settings)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": message}, status_code=422)
+
+    @app.exception_handler(TargetError)
+    async def bad_image(_: Request, exc: TargetError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis is unreachable: %s", exc)
+        return JSONResponse({"detail": f"the job store (Redis) is unreachable: {exc}; try again shortly"},
+                            status_code=503)
+
+    for error in (*REDIS_DOWN_ERRORS, OperationalError):
+        app.add_exception_handler(error, redis_down)
+
+    app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    for module in (jobs, models, health, config):
+        app.include_router(module.router)
+    if settings.frontend_dir.is_dir():  # last: every path the API does not own is a frontend file
+        app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="frontend")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,34 @@
+"""What the frontend needs to know: where the stream is, limits, experiments and option defaults."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..deps import SettingsDep
+from ..schemas import EXPERIMENT_HELP, ConfigOut, JobOptions
+
+router = APIRouter(prefix="/api", tags=["config"])
+
+
+def option_limits(max_iterations: int) -> dict[str, dict[str, float]]:
+    """Numeric bounds of JobOptions, from its JSON schema (so they cannot drift from the validation)."""
+    limits = {}
+    for name, spec in JobOptions.model_json_schema()["properties"].items():
+        spec = next((s for s in spec.get("anyOf", [spec]) if s.get("type") in ("integer", "number")), None)
+        if spec is not None:
+            bounds = {k: spec[k] for k in ("minimum", "maximum", "exclusiveMinimum") if k in spec}
+            limits[name] = bounds
+    limits["iterations"]["maximum"] = max_iterations
+    return limits
+
+
+@router.get("/config", response_model=ConfigOut, summary="Settings the frontend uses")
+def config(settings: SettingsDep) -> ConfigOut:
+    defaults = JobOptions().model_dump()
+    defaults["checkpoint_every"] = settings.checkpoint_every
+    defaults["iterations"] = min(defaults["iterations"], settings.max_iterations)
+    return ConfigOut(
+        stream_url=settings.public_stream_url or None, stream_port=settings.stream_port,
+        max_upload_bytes=settings.max_upload_bytes, max_iterations=settings.max_iterations,
+        experiments=EXPERIMENT_HELP, defaults=defaults, limits=option_limits(settings.max_iterations),
+    )

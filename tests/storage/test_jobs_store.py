@@ -1,0 +1,143 @@
+"""The job store and model catalog against a real Redis: claims, leases, fencing, recovery, cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+import torch
+
+from backend.nca import NCA, ModelFile, ModelInfo
+from backend.nca.modelfile import from_bytes, save, to_bytes
+from backend.storage.connection import connect
+from backend.storage.jobs import JobNotFound, JobStore, LossHistory, job_key, new_job_id
+from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound, publish_checkpoint
+
+
+@pytest.fixture
+def store(redis_url: str) -> JobStore:
+    client = connect(redis_url)
+    client.flushdb()
+    return JobStore(client)
+
+
+def new_job(store: JobStore, total: int = 100) -> str:
+    job_id = new_job_id()
+    store.create(job_id, "square", {"experiment": "growing"}, total, torch.rand(4, 12, 10))
+    return job_id
+
+
+def model_bytes(iterations: int = 5) -> bytes:
+    return to_bytes(ModelFile(NCA(), ModelInfo(grid_height=12, grid_width=10, iterations=iterations)))
+
+
+def test_create_and_read_back(store: JobStore) -> None:
+    job_id = new_job(store)
+    job = store.get(job_id)
+    assert (job.status, job.total, job.grid_height, job.grid_width) == ("queued", 100, 12, 10)
+    assert job.model_version == 0 and job.started_at is None
+    assert store.target(job_id).shape == (4, 12, 10)
+    with pytest.raises(JobNotFound):
+        store.get(new_job_id())
+
+
+def test_list_is_newest_first_and_paginated(store: JobStore) -> None:
+    ids = [new_job(store) for _ in range(5)]
+    page, total = store.list(offset=1, limit=2)
+    assert total == 5
+    assert [j.id for j in page] == [ids[3], ids[2]]
+
+
+def test_one_owner_at_a_time_and_writes_are_fenced(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.claim(job_id, "a", 5, "cpu", "w1") == "ok"
+    assert store.claim(job_id, "b", 5, "cpu", "w2") == "busy"  # a duplicate delivery is dropped
+    assert store.store_checkpoint(job_id, "a", model_bytes(), 5, 0.1) == 1
+    assert store.store_checkpoint(job_id, "b", model_bytes(), 6, 0.1) == -1  # not the owner: refused
+    assert store.get(job_id).model_version == 1
+    assert store.finish(job_id, "b", "failed", "nope") is False
+    assert store.finish(job_id, "a", "succeeded") is True
+    assert store.claim(job_id, "c", 5, "cpu", "w3") == "succeeded"  # a finished job is never run again
+    job = store.get(job_id)
+    assert (job.status, job.attempts, job.checkpoint_iteration) == ("succeeded", 1, 5)
+
+
+def test_expired_lease_is_recovered_once(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert store.claim(job_id, "a", 0.3, "cpu", "w1") == "ok"
+    assert store.recover_orphans() == []  # the lease is alive
+    time.sleep(0.4)
+    assert store.recover_orphans() == [job_id]
+    assert store.recover_orphans() == []  # only one recoverer re-sends it
+    assert store.get(job_id).status == "queued"
+    assert store.claim(job_id, "b", 5, "cpu", "w2") == "ok"
+    assert store.refresh_lease(job_id, "b", 5) and not store.refresh_lease(job_id, "a", 5)
+
+
+def test_suspended_job_is_resent_by_recovery(store: JobStore) -> None:
+    job_id = new_job(store)
+    store.claim(job_id, "a", 5, "cpu", "w1")
+    assert store.suspend(job_id, "a")
+    assert store.get(job_id).status == "queued"
+    assert store.recover_orphans() == [job_id]
+
+
+def test_cancel_queued_running_and_finished(store: JobStore) -> None:
+    queued, running = new_job(store), new_job(store)
+    assert store.cancel(queued) == "cancelled"
+    assert store.get(queued).status == "cancelled" and store.get(queued).finished_at is not None
+    assert store.claim(queued, "a", 5, "cpu", "w") == "cancelled"  # the worker skips it
+    store.claim(running, "b", 5, "cpu", "w")
+    assert store.cancel(running) == "requested"
+    assert store.cancel_requested(running) and store.get(running).status == "running"
+    store.finish(running, "b", "cancelled")
+    assert store.cancel(running) == "cancelled"  # already: reported as its status
+    with pytest.raises(JobNotFound):
+        store.cancel(new_job_id())
+
+
+def test_loss_history_stays_small_and_even() -> None:
+    history = LossHistory(max_points=200)
+    for i in range(1, 5001):
+        history.add(i, 1.0 / i)
+    assert len(history.points) <= 200
+    assert history.points[-1][0] > 4800 and all(it % history.every == 0 for it, _ in history.points)
+    history.truncate(1000)
+    assert history.points[-1][0] <= 1000
+
+
+def test_catalog_lists_examples_and_jobs_with_checkpoints(store: JobStore, tmp_path) -> None:
+    save(ModelFile(NCA(), ModelInfo(grid_height=20, grid_width=30, iterations=7, name="Lizard",
+                                    experiment="regenerating")), tmp_path / "lizard.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a model")
+    without, with_model = new_job(store), new_job(store)
+    store.claim(with_model, "a", 5, "cpu", "w")
+    store.store_checkpoint(with_model, "a", model_bytes(40), 40, 0.25)
+    catalog = ModelCatalog(store.client, tmp_path)
+    entries = {e.id: e for e in catalog.list_models()}
+    assert set(entries) == {"example-lizard", with_model}
+    example, job = entries["example-lizard"], entries[with_model]
+    assert (example.source, example.status, example.name, example.grid_width, example.iterations) == \
+        ("example", "ready", "Lizard", 30, 7)
+    assert (job.source, job.status, job.iterations, job.loss, job.version) == ("job", "running", 40, 0.25, 1)
+    assert from_bytes(catalog.get_model_bytes(with_model)).info.iterations == 40
+    assert from_bytes(catalog.get_model_bytes("example-lizard")).info.name == "Lizard"
+    assert catalog.get_model_version(with_model) == 1
+    for missing in (without, new_job_id(), "example-nope", "example-../lizard", "nonsense"):
+        with pytest.raises(ModelNotFound):
+            catalog.get_model_bytes(missing)
+        with pytest.raises(KeyError):  # ModelNotFound is a KeyError
+            catalog.get_model_version(missing)
+
+
+def test_checkpoint_publish_message(store: JobStore, redis_url: str) -> None:
+    pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHECKPOINT_CHANNEL)
+    pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    publish_checkpoint(store.client, "ab" * 16, 3, 60, "running")
+    message = pubsub.get_message(timeout=2.0)
+    assert json.loads(message["data"]) == {"model_id": "ab" * 16, "version": 3, "iteration": 60, "status": "running"}
+    pubsub.close()
+    assert store.client.exists(job_key("ab" * 16)) == 0
