@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from . import fast
 from .model import ALIVE_THRESHOLD, CHANNELS, FIRE_RATE, HIDDEN, NCA, damage_circles, make_seed, to_rgba
 from .modelfile import ModelFile, ModelInfo
 
@@ -46,6 +47,7 @@ class TrainConfig:
     fire_rate: float = FIRE_RATE
     seed: int = 0
     checkpoint_every: int = 500
+    fast: bool = True  # rollouts through backend.nca.fast (same function, computed on the live box only)
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -148,6 +150,8 @@ class Trainer:
         return x, idx
 
     def rollout(self, x: torch.Tensor, steps: int) -> torch.Tensor:
+        if self.config.fast:
+            return fast.rollout(self.model, x, steps, generator=self.generator)
         for _ in range(steps):
             x = self.model(x, generator=self.generator)
         return x

@@ -1,0 +1,122 @@
+"""Draw the example targets and train the example models in models/ with our own trainer.
+
+    .venv/bin/python scripts/make_examples.py                 # draw + train every example
+    .venv/bin/python scripts/make_examples.py --only heart    # one of them
+    .venv/bin/python scripts/make_examples.py --draw-only     # just the target PNGs
+
+The pictures are drawn here with Pillow primitives (no third-party artwork, nothing to license).
+Each example is trained with the `regenerating` experiment (pool + damage) on a small grid so
+that it trains on two CPU cores in about half an hour; the recipe and seed below are fixed, so
+a rerun reproduces the shipped files (up to float rounding of the threading library).
+Writes models/<name>.png (the drawn target) and models/<name>.safetensors, and a loss log
+(iteration, seconds, loss) to artifacts/examples/<name>.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.nca import modelfile  # noqa: E402
+from backend.nca.target import TargetOptions, load_target  # noqa: E402
+from backend.nca.train import TrainConfig, Trainer  # noqa: E402
+
+CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-aliased
+PNG_SIZE = 128
+TARGET_SIZE, PADDING = 24, 6  # the example grid is 36x36 cells
+RECIPE = {"experiment": "regenerating", "iterations": 2500, "min_steps": 48, "max_steps": 64,
+          "lr_decay_at": 1500, "checkpoint_every": 250}
+
+
+def _scaled(box: tuple[float, ...]) -> list[float]:
+    return [v * CANVAS for v in box]
+
+
+def draw_smiley(d: ImageDraw.ImageDraw) -> None:
+    """A yellow face with a dark rim, two eyes and a wide smile."""
+    d.ellipse(_scaled((0.02, 0.02, 0.98, 0.98)), fill=(60, 40, 20, 255))
+    d.ellipse(_scaled((0.08, 0.08, 0.92, 0.92)), fill=(255, 200, 20, 255))
+    for cx in (0.34, 0.66):
+        d.ellipse(_scaled((cx - 0.08, 0.22, cx + 0.08, 0.46)), fill=(60, 40, 20, 255))
+    d.chord(_scaled((0.2, 0.3, 0.8, 0.82)), 10, 170, fill=(60, 40, 20, 255))
+    d.chord(_scaled((0.3, 0.42, 0.7, 0.72)), 10, 170, fill=(255, 200, 20, 255))
+
+
+def draw_heart(d: ImageDraw.ImageDraw) -> None:
+    """A red heart with a darker rim and a white highlight."""
+    def heart(inset: float, colour: tuple[int, int, int, int]) -> None:
+        r = 0.26 - inset
+        for cx in (0.28, 0.72):
+            d.ellipse(_scaled((cx - r, 0.32 - r, cx + r, 0.32 + r)), fill=colour)
+        d.polygon(_scaled((0.03 + inset * 1.4, 0.42, 0.97 - inset * 1.4, 0.42, 0.5, 0.95 - inset * 1.6)), fill=colour)
+        d.rectangle(_scaled((0.28, 0.2, 0.72, 0.45)), fill=colour)
+
+    heart(0.0, (120, 0, 20, 255))
+    heart(0.06, (230, 30, 50, 255))
+    d.ellipse(_scaled((0.17, 0.2, 0.33, 0.36)), fill=(255, 235, 240, 255))
+
+
+EXAMPLES: dict[str, tuple[Callable[[ImageDraw.ImageDraw], None], int]] = {
+    # name: (drawing, training seed)
+    "smiley": (draw_smiley, 1),
+    "heart": (draw_heart, 2),
+}
+
+
+def draw(name: str) -> Path:
+    img = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
+    EXAMPLES[name][0](ImageDraw.Draw(img))
+    path = ROOT / "models" / f"{name}.png"
+    img.resize((PNG_SIZE, PNG_SIZE), Image.LANCZOS).save(path, optimize=True)
+    return path
+
+
+def train(name: str, iterations: int | None = None) -> Path:
+    png = draw(name)
+    options = TargetOptions(TARGET_SIZE, PADDING)
+    config = TrainConfig.from_dict({**RECIPE, "seed": EXAMPLES[name][1],
+                                    **({"iterations": iterations} if iterations else {})})
+    trainer = Trainer(load_target(png, options), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
+    out = ROOT / "models" / f"{name}.safetensors"
+    log_path = ROOT / "artifacts" / "examples" / f"{name}.csv"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log_path.open("w") as log:
+        log.write("iteration,seconds,loss\n")
+
+        def on_progress(p) -> None:
+            log.write(f"{p.iteration},{time.perf_counter() - start:.1f},{p.loss:.6f}\n")
+            if p.iteration % 50 == 0:
+                log.flush()
+                print(f"{name}: {p.iteration}/{p.total} loss {p.loss:.5f} {p.iterations_per_second:.2f} it/s",
+                      flush=True)
+
+        result = trainer.run(on_progress=on_progress, on_checkpoint=lambda mf: modelfile.save(mf, out))
+    print(f"{name}: {result.status} after {result.iteration} iterations, loss {result.loss:.5f}, "
+          f"{time.perf_counter() - start:.0f} s; wrote {out}")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=list(EXAMPLES), action="append", help="example(s) to make")
+    parser.add_argument("--draw-only", action="store_true", help="only draw the target PNGs")
+    parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one per example in parallel)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for name in args.only or list(EXAMPLES):
+        print(draw(name) if args.draw_only else train(name, args.iterations))
+
+
+if __name__ == "__main__":
+    main()
