@@ -97,8 +97,9 @@ def native_argv(service: dict) -> list[str]:
 
 
 def _base_environment() -> dict[str, str]:
-    """This machine's environment without any setting of ours, so only the compose file's apply."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NCA_") and k != "REDIS_URL"}
+    """This machine's environment without any setting of ours, so only the compose file's apply; no PYTHONPATH:
+    as in the image, `backend` is importable only because the commands run in the code's folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NCA_") and k not in ("REDIS_URL", "PYTHONPATH")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
