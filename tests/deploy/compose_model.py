@@ -18,6 +18,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CPU_OVERRIDE_FILE = REPO_ROOT / "docker-compose.cpu.yml"
+REDIS_PRIVATE_FILE = REPO_ROOT / "docker-compose.redis-private.yml"
+REMOTE_WORKER_FILE = REPO_ROOT / "docker-compose.worker.yml"
+ALL_FILES = (COMPOSE_FILE, CPU_OVERRIDE_FILE, REDIS_PRIVATE_FILE, REMOTE_WORKER_FILE)
 
 # Compose replaces these values instead of appending to them (compose-spec "merge" rules).
 _REPLACED_SEQUENCES = {"command", "entrypoint", "test"}
@@ -124,6 +127,14 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
 def variable_defaults(text: str) -> dict[str, str]:
     """Every `${VAR:-default}` in a compose value, as {VAR: default}."""
     return {m["braced"]: m["arg"] for m in _VARIABLE.finditer(text) if m["braced"] and m["op"] in (":-", "-")}
+
+
+def extend(service: dict, base_dir: Path = REPO_ROOT) -> dict:
+    """A service with its `extends` (another file's service) resolved: that service merged with this one."""
+    if "extends" not in service:
+        return service
+    source = load(base_dir / service["extends"]["file"])["services"][service["extends"]["service"]]
+    return merge(extend(source, base_dir), {key: value for key, value in service.items() if key != "extends"})
 
 
 def command_argv(service: dict) -> list[str]:

@@ -11,11 +11,15 @@ from jsonschema import Draft7Validator
 
 from backend.config import Settings
 from tests.deploy.compose_model import (
+    ALL_FILES,
     COMPOSE_FILE,
     CPU_OVERRIDE_FILE,
+    REDIS_PRIVATE_FILE,
+    REMOTE_WORKER_FILE,
     REPO_ROOT,
     Reset,
     command_argv,
+    extend,
     interpolate,
     load,
     merge,
@@ -25,6 +29,9 @@ from tests.deploy.compose_model import (
 )
 
 COMPOSE_SCHEMA = REPO_ROOT.parent / "shared" / "reference" / "compose-spec.json"
+# What a host sets for the files that refuse to start without it (`${VAR:?message}`).
+REQUIRED_HOST_ENV = {"REDIS_PASSWORD": "0123abcd", "REDIS_BIND_IP": "10.0.0.1",
+                     "REDIS_URL": "redis://:0123abcd@10.0.0.1:6379/0"}
 PYTHON_SERVICES = ("api", "worker", "stream")
 
 # The service commands every part of the project agrees on (python -m backend.run, compose, tests).
@@ -62,11 +69,15 @@ def _errors(validator: Draft7Validator, document: dict) -> list[str]:
     return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(document)]
 
 
-@pytest.mark.parametrize("path", [COMPOSE_FILE, CPU_OVERRIDE_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
 def test_compose_file_validates_against_the_compose_spec(schema_validator: Draft7Validator, path: Path) -> None:
     raw = strip_tags(load(path))
     assert _errors(schema_validator, raw) == []
-    assert _errors(schema_validator, interpolate(raw, {})) == []
+    assert _errors(schema_validator, interpolate(raw, REQUIRED_HOST_ENV)) == []
+
+
+def test_every_compose_file_is_checked() -> None:
+    assert sorted(REPO_ROOT.glob("docker-compose*.yml")) == sorted(ALL_FILES)
 
 
 def test_merged_cpu_variant_validates_against_the_compose_spec(schema_validator, cpu_compose) -> None:
@@ -184,3 +195,39 @@ def test_environment_is_interpolated_from_the_host(compose) -> None:
     assert worker_env["NCA_CHECKPOINT_EVERY"] == "25"
     assert worker_env["REDIS_URL"] == "redis://10.0.0.5:6379/1"
     assert configured["services"]["api"]["ports"] == ["9000:8000"]
+
+
+def test_private_redis_override_requires_a_password_and_a_private_address(compose) -> None:
+    """Redis reachable from other machines: never without a password, never on all interfaces."""
+    raw = merge(load(COMPOSE_FILE), load(REDIS_PRIVATE_FILE))
+    for missing in ("REDIS_PASSWORD", "REDIS_BIND_IP"):
+        with pytest.raises(KeyError, match=missing):
+            interpolate(raw, {k: v for k, v in REQUIRED_HOST_ENV.items() if k != missing})
+    merged = interpolate(raw, REQUIRED_HOST_ENV)
+    redis = merged["services"]["redis"]
+    argv = command_argv(redis)
+    assert argv[argv.index("--requirepass") + 1] == REQUIRED_HOST_ENV["REDIS_PASSWORD"]
+    assert argv[argv.index("--appendonly") + 1] == "yes"
+    assert redis["ports"] == ["10.0.0.1:6379:6379"]
+    assert redis["environment"]["REDISCLI_AUTH"] == REQUIRED_HOST_ENV["REDIS_PASSWORD"]
+    assert redis["volumes"] == compose["services"]["redis"]["volumes"]
+    for name in PYTHON_SERVICES:
+        assert merged["services"][name]["environment"]["REDIS_URL"] == "redis://:0123abcd@redis:6379/0"
+        assert command_argv(merged["services"][name]) == command_argv(compose["services"][name])
+
+
+def test_remote_worker_file_runs_the_same_worker_against_a_given_redis(compose) -> None:
+    raw = load(REMOTE_WORKER_FILE)
+    assert set(raw["services"]) == {"worker"}, "only workers run on the extra GPU machines"
+    with pytest.raises(KeyError, match="REDIS_URL"):
+        interpolate(strip_tags(raw), {})
+    worker = interpolate(extend(raw["services"]["worker"]), REQUIRED_HOST_ENV)
+    assert "depends_on" not in worker, "there is no local redis service to wait for"
+    assert worker["environment"]["REDIS_URL"] == REQUIRED_HOST_ENV["REDIS_URL"]
+    base = compose["services"]["worker"]
+    assert command_argv(worker) == command_argv(base)
+    for key in ("deploy", "healthcheck", "image", "build", "stop_grace_period"):
+        assert worker[key] == base[key], key
+    assert {k: v for k, v in worker["environment"].items() if k != "REDIS_URL"} == \
+        {k: v for k, v in base["environment"].items() if k != "REDIS_URL"}
+    assert "ports" not in worker and "container_name" not in worker

@@ -32,5 +32,6 @@ def test_readme_has_the_deploy_section() -> None:
     assert match, "README.md lacks the marked deploy section"
     section = match[1]
     for needed in ("docker compose up", "docker-compose.cpu.yml", "--scale worker=", "NVIDIA Container Toolkit",
-                   "REDIS_URL=", "--no-deps", "docs/deploy.md"):
+                   "REDIS_URL=", "docker-compose.worker.yml",
+                   "docker-compose.redis-private.yml", "docs/deploy.md"):
         assert needed in section, needed
