@@ -109,13 +109,14 @@ class Worker:
         self.process.wait()
 
 
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """`start_worker(redis_url, models_dir)` -> a ready Worker; all are stopped after the test."""
+@pytest.fixture(scope="module")
+def start_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Worker]]:
+    """`start_worker(redis_url, models_dir)` -> a ready Worker; all are stopped after the test module."""
     started: list[Worker] = []
+    logs = tmp_path_factory.mktemp("workers")
 
     def start(redis_url: str, models_dir: Path, env: dict[str, str] | None = None) -> Worker:
-        worker = Worker(redis_url, models_dir, tmp_path / f"worker{len(started)}.log", env)
+        worker = Worker(redis_url, models_dir, logs / f"worker{len(started)}.log", env)
         started.append(worker)
         return worker.wait_ready()
 

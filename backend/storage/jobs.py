@@ -193,7 +193,7 @@ return 1
 _CANCEL = f"""
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
-if {_TERMINAL_LUA} then return st end
+if {_TERMINAL_LUA} then return 'finished' end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 if st == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
@@ -253,7 +253,7 @@ class JobStore:
         return [Job.from_hash(raw) for raw in rows if raw], total
 
     def cancel(self, job_id: str) -> str:
-        """'cancelled' (was queued), 'requested' (the worker stops soon) or the finished status."""
+        """'cancelled' (it was queued), 'requested' (the worker stops soon) or 'finished' (nothing to cancel)."""
         outcome = text(self._cancel(keys=[job_key(job_id), job_key(job_id, "lease")], args=[time.time()]))
         if outcome == "missing":
             raise JobNotFound(job_id)

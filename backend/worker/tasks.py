@@ -104,6 +104,7 @@ class JobRun:
         every = int(text(store.client.hget(job_key(job.id), "loss_every")) or 1)
         self.history = LossHistory(job.loss_history, every)
         self.last_write = 0.0
+        self.last_checkpoint: bytes | None = None  # what Redis holds: exported as is on success
 
     def run(self) -> str:
         job, store = self.job, self.store
@@ -135,7 +136,7 @@ class JobRun:
             return "lease lost"
         self.write_progress(result.iteration, result.loss, None, force=True)
         if result.status == "succeeded":
-            self.export(result.model_file)
+            self.export()
             return self.finish("succeeded")
         if store.cancel_requested(job.id):
             return self.finish("cancelled")
@@ -163,17 +164,20 @@ class JobRun:
 
     def on_checkpoint(self, model_file: ModelFile) -> None:
         iteration, loss = model_file.info.iterations, model_file.info.final_loss
-        version = self.store.store_checkpoint(self.job.id, self.token, to_bytes(model_file), iteration, loss)
+        data = to_bytes(model_file)
+        version = self.store.store_checkpoint(self.job.id, self.token, data, iteration, loss)
         if version < 0:
             self.lease.lost.set()
             return
+        self.last_checkpoint = data
         publish_checkpoint(self.store.client, self.job.id, version, iteration, "running")
 
-    def export(self, model_file: ModelFile) -> None:
-        """A copy in models_dir/jobs/ for people on this machine; Redis stays the source of truth."""
+    def export(self) -> None:
+        """A copy of the final checkpoint in models_dir/jobs/ for this machine; Redis stays the source of truth."""
+        data = self.last_checkpoint or self.store.checkpoint(self.job.id)
         path = self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"
         try:
-            write_atomic(path, to_bytes(model_file))
+            write_atomic(path, data)
         except OSError as exc:
             log.warning("job %s: could not export the model to %s: %s", self.job.id, path, exc)
 

@@ -133,9 +133,9 @@ def cancel_job(job_id: JobIdDep, store: StoreDep, response: Response) -> JobOut:
         outcome = store.cancel(job_id)
     except JobNotFound:
         raise HTTPException(404, f"no job with id {job_id}") from None
-    if outcome not in ("cancelled", "requested"):
-        raise HTTPException(409, f"the job has already {outcome}; there is nothing to cancel")
     job = get_job_or_404(store, job_id)
+    if outcome == "finished":
+        raise HTTPException(409, f"the job is already {job.status}; there is nothing to cancel")
     if outcome == "requested":
         response.status_code = 202
     elif job.model_version:
