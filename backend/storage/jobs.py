@@ -158,7 +158,8 @@ _CHECKPOINT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('SET', KEYS[3], ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], 'model_version', 1)
-redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5])
+redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5],
+           'iteration', ARGV[3], 'loss', ARGV[4])
 return version
 """
 

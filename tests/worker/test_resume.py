@@ -1,0 +1,37 @@
+"""A worker killed with SIGKILL mid-training: another worker resumes the job from its last checkpoint."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from backend.nca.modelfile import from_bytes
+from backend.storage.workers import live_workers
+
+
+def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker, redis_url, worker_models_dir,
+                                                submit, job_waiter) -> None:
+    first = start_worker(redis_url, worker_models_dir)
+    job = submit(iterations=500, checkpoint_every=25)
+    job_waiter(job["id"], lambda j: (j["checkpoint_iteration"] or 0) >= 50, what="two checkpoints")
+    first.kill9()
+    at_kill = client.get(f"/api/jobs/{job['id']}").json()
+    checkpoint = at_kill["checkpoint_iteration"]
+    assert at_kill["status"] == "running" and 50 <= checkpoint < 500
+
+    second = start_worker(redis_url, worker_models_dir)
+    seen = []
+
+    def resumed_or_done(j: dict) -> bool:
+        if j["attempts"] == 2:
+            seen.append(j["iteration"])
+        return j["status"] == "succeeded"
+
+    done = job_waiter(job["id"], resumed_or_done, timeout=120, what="the resumed job to finish")
+    assert done["resumed_from"] == [checkpoint]  # started again from the checkpoint, not from 0
+    assert min(seen) >= checkpoint, "the iteration count went back below the checkpoint"
+    assert done["iteration"] == 500 and done["attempts"] == 2
+    assert done["worker"].endswith(f"-{second.pid}")
+    assert any(it <= checkpoint for it, _ in done["loss_history"])  # the history before the kill is kept
+    model = from_bytes(client.get(done["links"]["model_file"]).content)
+    assert model.info.iterations == 500
+    assert [w["id"] for w in live_workers(client.app.state.redis)] == [done["worker"]]  # the killed one expired
