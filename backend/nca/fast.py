@@ -57,14 +57,23 @@ def cell_weights(model: NCA, angle: float = 0.0) -> tuple[torch.Tensor, ...]:
     return w1_cells, model.perceive_to_hidden.bias, w2, model.hidden_to_update.bias
 
 
+def _sobel_x(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) -> Sobel-x of every channel, zero padded (`outer([1, 2, 1], [-1, 0, 1]) / 8`)."""
+    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
+    smooth = xp[:, :-2] + 2.0 * xp[:, 1:-1] + xp[:, 2:]  # [1, 2, 1] down the rows
+    return (smooth[:, :, 2:] - smooth[:, :, :-2]) * 0.125
+
+
+def _sobel_y(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) -> Sobel-y (the transposed filter) of every channel, zero padded."""
+    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
+    smooth = xp[:, :, :-2] + 2.0 * xp[:, :, 1:-1] + xp[:, :, 2:]  # [1, 2, 1] along the rows
+    return (smooth[:, 2:] - smooth[:, :-2]) * 0.125
+
+
 def perceive_cells(x: torch.Tensor) -> torch.Tensor:
     """(B, h, w, C) -> (B*h*w, 3C): each cell's channels, Sobel-x and Sobel-y (zero padded)."""
-    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
-    smooth_v = xp[:, :-2] + 2.0 * xp[:, 1:-1] + xp[:, 2:]  # [1, 2, 1] down the rows
-    sobel_x = (smooth_v[:, :, 2:] - smooth_v[:, :, :-2]) * 0.125
-    smooth_h = xp[:, :, :-2] + 2.0 * xp[:, :, 1:-1] + xp[:, :, 2:]
-    sobel_y = (smooth_h[:, 2:] - smooth_h[:, :-2]) * 0.125
-    return torch.cat([x, sobel_x, sobel_y], -1).view(-1, 3 * x.shape[-1])
+    return torch.cat([x, _sobel_x(x), _sobel_y(x)], -1).view(-1, 3 * x.shape[-1])
 
 
 def _alive(x: torch.Tensor) -> torch.Tensor:
@@ -72,17 +81,53 @@ def _alive(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x[..., 3].unsqueeze(1), 3, 1, 1)[:, 0] > ALIVE_THRESHOLD
 
 
+def _step_forward(x: torch.Tensor, fire: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                  b2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One CA step on a cell-major crop, no autograd: (new x, alive mask, perception, hidden, mask)."""
+    pre = _alive(x)
+    perception = perceive_cells(x)
+    hidden = torch.addmm(b1, perception, w1).relu_()
+    new = torch.addmm(b2, hidden, w2).view(x.shape).mul_(fire).add_(x)  # x + dx * fire
+    mask = pre & _alive(new)
+    keep = mask.unsqueeze(-1).to(x.dtype)
+    return new.mul_(keep), mask, perception, hidden, keep
+
+
+class _Step(torch.autograd.Function):
+    """One CA step with a hand-written backward: saves only the perception and the hidden layer.
+
+    The perception's adjoint is cheap because the filters are fixed: identity, and each Sobel
+    filter is antisymmetric under a 180-degree turn, so its transpose is minus itself.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fire, w1, b1, w2, b2):  # noqa: ANN001, ANN205 (autograd signature)
+        new, mask, perception, hidden, keep = _step_forward(x, fire, w1, b1, w2, b2)
+        ctx.save_for_backward(perception, hidden, fire, keep, w1, w2)
+        ctx.mark_non_differentiable(mask)
+        return new, mask
+
+    @staticmethod
+    def backward(ctx, grad, _grad_mask):  # noqa: ANN001, ANN205
+        perception, hidden, fire, keep, w1, w2 = ctx.saved_tensors
+        channels = grad.shape[-1]
+        grad = (grad * keep).contiguous()  # d/d(x + dx * fire); a fresh tensor, ours to modify
+        grad_dx = (grad * fire).reshape(-1, channels)
+        grad_w2, grad_b2 = hidden.t() @ grad_dx, grad_dx.sum(0)
+        grad_hidden = torch.ops.aten.threshold_backward(grad_dx @ w2.t(), hidden, 0.0)  # ReLU's backward
+        grad_w1, grad_b1 = perception.t() @ grad_hidden, grad_hidden.sum(0)
+        grad_p = (grad_hidden @ w1.t()).view(*grad.shape[:-1], 3 * channels)
+        grad_x = grad.add_(grad_p[..., :channels])
+        grad_x -= _sobel_x(grad_p[..., channels:2 * channels])
+        grad_x -= _sobel_y(grad_p[..., 2 * channels:])
+        return grad_x, None, grad_w1, grad_b1, grad_w2, grad_b2
+
+
 def _step(x: torch.Tensor, weights: tuple[torch.Tensor, ...], fire: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One CA step on a cell-major crop; `fire` is (B, h, w, 1) float. Returns (x, alive mask)."""
-    w1, b1, w2, b2 = weights
-    with torch.no_grad():
-        pre = _alive(x)
-    hidden = torch.relu(torch.addmm(b1, perceive_cells(x), w1))
-    dx = torch.addmm(b2, hidden, w2).view(x.shape)
-    x = x + dx * fire
-    with torch.no_grad():
-        mask = pre & _alive(x)
-    return x * mask.unsqueeze(-1).to(x.dtype), mask
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return _Step.apply(x, fire, *weights)
+    return _step_forward(x, fire, *weights)[:2]
 
 
 def _box(mask: torch.Tensor, origin: tuple[int, int], height: int, width: int) -> Box | None:
@@ -108,7 +153,7 @@ def _fire(model: NCA, x: torch.Tensor, box: Box, generator: torch.Generator | No
     """The step's fire mask, drawn on the full grid exactly like `NCA.fire_mask`, cropped to `box`."""
     full = model.fire_mask(x, generator) if given is None else given
     y0, y1, x0, x1 = box
-    return full[:, 0, y0:y1, x0:x1].unsqueeze(-1).to(torch.float32)
+    return full[:, 0, y0:y1, x0:x1].unsqueeze(-1).to(torch.float32).contiguous()
 
 
 def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
