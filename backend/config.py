@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "NCA_REDIS_URL"))
     models_dir: Path = REPO_ROOT / "models"
     frontend_dir: Path = REPO_ROOT / "frontend"
+    data_dir: Path = REPO_ROOT / ".data"  # `python -m backend.run` keeps its bundled Redis's data here
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -27,7 +27,7 @@ def recover_orphans() -> list[str]:
     for job_id in recovered:
         try:
             tasks.train_job.apply_async(args=[job_id])
-            log.info("job %s: its worker is gone; re-queued to resume from its last checkpoint", job_id)
+            log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint", job_id)
         except Exception:
             store.mark_orphan(job_id)  # try again next round
             raise

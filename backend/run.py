@@ -1,0 +1,139 @@
+"""The whole service on one machine: `python -m backend.run` (what `make run` does).
+
+Starts a bundled Redis (unless REDIS_URL is set; its data stays in .data/redis, so jobs survive a
+restart), then the API, one worker and the stream service with the same commands as
+docker-compose. Ctrl-C stops everything; if one part dies, everything stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from backend.config import REPO_ROOT, get_settings
+from backend.storage.embedded_redis import EmbeddedRedis, start_redis
+
+STOP_TIMEOUT = 30.0  # seconds a service gets to stop (the worker checkpoints its job first)
+
+
+@dataclass
+class Service:
+    name: str
+    command: list[str]
+    port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        # A session of its own: Ctrl-C reaches only this launcher, which stops the services in order.
+        self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env={**env, **self.env}, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"[run] {self.name} did not stop within {STOP_TIMEOUT:.0f} s; killing it", flush=True)
+            self.process.kill()
+            self.process.wait()
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for_port(service: Service, timeout: float = 120.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            return False
+        if port_in_use(service.port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def services(api_port: int, stream_port: int) -> list[Service]:
+    python = sys.executable
+    # On one machine the worker and the stream share the CPU: half the cores each, unless told otherwise
+    # (oversubscribed torch threads make small-grid training many times slower).
+    half = str(max(1, (os.cpu_count() or 2) // 2))
+    worker_env = {} if "NCA_TORCH_THREADS" in os.environ else {"NCA_TORCH_THREADS": half}
+    return [
+        Service("worker", [python, "-m", "celery", "-A", "backend.worker.celery_app", "worker", "--pool=solo",
+                           "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO"], env=worker_env),
+        Service("stream", [python, "-m", "uvicorn", "backend.stream.app:app", "--host", "127.0.0.1",
+                           "--port", str(stream_port)], stream_port),
+        Service("api", [python, "-m", "uvicorn", "backend.api.main:app", "--host", "127.0.0.1",
+                        "--port", str(api_port)], api_port),
+    ]
+
+
+class Stop(Exception):
+    """SIGINT or SIGTERM."""
+
+
+def _raise_stop(*_: object) -> None:
+    raise Stop
+
+
+def main() -> int:
+    settings = get_settings()
+    busy = [p for p in (settings.api_port, settings.stream_port) if port_in_use(p)]
+    if busy:
+        print(f"[run] port {busy[0]} is already in use; stop what uses it or set NCA_API_PORT / NCA_STREAM_PORT",
+              file=sys.stderr)
+        return 1
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    redis_server: EmbeddedRedis | None = None
+    running: list[Service] = []
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    exit_code = 0
+    try:
+        if "REDIS_URL" in os.environ or "NCA_REDIS_URL" in os.environ:
+            print(f"[run] using Redis at {settings.redis_url}", flush=True)
+        else:
+            redis_server = start_redis(data_dir=settings.data_dir / "redis")
+            env["REDIS_URL"] = redis_server.url
+            print(f"[run] started the bundled Redis on {redis_server.url} (data in {redis_server.data_dir})",
+                  flush=True)
+        for service in services(settings.api_port, settings.stream_port):
+            service.start(env)
+            running.append(service)
+        for service in running:
+            if service.port is not None and not wait_for_port(service):
+                raise RuntimeError(f"the {service.name} service did not start on port {service.port}")
+        print(f"\n    Open http://127.0.0.1:{settings.api_port} in your browser   (Ctrl-C stops everything)\n",
+              flush=True)
+        while True:
+            for service in running:
+                if service.process.poll() is not None:
+                    raise RuntimeError(f"the {service.name} service exited with code {service.process.returncode}")
+            time.sleep(0.5)
+    except Stop:
+        print("\n[run] stopping...", flush=True)
+    except RuntimeError as exc:
+        print(f"[run] {exc}; stopping everything", file=sys.stderr, flush=True)
+        exit_code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave services behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for service in reversed(running):  # the API first, the worker last: it checkpoints its job
+            service.stop()
+        if redis_server is not None:
+            redis_server.stop()
+    print("[run] stopped", flush=True)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
