@@ -102,6 +102,14 @@ class TrainResult:
     model_file: ModelFile
 
 
+def normalize_gradients(parameters) -> None:
+    """Divide each parameter's gradient by its own L2 norm (+1e-8), as the authors do before Adam."""
+    with torch.no_grad():
+        for p in parameters:
+            if p.grad is not None:
+                p.grad /= p.grad.norm() + 1e-8
+
+
 class Trainer:
     def __init__(self, target: torch.Tensor, config: TrainConfig, device: str | torch.device = "cpu",
                  resume: ModelFile | None = None, name: str | None = None,
@@ -173,9 +181,7 @@ class Trainer:
                                  "try another seed")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with torch.no_grad():
-            for p in self.model.parameters():  # gradient normalisation, per parameter
-                p.grad /= p.grad.norm() + 1e-8
+        normalize_gradients(self.model.parameters())
         self.optimizer.step()
         if self.pool is not None:
             self.pool[idx] = x.detach()
