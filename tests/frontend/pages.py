@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
@@ -38,8 +40,14 @@ def painted(page, selector: str = "#stream-canvas", box: tuple[float, float, flo
 def wait_painted(page, predicate: str, box: tuple[float, float, float, float] = WHOLE,
                  selector: str = "#stream-canvas", timeout: float = 20_000) -> float:
     """Wait (checking every animation frame) until `predicate` holds for the painted fraction `p`."""
-    page.wait_for_function(f"(args) => {{ const p = ({PAINTED_FRACTION_JS})(args); return {predicate}; }}",
-                           arg=[selector, list(box)], polling="raf", timeout=timeout)
+    try:
+        page.wait_for_function(f"(args) => {{ const p = ({PAINTED_FRACTION_JS})(args); return {predicate}; }}",
+                               arg=[selector, list(box)], polling="raf", timeout=timeout)
+    except PlaywrightTimeoutError:
+        now = painted(page, selector, box)
+        step = page.inner_text("#ca-step")
+        raise AssertionError(f"{predicate} never held in {box} within {timeout / 1000:g} s: "
+                             f"p is {now:.3f} at CA step {step}") from None
     return painted(page, selector, box)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import httpx
 import numpy as np
@@ -13,7 +14,7 @@ from backend.nca import modelfile
 from tests.frontend.pages import open_app, screenshot
 
 # Tiny training options (through the advanced fields) so the job finishes in seconds on CPU.
-TINY = {"#target-size": "8", "#iterations": "30", "#padding": "4", "#batch-size": "2", "#pool-size": "8",
+TINY = {"#target-size": "8", "#iterations": "30", "#padding": "4", "#batch-size": "4", "#pool-size": "8",
         "#min-steps": "8", "#max-steps": "12"}
 
 
@@ -56,7 +57,8 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     preview = preview_cells(page)[..., :3]
 
     page.click("#submit-job")
-    page.wait_for_url("**/#jobs")
+    expect(page.locator("#upload-error")).to_be_hidden()
+    expect(page).to_have_url(re.compile(r"#jobs$"))
     card = page.locator(".job").first
     expect(card.locator(".badge")).to_have_text("succeeded", timeout=120_000)
     job_id = card.get_attribute("data-job-id")

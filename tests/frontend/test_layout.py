@@ -1,0 +1,54 @@
+"""Readable on a phone and usable from the keyboard: every view at a phone's width, focus rings, labels."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.frontend.pages import PHONE, open_app, screenshot
+
+
+@pytest.fixture
+def phone(browser, stack):
+    context = browser.new_context(viewport=PHONE, base_url=stack.api_url, device_scale_factor=2,
+                                  is_mobile=True, has_touch=True)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.mark.parametrize("view", ["train", "jobs", "watch"])
+def test_views_fit_a_phone(phone, view):
+    open_app(phone, view)
+    expect(phone.locator(f"#view-{view}")).to_be_visible()
+    phone.wait_for_timeout(500)  # lists and the first frames arrive
+    overflow = phone.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the {view} view is {overflow}px wider than the phone's screen"
+    # Nothing is cut off at the right edge: every visible control lies within the screen.
+    outside = phone.evaluate("""() => [...document.querySelectorAll('button, input, select, canvas, a')]
+      .filter((el) => el.offsetParent !== null)
+      .filter((el) => el.getBoundingClientRect().right > window.innerWidth + 1)
+      .map((el) => el.id || el.textContent.trim())""")
+    assert outside == []
+    screenshot(phone, f"{view}-phone")
+
+
+def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack):
+    open_app(page, "train")
+    page.keyboard.press("Tab")  # first stop: the site title link
+    page.keyboard.press("Tab")  # then the Train tab in the navigation
+    focused = page.evaluate("""() => {
+      const el = document.activeElement, style = getComputedStyle(el);
+      return {text: el.textContent.trim(), visible: el.matches(':focus-visible'),
+              ring: style.outlineStyle !== 'none' || style.boxShadow !== 'none'};
+    }""")
+    assert focused == {"text": "Train", "visible": True, "ring": True}
+    # Every form control on every view has a label a screen reader can announce.
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select, canvas, progress')]
+      .filter((el) => el.type !== 'hidden')
+      .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+      .map((el) => el.id || el.outerHTML.slice(0, 60))""")
+    assert unlabelled == []
+    # Status and error lines are live regions, so changes are announced.
+    for selector in ["#upload-error", "#upload-status", "#jobs-status", "#watch-status"]:
+        assert page.get_attribute(selector, "aria-live") in ("polite", "assertive")

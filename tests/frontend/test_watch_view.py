@@ -1,0 +1,86 @@
+"""The Watch view in a real browser against the real stream: growth, erasing and regrowth, controls."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.frontend.pages import open_app, painted, screenshot, wait_painted
+
+# A band across the middle of the grid: the lizard's body always covers it once grown.
+BAND = (0.40, 0.46, 0.60, 0.54)
+
+
+@pytest.fixture
+def example_id(stack) -> str:
+    if stack.example_id is None:
+        pytest.skip("../shared/reference/distill-webgl-models is absent: no regenerating model to watch")
+    return stack.example_id
+
+
+def set_range(page, selector: str, value: int) -> None:
+    """Move a slider as a user would (value change plus an input event)."""
+    page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+
+
+def ca_step(page) -> int:
+    return int(page.inner_text("#ca-step"))
+
+
+def test_watch_grows_erases_and_regrows(page, stack, example_id):
+    open_app(page, f"watch/{example_id}")
+    expect(page.locator("#model-select")).to_have_value(example_id)
+    expect(page.locator("#connection")).to_have_text("live")
+    # It starts from the seed (one cell) and grows: the painted share of the canvas rises.
+    page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 0")
+    early = painted(page)
+    assert early < 0.02, f"expected a nearly empty grid near the seed, got {early:.3f} painted"
+    set_range(page, "#steps-per-frame", 4)  # the `speed` command: grow up faster
+    grown = wait_painted(page, "p > 0.10")
+    assert grown > early + 0.08
+    expect(page.locator("#model-info")).to_contain_text("72×72 cells")
+    page.wait_for_function("() => Number(document.getElementById('measured-fps').textContent) >= 5")
+
+    # A mature pattern (the hidden channels settle after ~100 steps) regrows reliably. Then slow
+    # down so the erased hole stays on screen for a while, and drag across the middle.
+    page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 200")
+    screenshot(page, "watch")
+    set_range(page, "#steps-per-frame", 1)
+    set_range(page, "#fps", 8)
+    set_range(page, "#eraser", 8)
+    before = wait_painted(page, "p > 0.9", box=BAND)
+    box = page.locator("#stream-canvas").bounding_box()
+    y = box["y"] + box["height"] * 0.5
+    page.mouse.move(box["x"] + box["width"] * 0.40, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.60, y, steps=5)
+    page.mouse.up()
+    cleared = wait_painted(page, "p < 0.1", box=BAND, timeout=5_000)
+    assert cleared < before - 0.8
+    screenshot(page, "watch-erased")
+    regrown = wait_painted(page, "p > 0.8", box=BAND, timeout=30_000)
+    assert regrown > cleared + 0.7
+
+
+def test_watch_keyboard_controls(page, stack, example_id):
+    """Space pauses (the CA step stops), S steps once, R resets to the seed; all from the keyboard."""
+    open_app(page, f"watch/{example_id}")
+    page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 30")
+    page.focus("#stream-canvas")
+    page.keyboard.press("Space")
+    expect(page.locator("#play-pause")).to_have_text("Play")
+    expect(page.locator("#play-pause")).to_have_attribute("aria-pressed", "true")
+    page.wait_for_timeout(300)  # frames already on the way
+    paused_at = ca_step(page)
+    page.wait_for_timeout(700)
+    assert ca_step(page) == paused_at, "the CA kept stepping while paused"
+    page.keyboard.press("s")
+    page.wait_for_function(f"() => Number(document.getElementById('ca-step').textContent) === {paused_at + 1}")
+    page.keyboard.press("r")
+    wait_painted(page, "p < 0.01", timeout=5_000)  # back to a single seed cell
+    # Double-click plants a second seed in the top-left quarter; once playing, it grows there too.
+    box = page.locator("#stream-canvas").bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
+    page.keyboard.press("Space")
+    expect(page.locator("#play-pause")).to_have_text("Pause")
+    wait_painted(page, "p > 0.3", box=(0.2, 0.2, 0.3, 0.3), timeout=20_000)
