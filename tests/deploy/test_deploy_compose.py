@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,20 @@ def test_services_and_their_commands_are_the_contract(compose) -> None:
     assert set(compose["services"]) == {"redis", "api", "worker", "stream"}
     for name, command in CONTRACT_COMMANDS.items():
         assert command_argv(compose["services"][name]) == shlex.split(command), name
+
+
+def test_backend_run_starts_the_same_commands(compose) -> None:
+    """`python -m backend.run` (one machine, no Docker) and compose run the same service commands; only the
+    interpreter prefix and the listening address differ (loopback there, all interfaces in a container)."""
+    from backend.run import services
+
+    for service in services(api_port=8000, stream_port=8001):
+        argv = service.command
+        assert argv[:2] == [sys.executable, "-m"], service.name
+        local, deployed = argv[2:], command_argv(compose["services"][service.name])
+        if "--host" in local:
+            local[local.index("--host") + 1] = deployed[deployed.index("--host") + 1]
+        assert local == deployed, service.name
 
 
 def test_python_services_share_one_image_built_from_the_dockerfile(compose) -> None:
