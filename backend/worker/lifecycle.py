@@ -50,7 +50,8 @@ class Heartbeat(threading.Thread):
         while True:
             try:
                 self.beat()
-                recover_orphans()
+                if not tasks.SHUTDOWN.is_set():  # a stopping worker leaves its job to the next one
+                    recover_orphans()
             except Exception:  # Redis down: keep trying, the worker itself stays up
                 log.warning("heartbeat failed", exc_info=True)
             if self.done.wait(self.period):

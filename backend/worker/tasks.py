@@ -21,7 +21,7 @@ from backend.config import Settings, get_settings
 from backend.nca import TrainConfig, Trainer, TrainingFailed
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress
-from backend.storage.connection import connect, text
+from backend.storage.connection import REDIS_DOWN_ERRORS, connect, text
 from backend.storage.jobs import Job, JobStore, LossHistory, job_key
 from backend.storage.models import publish_checkpoint
 
@@ -129,6 +129,8 @@ class JobRun:
             result = trainer.run(self.on_progress, self.should_stop, self.on_checkpoint)
         except TrainingFailed as exc:
             return self.finish("failed", str(exc))
+        except REDIS_DOWN_ERRORS:
+            raise  # not the job's fault: its lease runs out and it resumes from its checkpoint once Redis is back
         except Exception as exc:
             log.exception("job %s: training crashed", job.id)
             return self.finish("failed", f"internal error while training: {type(exc).__name__}: {exc}")
@@ -144,7 +146,12 @@ class JobRun:
         return "suspended"
 
     def should_stop(self) -> bool:
-        return SHUTDOWN.is_set() or self.lease.lost.is_set() or self.store.cancel_requested(self.job.id)
+        if SHUTDOWN.is_set() or self.lease.lost.is_set():
+            return True
+        try:
+            return self.store.cancel_requested(self.job.id)
+        except REDIS_DOWN_ERRORS:  # a blip: keep training, ask again next iteration
+            return False
 
     def on_progress(self, p: Progress) -> None:
         self.history.add(p.iteration, p.loss)
@@ -160,7 +167,10 @@ class JobRun:
                       loss_history=self.history.points, loss_every=self.history.every)
         if rate is not None:
             fields.update(iterations_per_second=round(rate, 3), eta_seconds=round(eta, 1))
-        self.store.update(self.job.id, **fields)
+        try:
+            self.store.update(self.job.id, **fields)
+        except REDIS_DOWN_ERRORS:  # progress is best effort; checkpoints are not
+            log.warning("job %s: could not write progress", self.job.id)
 
     def on_checkpoint(self, model_file: ModelFile) -> None:
         iteration, loss = model_file.info.iterations, model_file.info.final_loss

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
+import time
 from pathlib import PurePath
 from typing import Annotated, Any
 
@@ -20,6 +22,7 @@ from backend.config import Settings
 from backend.nca.modelfile import from_bytes
 from backend.nca.render import growth_frames, png_bytes, upscale
 from backend.nca.target import TargetOptions, load_target, target_to_png
+from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import JobNotFound, JobStore, new_job_id
 from backend.storage.models import publish_checkpoint
 from backend.worker.celery_app import TRAIN_TASK
@@ -102,9 +105,20 @@ async def create_job(request: Request, response: Response, settings: SettingsDep
     upload = data if len(data) <= settings.max_stored_upload_bytes else None
     job = await run_in_threadpool(store.create, job_id, options.name, options.model_dump(), options.iterations,
                                   target, upload)
-    await run_in_threadpool(celery.send_task, TRAIN_TASK, args=[job_id])
+    try:
+        await run_in_threadpool(celery.send_task, TRAIN_TASK, args=[job_id])
+    except Exception:
+        await run_in_threadpool(mark_unqueued, store, job_id)
+        raise  # Redis went away between the two steps: 503
     response.headers["Location"] = f"/api/jobs/{job_id}"
     return JobOut.of(job)
+
+
+def mark_unqueued(store: JobStore, job_id: str) -> None:
+    """A job whose message could not be sent would wait forever: fail it (if Redis lets us)."""
+    with contextlib.suppress(REDIS_DOWN_ERRORS):
+        store.update(job_id, status="failed", error="the job could not be queued (Redis unreachable); upload again",
+                     finished_at=time.time())
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
