@@ -5,7 +5,7 @@
 # (it depends on the CUDA 13 runtime wheels: cuda-toolkit 13.0, nvidia-cudnn-cu13, ...), so a plain
 # `pip install -r requirements.txt` gives a CUDA-enabled torch; it needs an NVIDIA driver >= 580 on the host.
 # TORCH_INDEX_URL installs torch from a PyTorch wheel index first instead, e.g.
-#   https://download.pytorch.org/whl/cu126  (CUDA 12.6, for older drivers)
+#   https://download.pytorch.org/whl/cu128  (a CUDA 12 build for older drivers; use one pytorch.org lists for 2.13.0)
 #   https://download.pytorch.org/whl/cpu    (CPU only, a much smaller image; docker-compose.cpu.yml uses it)
 ARG PYTHON_IMAGE=python:3.11-slim
 
