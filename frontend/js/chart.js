@@ -5,8 +5,8 @@ const LINE = '#2563eb';
 const GRID = '#e5e7eb';
 const TEXT = '#6b7280';
 
-/** `points` is [[iteration, loss], ...] with loss > 0; `total` is the x range end. */
-export function drawLossChart(canvas, points, total) {
+/** `points` is [[iteration, loss], ...] with loss > 0; x runs from 0 to the last iteration. */
+export function drawLossChart(canvas, points) {
   const dpr = window.devicePixelRatio || 1;
   const cssWidth = canvas.clientWidth || 320;
   const cssHeight = canvas.clientHeight || 120;
@@ -29,7 +29,7 @@ export function drawLossChart(canvas, points, total) {
   let top = Math.ceil(Math.max(...logs));
   let bottom = Math.floor(Math.min(...logs));
   if (top === bottom) top += 1;
-  const xEnd = Math.max(total || 0, valid[valid.length - 1][0], 1);
+  const xEnd = Math.max(valid[valid.length - 1][0], 1);
   const plotW = cssWidth - PAD.left - PAD.right;
   const plotH = cssHeight - PAD.top - PAD.bottom;
   const x = (it) => PAD.left + (it / xEnd) * plotW;

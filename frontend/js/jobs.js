@@ -19,13 +19,15 @@ export function initJobs(onWatch) {
   let timer = null;
   let nextPage = null;
 
-  function upsert(job, { prepend = false } = {}) {
+  function upsert(job) {
     let card = cards.get(job.id);
     if (!card) {
-      card = { element: createCard(job, onWatch, cancel) };
+      card = { element: createCard(job, onWatch, cancel), job };
+      // Newest first, wherever the job came from (this page, a refresh, an older page).
+      const createdAt = (id) => cards.get(id)?.job.created_at ?? 0;
+      const older = [...list.children].find((el) => createdAt(el.dataset.jobId) < (job.created_at ?? 0));
+      list.insertBefore(card.element, older ?? null);
       cards.set(job.id, card);
-      if (prepend) list.prepend(card.element);
-      else list.append(card.element);
     }
     card.job = job;
     updateCard(card.element, job);
@@ -68,7 +70,7 @@ export function initJobs(onWatch) {
   async function refresh() {
     try {
       const page = await listJobs({ limit: PAGE_SIZE });
-      for (const job of jobsOf(page).reverse()) upsert(job, { prepend: true });
+      for (const job of jobsOf(page)) upsert(job);
       nextPage = nextOffset(page, 0);
       more.hidden = nextPage === null;
       statusLine.textContent = '';
@@ -97,7 +99,7 @@ export function initJobs(onWatch) {
     refresh,
     /** A job just created by this page: show it first and start polling it. */
     add(job) {
-      upsert(job, { prepend: true });
+      upsert(job);
       schedule(0);
     },
   };
@@ -205,7 +207,7 @@ function updateCard(li, job) {
 }
 
 function drawChart(li, job) {
-  drawLossChart(li.querySelector('.loss-chart'), historyOf(job), totalOf(job));
+  drawLossChart(li.querySelector('.loss-chart'), historyOf(job));
 }
 
 const shortId = (id) => String(id).slice(0, 8);

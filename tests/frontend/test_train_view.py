@@ -86,7 +86,37 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     assert download.ok
     loaded = modelfile.from_bytes(download.body())
     assert loaded.info.iterations == 30
+
+
+def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
+    """A long job shows live progress (it/s, ETA, loss curve) and stops when cancelled from its card."""
+    image = tmp_path / "apple.png"
+    heart_png(image)
+    open_app(page, "train")
+    page.set_input_files("#image-input", str(image))
+    page.click("details.advanced summary")
+    for selector, value in {**TINY, "#iterations": "5000", "#name": "long apple"}.items():
+        page.fill(selector, value)
+    page.click("#submit-job")
+    expect(page).to_have_url(re.compile(r"#jobs$"))
+    card = page.locator(".job", has_text="long apple")
+    expect(card.locator(".badge")).to_have_text("running", timeout=60_000)
+    # Progress arrives by polling: the bar and the numbers move on their own.
+    page.wait_for_function("""() => {
+      const card = [...document.querySelectorAll('.job')].find((c) => c.textContent.includes('long apple'));
+      return card && card.querySelector('progress').value >= 60;
+    }""", timeout=60_000)
+    expect(card.locator(".job-numbers")).to_contain_text("it/s")
+    expect(card.locator(".job-numbers")).to_contain_text("ETA")
     screenshot(page, "jobs")
+
+    card.locator("[data-action=cancel]").click()
+    expect(card.locator(".badge")).to_have_text("cancelled", timeout=30_000)
+    expect(card.locator("[data-action=cancel]")).to_be_hidden()
+    # The last checkpoint is kept and downloadable.
+    download = page.request.get(card.locator("[data-action=download]").get_attribute("href"))
+    assert download.ok
+    assert 0 < modelfile.from_bytes(download.body()).info.iterations < 5000
 
 
 def test_invalid_upload_shows_the_api_message(page, stack):
