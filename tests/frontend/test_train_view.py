@@ -89,7 +89,8 @@ def test_upload_trains_to_success(page, stack, tmp_path):
 
 
 def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
-    """A long job shows live progress (it/s, ETA, loss curve) and stops when cancelled from its card."""
+    """A long job shows live progress (it/s, ETA, loss curve), streams its checkpoints as they come,
+    and stops when cancelled from its card."""
     image = tmp_path / "apple.png"
     heart_png(image)
     open_app(page, "train")
@@ -109,6 +110,14 @@ def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
     expect(card.locator(".job-numbers")).to_contain_text("it/s")
     expect(card.locator(".job-numbers")).to_contain_text("ETA")
     screenshot(page, "jobs")
+
+    # Watching a job while it trains: each new checkpoint is swapped into the stream and announced.
+    job_id = card.get_attribute("data-job-id")
+    card.locator("[data-action=watch]").click()
+    expect(page.locator("#model-select")).to_have_value(job_id)
+    expect(page.locator("#watch-status")).to_contain_text("New checkpoint at iteration", timeout=30_000)
+    page.go_back()
+    expect(page.locator("#view-jobs")).to_be_visible()
 
     card.locator("[data-action=cancel]").click()
     expect(card.locator(".badge")).to_have_text("cancelled", timeout=30_000)

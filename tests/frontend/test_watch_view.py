@@ -84,3 +84,18 @@ def test_watch_keyboard_controls(page, stack, example_id):
     page.keyboard.press("Space")
     expect(page.locator("#play-pause")).to_have_text("Pause")
     wait_painted(page, "p > 0.3", box=(0.2, 0.2, 0.3, 0.3), timeout=20_000)
+
+
+def test_stream_address_comes_from_the_api_config(page, stack):
+    """Same host as the page on the configured port by default; a public URL (reverse proxy) wins."""
+    open_app(page, "train")
+    config = page.evaluate("() => fetch('/api/config').then((r) => r.json())")
+    assert config["stream_port"] == stack.stream_port
+    addresses = page.evaluate("""async (config) => {
+      const { streamBase } = await import('/js/stream.js');
+      return [streamBase(config),
+              streamBase({ ...config, stream_url: 'https://nca.example.org/stream/' }),
+              streamBase({ ...config, stream_url: '/stream' })];
+    }""", config)
+    assert addresses == [f"ws://127.0.0.1:{stack.stream_port}", "wss://nca.example.org/stream",
+                         f"ws://127.0.0.1:{stack.api_url.rsplit(':', 1)[1]}/stream"]
