@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.storage.embedded_redis import EmbeddedRedis, free_port, start_redis
+from backend.storage.embedded_redis import free_port, start_redis
+from tests.conftest import SERVICE_ENV, Worker
 from tests.frontend.pages import DESKTOP, SCREENSHOTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,38 +32,51 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 START_TIMEOUT = 60.0
 
 
+class Server:
+    """A uvicorn app in a subprocess on a fixed port (so it can be restarted where the page expects it)."""
+
+    def __init__(self, app: str, port: int, env: dict[str, str], log_path: Path):
+        self.app, self.port, self.env, self.log_path = app, port, env, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = START_TIMEOUT) -> Server:
+        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.app} did not start:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @dataclass
 class Stack:
-    api_url: str
-    stream_port: int
-    models_dir: Path
-    redis: EmbeddedRedis
+    api: Server
+    stream: Server
+    worker: Worker
     example_id: str | None  # the imported Distill model, None when ../shared is absent
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api.port}"
 
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[2:5]} exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def _wait_for_worker(worker: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
-    """The worker is ready once its log says so (Celery prints 'ready.' when it consumes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the Celery worker exited early:\n{log.read_text()[-3000:]}")
-        if " ready." in log.read_text():
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"the Celery worker is not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    @property
+    def stream_port(self) -> int:
+        return self.stream.port
 
 
 def _import_example(models_dir: Path) -> str | None:
@@ -72,8 +86,7 @@ def _import_example(models_dir: Path) -> str | None:
     from backend.nca import modelfile
     from backend.nca.distill import import_distill
 
-    model = import_distill(source)
-    modelfile.save(model, models_dir / f"{EXAMPLE_STEM}.safetensors")
+    modelfile.save(import_distill(source), models_dir / f"{EXAMPLE_STEM}.safetensors")
     return f"example-{EXAMPLE_STEM}"
 
 
@@ -84,52 +97,33 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     models_dir = root / "models"
     models_dir.mkdir()
     example_id = _import_example(models_dir)
-    redis = start_redis(data_dir=root / "redis")
+    redis = start_redis(data_dir=root / "redis")  # its own server: no other test's worker takes our jobs
     api_port, stream_port = free_port(), free_port()
     env = {
-        **os.environ,
+        **os.environ, **SERVICE_ENV,
         "REDIS_URL": redis.url,
         "NCA_MODELS_DIR": str(models_dir),
         "NCA_STREAM_PORT": str(stream_port),
         "NCA_PUBLIC_STREAM_URL": "",  # the page derives ws://127.0.0.1:<stream port>
         "NCA_CHECKPOINT_EVERY": "10",
         "NCA_DEVICE": "cpu",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
     }
-    commands = {
-        "stream": [sys.executable, "-m", "uvicorn", "backend.stream.app:app", "--host", "127.0.0.1",
-                   "--port", str(stream_port)],
-        "api": [sys.executable, "-m", "uvicorn", "backend.api.main:app", "--host", "127.0.0.1",
-                "--port", str(api_port)],
-        "worker": [sys.executable, "-m", "celery", "-A", "backend.worker.celery_app", "worker", "--pool=solo",
-                   "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO", "--hostname", f"fe-{api_port}@%h"],
-    }
-    processes: dict[str, subprocess.Popen] = {}
-    logs = {name: root / f"{name}.log" for name in commands}
+    api = Server("backend.api.main:app", api_port, env, root / "api.log")
+    stream = Server("backend.stream.app:app", stream_port, env, root / "stream.log")
+    worker = Worker(redis.url, models_dir, root / "worker.log", env)
     try:
-        for name, command in commands.items():
-            with logs[name].open("wb") as log:
-                processes[name] = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT)
-        _wait_for_port(stream_port, processes["stream"], logs["stream"])
-        _wait_for_port(api_port, processes["api"], logs["api"])
-        api_url = f"http://127.0.0.1:{api_port}"
-        _wait_for_worker(processes["worker"], logs["worker"])
-        yield Stack(api_url, stream_port, models_dir, redis, example_id)
+        stream.start()
+        api.start()
+        worker.wait_ready()
+        yield Stack(api, stream, worker, example_id)
     finally:
-        for process in processes.values():
-            process.terminate()
-        for name, process in processes.items():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            # Keep the service logs next to the screenshots: they explain a red test.
-            SCREENSHOTS.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(logs[name], SCREENSHOTS.parent / f"frontend-{name}.log")
+        worker.stop()
+        api.stop()
+        stream.stop()
         redis.stop()
+        SCREENSHOTS.parent.mkdir(parents=True, exist_ok=True)
+        for log in ("api", "stream", "worker"):  # next to the screenshots: they explain a red test
+            shutil.copy(root / f"{log}.log", SCREENSHOTS.parent / f"frontend-{log}.log")
 
 
 @pytest.fixture(scope="session")

@@ -47,13 +47,13 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     heart_png(image)
     open_app(page, "train")
     page.set_input_files("#image-input", str(image))
+    # The preview mirrors the core: at the defaults 48x48 -> 40x40 cells with 16 empty cells around.
+    expect(page.locator("#preview-caption")).to_contain_text("40×40 cells on a 72×72 grid")
+    screenshot(page, "train")
     page.click("details.advanced summary")
     for selector, value in TINY.items():
-        page.fill(selector, value)
-    page.dispatch_event("#padding", "input")
-    # The preview mirrors the core: 48x48 -> 8x8 cells, 4 empty cells around -> a 16x16 grid.
+        page.fill(selector, value)  # `fill` fires input events: the preview follows
     expect(page.locator("#preview-caption")).to_contain_text("8×8 cells on a 16×16 grid")
-    screenshot(page, "train")
     preview = preview_cells(page)[..., :3]
 
     page.click("#submit-job")

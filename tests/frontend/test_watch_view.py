@@ -99,3 +99,19 @@ def test_stream_address_comes_from_the_api_config(page, stack):
     }""", config)
     assert addresses == [f"ws://127.0.0.1:{stack.stream_port}", "wss://nca.example.org/stream",
                          f"ws://127.0.0.1:{stack.api_url.rsplit(':', 1)[1]}/stream"]
+
+
+def test_watch_reconnects_when_the_stream_restarts(page, stack, example_id):
+    open_app(page, f"watch/{example_id}")
+    page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 30")
+    stack.stream.stop()
+    try:
+        expect(page.locator("#connection")).to_have_text("reconnecting…")
+        expect(page.locator("#watch-status")).to_contain_text("reconnecting in")
+        last_step = ca_step(page)
+    finally:
+        stack.stream.start()
+    expect(page.locator("#connection")).to_have_text("live", timeout=30_000)
+    # A fresh session plays from the seed again, and keeps going.
+    page.wait_for_function(f"() => Number(document.getElementById('ca-step').textContent) < {last_step}")
+    page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 10")
