@@ -8,18 +8,6 @@ export class ApiError extends Error {
   }
 }
 
-/** FastAPI validation errors are a list of {loc, msg}; turn them into "iterations: must be ≤ 20000". */
-function detailText(detail) {
-  if (typeof detail === 'string') return detail;
-  if (Array.isArray(detail)) {
-    return detail.map((d) => {
-      const field = Array.isArray(d.loc) ? d.loc.filter((p) => p !== 'body' && p !== 'query').join('.') : '';
-      return field ? `${field}: ${d.msg}` : d.msg;
-    }).join('; ');
-  }
-  return detail ? JSON.stringify(detail) : '';
-}
-
 async function request(path, options = {}) {
   let response;
   try {
@@ -30,7 +18,9 @@ async function request(path, options = {}) {
   const isJson = (response.headers.get('content-type') || '').includes('application/json');
   const body = isJson ? await response.json().catch(() => null) : null;
   if (!response.ok) {
-    const message = detailText(body && body.detail) || `The server answered ${response.status} ${response.statusText}.`;
+    // Every API error is {"detail": "<what is wrong, in words>"}; a proxy's error page is not.
+    const detail = body && typeof body.detail === 'string' ? body.detail : '';
+    const message = detail || `The server answered ${response.status} ${response.statusText}.`;
     throw new ApiError(response.status, message);
   }
   return body;

@@ -8,6 +8,7 @@ const ACTIVE = new Set(['queued', 'running']);
 const POLL_MS = 1000;
 const HIDDEN_POLL_MS = 15000;
 const PAGE_SIZE = 20;
+const PREVIEW_MS = 10000; // the server grows a preview per request: not on every poll
 
 /** `onWatch(modelId)` opens the Watch view on a job's model. */
 export function initJobs(onWatch) {
@@ -40,6 +41,7 @@ export function initJobs(onWatch) {
       statusLine.textContent = 'Cancel requested; the job stops after its current iteration.';
     } catch (error) {
       statusLine.textContent = `Could not cancel: ${error.message}`;
+      cards.get(id).element.querySelector('[data-action="cancel"]').disabled = false;
     }
     schedule(0);
   }
@@ -70,8 +72,8 @@ export function initJobs(onWatch) {
   async function refresh() {
     try {
       const page = await listJobs({ limit: PAGE_SIZE });
-      for (const job of jobsOf(page)) upsert(job);
-      nextPage = nextOffset(page, 0);
+      for (const job of page.items) upsert(job);
+      nextPage = nextOffset(page);
       more.hidden = nextPage === null;
       statusLine.textContent = '';
       empty.hidden = cards.size > 0;
@@ -84,8 +86,8 @@ export function initJobs(onWatch) {
   more.addEventListener('click', async () => {
     try {
       const page = await listJobs({ limit: PAGE_SIZE, offset: nextPage });
-      for (const job of jobsOf(page)) upsert(job);
-      nextPage = nextOffset(page, nextPage);
+      for (const job of page.items) upsert(job);
+      nextPage = nextOffset(page);
       more.hidden = nextPage === null;
     } catch (error) {
       statusLine.textContent = `Could not load older jobs: ${error.message}`;
@@ -105,28 +107,12 @@ export function initJobs(onWatch) {
   };
 }
 
-// --- reading the job record -------------------------------------------------------------------
+// --- reading the job record (GET /api/jobs/{id}, docs/api.md) -----------------------------------
 
-/** GET /api/jobs answers a page: {items|jobs: [...], total?, offset?, limit?} or a plain list. */
-function jobsOf(page) {
-  return Array.isArray(page) ? page : (page.items || page.jobs || []);
-}
-
-function nextOffset(page, offset) {
-  if (Array.isArray(page)) return null;
-  const count = jobsOf(page).length;
-  const start = page.offset ?? offset;
-  if (typeof page.total === 'number') return start + count < page.total ? start + count : null;
-  return count === PAGE_SIZE ? start + count : null;
-}
-
-const totalOf = (job) => job.total ?? job.iterations ?? job.options?.iterations ?? 0;
-const linkOf = (job, name) => job.links?.[name] ?? job[`${name}_url`] ?? null;
-
-/** Loss history as [[iteration, loss], ...] whichever shape the API sends. */
-function historyOf(job) {
-  const history = job.loss_history || [];
-  return history.map((p) => (Array.isArray(p) ? p : [p.iteration, p.loss]));
+/** The next page's offset, or null when this page reached the end. */
+function nextOffset(page) {
+  const end = page.offset + page.items.length;
+  return end < page.total ? end : null;
 }
 
 // --- rendering ---------------------------------------------------------------------------------
@@ -136,7 +122,11 @@ function createCard(job, onWatch, cancel) {
   li.className = 'job card';
   li.dataset.jobId = job.id;
   li.innerHTML = `
-    <img class="job-target pixels" alt="Target image" width="72" height="72">
+    <div class="job-images">
+      <figure><img class="job-target pixels" alt="Target image" width="72" height="72"><figcaption>target</figcaption></figure>
+      <figure hidden><img class="job-preview pixels" alt="What the model grows from one cell" width="72" height="72">
+        <figcaption>grown</figcaption></figure>
+    </div>
     <div class="job-main">
       <div class="job-head">
         <h3 class="job-name"></h3>
@@ -162,22 +152,23 @@ function createCard(job, onWatch, cancel) {
 }
 
 function updateCard(li, job) {
-  const total = totalOf(job);
+  const { total } = job;
   const iteration = job.iteration ?? 0;
   const active = ACTIVE.has(job.status);
   li.dataset.status = job.status;
 
   const target = li.querySelector('.job-target');
-  const targetUrl = linkOf(job, 'target') || `/api/jobs/${job.id}/target.png`;
-  if (target.getAttribute('src') !== targetUrl) target.src = targetUrl;
+  if (target.getAttribute('src') !== job.links.target) target.src = job.links.target;
+  showPreview(li, job);
 
   li.querySelector('.job-name').textContent = job.name || `Job ${shortId(job.id)}`;
   const badge = li.querySelector('[data-role="status"]');
   badge.textContent = job.status;
   badge.dataset.status = job.status;
-  const experiment = job.experiment ?? job.options?.experiment;
-  li.querySelector('.job-meta').textContent = [experiment, job.device && `on ${job.device}`,
-    job.created_at && `submitted ${formatTime(job.created_at)}`].filter(Boolean).join(' · ');
+  const resumed = job.resumed_from?.length
+    ? `resumed from iteration ${job.resumed_from[job.resumed_from.length - 1]} after a worker was lost` : '';
+  li.querySelector('.job-meta').textContent = [job.options.experiment, job.device && `on ${job.device}`,
+    job.created_at && `submitted ${formatTime(job.created_at)}`, resumed].filter(Boolean).join(' · ');
 
   const progress = li.querySelector('progress');
   progress.max = Math.max(total, 1);
@@ -188,17 +179,18 @@ function updateCard(li, job) {
   const numbers = [`${iteration.toLocaleString()} / ${total.toLocaleString()} it`];
   if (job.loss != null) numbers.push(`loss ${Number(job.loss).toExponential(2)}`);
   if (active && rate) numbers.push(`${rate.toFixed(rate < 10 ? 2 : 1)} it/s`);
-  const eta = job.eta_seconds ?? (active && rate ? (total - iteration) / rate : null);
-  if (job.status === 'running' && eta != null) numbers.push(`ETA ${formatDuration(eta)}`);
+  if (job.status === 'running' && job.eta_seconds != null) numbers.push(`ETA ${formatDuration(job.eta_seconds)}`);
   li.querySelector('.job-numbers').textContent = numbers.join(' · ');
 
   const error = li.querySelector('.job-error');
   error.textContent = job.error || '';
   error.hidden = !job.error;
 
-  li.querySelector('[data-action="cancel"]').hidden = !active;
-  const modelUrl = linkOf(job, 'model_file');
-  const hasModel = Boolean(modelUrl); // set from the first checkpoint on
+  const cancelButton = li.querySelector('[data-action="cancel"]');
+  cancelButton.hidden = !active;
+  cancelButton.disabled = Boolean(job.cancel_requested);
+  const modelUrl = job.links.model_file; // set from the first checkpoint on
+  const hasModel = Boolean(modelUrl);
   const download = li.querySelector('[data-action="download"]');
   download.hidden = !hasModel;
   if (hasModel) download.href = modelUrl;
@@ -206,8 +198,20 @@ function updateCard(li, job) {
   drawChart(li, job);
 }
 
+/** The model grown from the seed (the server renders it), refreshed at most every PREVIEW_MS. */
+function showPreview(li, job) {
+  const image = li.querySelector('.job-preview');
+  image.closest('figure').hidden = !job.links.preview;
+  if (!job.links.preview || image.dataset.version === String(job.model_version)) return;
+  const now = Date.now();
+  if (ACTIVE.has(job.status) && now - Number(image.dataset.loadedAt || 0) < PREVIEW_MS) return;
+  image.dataset.version = job.model_version;
+  image.dataset.loadedAt = now;
+  image.src = `${job.links.preview}?scale=1&version=${job.model_version}`;
+}
+
 function drawChart(li, job) {
-  drawLossChart(li.querySelector('.loss-chart'), historyOf(job));
+  drawLossChart(li.querySelector('.loss-chart'), job.loss_history);
 }
 
 const shortId = (id) => String(id).slice(0, 8);

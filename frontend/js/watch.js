@@ -256,9 +256,7 @@ function fillSelect(select, models) {
 function describeModel(info) {
   const parts = [];
   if (info.experiment) parts.push(info.experiment);
-  const w = info.grid_width ?? info.width;
-  const h = info.grid_height ?? info.height;
-  if (w && h) parts.push(`${w}×${h} cells`);
+  if (info.width && info.height) parts.push(`${info.width}×${info.height} cells`);
   if (info.iterations) parts.push(`${Number(info.iterations).toLocaleString()} training iterations`);
   if (info.loss != null) parts.push(`loss ${Number(info.loss).toExponential(1)}`);
   return parts.join(' · ');

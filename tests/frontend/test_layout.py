@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
+from tests.conftest import png_image
 from tests.frontend.pages import PHONE, open_app, screenshot
 
 
@@ -17,8 +19,19 @@ def phone(browser, stack):
     context.close()
 
 
+@pytest.fixture
+def some_job(stack) -> None:
+    """At least one job in the list, so the Jobs view has cards to lay out."""
+    if httpx.get(f"{stack.api_url}/api/jobs", timeout=10).json()["total"] == 0:
+        options = {"name": "phone check", "iterations": 30, "target_size": 8, "padding": 4, "batch_size": 4,
+                   "pool_size": 8, "min_steps": 8, "max_steps": 12}
+        response = httpx.post(f"{stack.api_url}/api/jobs", data=options, timeout=10,
+                              files={"image": ("disc.png", png_image((32, 32)), "image/png")})
+        assert response.status_code == 202, response.text
+
+
 @pytest.mark.parametrize("view", ["train", "jobs", "watch"])
-def test_views_fit_a_phone(phone, view):
+def test_views_fit_a_phone(phone, view, some_job):
     open_app(phone, view)
     expect(phone.locator(f"#view-{view}")).to_be_visible()
     phone.wait_for_timeout(500)  # lists and the first frames arrive

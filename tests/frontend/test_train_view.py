@@ -67,6 +67,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     expect(card.locator("[data-action=cancel]")).to_be_hidden()
     # The server's processed target is shown, and the browser's preview agreed with it.
     expect(card.locator("img.job-target")).to_have_js_property("naturalWidth", 16)
+    expect(card.locator("img.job-preview")).to_have_js_property("naturalWidth", 16)  # the grown model
     server_target = on_white(httpx.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
     scale = preview.shape[0] // server_target.shape[0]
     assert preview.shape[:2] == (server_target.shape[0] * scale, server_target.shape[1] * scale)
