@@ -57,6 +57,7 @@ export function initUpload(config, onCreated) {
 
   function renderPreview() {
     const ctx = previewCanvas.getContext('2d');
+    previewCanvas.closest('.preview').classList.toggle('empty', !bitmap);
     if (!bitmap) {
       ctx.clearRect(0, 0, previewCanvas.width, previewCanvas.height);
       return;

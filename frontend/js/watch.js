@@ -157,6 +157,19 @@ export function initWatch(config) {
     connect(select.value);
   });
 
+  // A hidden tab pauses its stream (the server then computes nothing for it) and resumes on return.
+  let pausedWhileHidden = false;
+  document.addEventListener('visibilitychange', () => {
+    if (!visible || !client) return;
+    if (document.hidden && !paused) {
+      pausedWhileHidden = true;
+      send({ cmd: 'pause' });
+    } else if (!document.hidden && pausedWhileHidden) {
+      pausedWhileHidden = false;
+      send({ cmd: 'play' });
+    }
+  });
+
   // Space / S / R anywhere in the view, except where those keys already mean something.
   document.addEventListener('keydown', (event) => {
     if (!visible || event.ctrlKey || event.metaKey || event.altKey) return;

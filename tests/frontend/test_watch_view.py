@@ -86,6 +86,27 @@ def test_watch_keyboard_controls(page, stack, example_id):
     wait_painted(page, "p > 0.3", box=(0.2, 0.2, 0.3, 0.3), timeout=20_000)
 
 
+SET_HIDDEN_JS = """(hidden) => {
+  Object.defineProperty(document, 'hidden', { value: hidden, configurable: true });
+  document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def test_hidden_tab_pauses_the_stream(page, stack, example_id):
+    """No CA steps are computed for a tab nobody looks at; it plays on when it is shown again."""
+    open_app(page, f"watch/{example_id}")
+    page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 5")
+    page.evaluate(SET_HIDDEN_JS, True)
+    expect(page.locator("#play-pause")).to_have_text("Play")  # the server confirmed the pause
+    page.wait_for_timeout(300)
+    hidden_at = ca_step(page)
+    page.wait_for_timeout(700)
+    assert ca_step(page) == hidden_at
+    page.evaluate(SET_HIDDEN_JS, False)
+    expect(page.locator("#play-pause")).to_have_text("Pause")
+    page.wait_for_function(f"() => Number(document.getElementById('ca-step').textContent) > {hidden_at + 5}")
+
+
 def test_stream_address_comes_from_the_api_config(page, stack):
     """Same host as the page on the configured port by default; a public URL (reverse proxy) wins."""
     open_app(page, "train")
