@@ -33,8 +33,8 @@ from backend.nca.train import TrainConfig, Trainer  # noqa: E402
 CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-aliased
 PNG_SIZE = 128
 TARGET_SIZE, PADDING = 24, 6  # the example grid is 36x36 cells
-RECIPE = {"experiment": "regenerating", "iterations": 2000, "min_steps": 48, "max_steps": 64,
-          "lr_decay_at": 1200, "checkpoint_every": 250}
+RECIPE = {"experiment": "regenerating", "iterations": 2000, "min_steps": 32, "max_steps": 48,
+          "lr_decay_at": 1400, "checkpoint_every": 250}
 
 
 def _scaled(box: tuple[float, ...]) -> list[float]:

@@ -38,7 +38,7 @@ MARGIN = 2  # cells around the live region that a step must compute (see module 
 
 
 def cell_weights(model: NCA, angle: float = 0.0) -> tuple[torch.Tensor, ...]:
-    """(w1 (3C, hidden), b1, w2 (hidden, C), b2) for cell-major inputs ordered [x, sobel_x, sobel_y].
+    """(w1 (3C, hidden), b1, w2 (hidden, C), b2) for cell-major inputs [x, 8 sobel_x, 8 sobel_y].
 
     The reference feeds `[x_c, cos*sx - sin*sy, sin*sx + cos*sy]` per channel (channel-major);
     regrouping the weights makes the perception independent of the angle. Differentiable.
@@ -52,82 +52,108 @@ def cell_weights(model: NCA, angle: float = 0.0) -> tuple[torch.Tensor, ...]:
     else:
         c, s = math.cos(angle), math.sin(angle)
         w_sx, w_sy = c * w_gx + s * w_gy, c * w_gy - s * w_gx
-    w1_cells = torch.cat([w[:, :, 0], w_sx, w_sy], 1).t()
+    w1_cells = torch.cat([w[:, :, 0], w_sx * 0.125, w_sy * 0.125], 1).t()  # the Sobel filters' 1/8
     w2 = model.hidden_to_update.weight[:, :, 0, 0].t()
     return w1_cells, model.perceive_to_hidden.bias, w2, model.hidden_to_update.bias
 
 
-def _sobel_x(x: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) -> Sobel-x of every channel, zero padded (`outer([1, 2, 1], [-1, 0, 1]) / 8`)."""
-    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
-    smooth = xp[:, :-2] + 2.0 * xp[:, 1:-1] + xp[:, 2:]  # [1, 2, 1] down the rows
-    return (smooth[:, :, 2:] - smooth[:, :, :-2]) * 0.125
+def _sobel_x_into(xp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """8 x Sobel-x of a zero-padded (B, h+2, w+2, C) tensor, written into `out` (B, h, w, C).
+
+    The filters' 1/8 is folded into the weights instead (exact: a power of two).
+    """
+    smooth = torch.add(xp[:, :-2], xp[:, 1:-1], alpha=2.0).add_(xp[:, 2:])  # [1, 2, 1] down the rows
+    return torch.sub(smooth[:, :, 2:], smooth[:, :, :-2], out=out)
 
 
-def _sobel_y(x: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) -> Sobel-y (the transposed filter) of every channel, zero padded."""
-    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
-    smooth = xp[:, :, :-2] + 2.0 * xp[:, :, 1:-1] + xp[:, :, 2:]  # [1, 2, 1] along the rows
-    return (smooth[:, 2:] - smooth[:, :-2]) * 0.125
+def _sobel_y_into(xp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """8 x Sobel-y (the transposed filter) of a zero-padded tensor, written into `out`."""
+    smooth = torch.add(xp[:, :, :-2], xp[:, :, 1:-1], alpha=2.0).add_(xp[:, :, 2:])  # along the rows
+    return torch.sub(smooth[:, 2:], smooth[:, :-2], out=out)
 
 
 def perceive_cells(x: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) -> (B*h*w, 3C): each cell's channels, Sobel-x and Sobel-y (zero padded)."""
-    return torch.cat([x, _sobel_x(x), _sobel_y(x)], -1).view(-1, 3 * x.shape[-1])
+    """(B, h, w, C) -> (B*h*w, 3C): each cell's channels, 8 x Sobel-x and 8 x Sobel-y (zero padded)."""
+    c = x.shape[-1]
+    out = torch.empty(*x.shape[:-1], 3 * c, dtype=x.dtype, device=x.device)
+    out[..., :c] = x
+    xp = F.pad(x, (0, 0, 1, 1, 1, 1))
+    _sobel_x_into(xp, out[..., c:2 * c])
+    _sobel_y_into(xp, out[..., 2 * c:])
+    return out.view(-1, 3 * c)
 
 
-def _alive(x: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, C) -> (B, h, w) bool, as `model.alive_mask` (3x3 max of alpha > threshold)."""
-    return F.max_pool2d(x[..., 3].unsqueeze(1), 3, 1, 1)[:, 0] > ALIVE_THRESHOLD
+def _perceive_adjoint(grad_p: torch.Tensor, grad_x: torch.Tensor) -> torch.Tensor:
+    """Add the transposed perception of `grad_p` (B, h, w, 3C) to `grad_x` (B, h, w, C), in place.
+
+    Identity is its own transpose; each Sobel filter turned by 180 degrees is minus itself.
+    """
+    c = grad_x.shape[-1]
+    gp = F.pad(grad_p, (0, 0, 1, 1, 1, 1))
+    grad_x.add_(grad_p[..., :c])
+    grad_x.sub_(_sobel_x_into(gp[..., c:2 * c], torch.empty_like(grad_x)))
+    grad_x.sub_(_sobel_y_into(gp[..., 2 * c:], torch.empty_like(grad_x)))
+    return grad_x
+
+
+def _alive(x: torch.Tensor, reach: int = 1) -> torch.Tensor:
+    """(B, h, w, C) -> (B, h, w) bool: some alpha within `reach` cells > threshold (reach 1 = `alive_mask`)."""
+    return F.max_pool2d(x[..., 3].unsqueeze(1), 2 * reach + 1, 1, reach)[:, 0] > ALIVE_THRESHOLD
 
 
 def _step_forward(x: torch.Tensor, fire: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                   b2: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """One CA step on a cell-major crop, no autograd: (new x, alive mask, perception, hidden, mask)."""
+    """One CA step on a cell-major crop without autograd; `fire` is (B, h, w) bool.
+
+    The update network runs only on the cells whose update can matter: those that fire and are
+    within one cell of a live cell (elsewhere the reference adds zero, or the cell is zeroed
+    and no live cell's post-update alive test looks at it). About a third of the box.
+    Returns (new x, alive mask, active cell index, their perception, their hidden layer, keep).
+    """
+    channels = x.shape[-1]
     pre = _alive(x)
-    perception = perceive_cells(x)
+    active = (fire & _alive(x, reach=2)).view(-1).nonzero().squeeze(1)
+    perception = perceive_cells(x).index_select(0, active)
     hidden = torch.addmm(b1, perception, w1).relu_()
-    new = torch.addmm(b2, hidden, w2).view(x.shape).mul_(fire).add_(x)  # x + dx * fire
+    dx = torch.addmm(b2, hidden, w2)
+    new = x.clone()
+    new.view(-1, channels).index_add_(0, active, dx)
     mask = pre & _alive(new)
     keep = mask.unsqueeze(-1).to(x.dtype)
-    return new.mul_(keep), mask, perception, hidden, keep
+    return new.mul_(keep), mask, active, perception, hidden, keep
 
 
 class _Step(torch.autograd.Function):
-    """One CA step with a hand-written backward: saves only the perception and the hidden layer.
-
-    The perception's adjoint is cheap because the filters are fixed: identity, and each Sobel
-    filter is antisymmetric under a 180-degree turn, so its transpose is minus itself.
-    """
+    """One CA step with a hand-written backward: saves only the active cells' perception and hidden layer."""
 
     @staticmethod
     def forward(ctx, x, fire, w1, b1, w2, b2):  # noqa: ANN001, ANN205 (autograd signature)
-        new, mask, perception, hidden, keep = _step_forward(x, fire, w1, b1, w2, b2)
-        ctx.save_for_backward(perception, hidden, fire, keep, w1, w2)
+        new, mask, active, perception, hidden, keep = _step_forward(x, fire, w1, b1, w2, b2)
+        ctx.save_for_backward(active, perception, hidden, keep, w1, w2)
         ctx.mark_non_differentiable(mask)
-        return new, mask
+        return new, mask, active.numel()
 
     @staticmethod
-    def backward(ctx, grad, _grad_mask):  # noqa: ANN001, ANN205
-        perception, hidden, fire, keep, w1, w2 = ctx.saved_tensors
+    def backward(ctx, grad, _grad_mask, _grad_count):  # noqa: ANN001, ANN205
+        active, perception, hidden, keep, w1, w2 = ctx.saved_tensors
         channels = grad.shape[-1]
         grad = (grad * keep).contiguous()  # d/d(x + dx * fire); a fresh tensor, ours to modify
-        grad_dx = (grad * fire).reshape(-1, channels)
+        grad_dx = grad.view(-1, channels).index_select(0, active)
         grad_w2, grad_b2 = hidden.t() @ grad_dx, grad_dx.sum(0)
         grad_hidden = torch.ops.aten.threshold_backward(grad_dx @ w2.t(), hidden, 0.0)  # ReLU's backward
         grad_w1, grad_b1 = perception.t() @ grad_hidden, grad_hidden.sum(0)
-        grad_p = (grad_hidden @ w1.t()).view(*grad.shape[:-1], 3 * channels)
-        grad_x = grad.add_(grad_p[..., :channels])
-        grad_x -= _sobel_x(grad_p[..., channels:2 * channels])
-        grad_x -= _sobel_y(grad_p[..., 2 * channels:])
+        grad_p = grad.new_zeros(grad.numel() // channels, 3 * channels).index_copy_(0, active, grad_hidden @ w1.t())
+        grad_x = _perceive_adjoint(grad_p.view(*grad.shape[:-1], 3 * channels), grad)
         return grad_x, None, grad_w1, grad_b1, grad_w2, grad_b2
 
 
-def _step(x: torch.Tensor, weights: tuple[torch.Tensor, ...], fire: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One CA step on a cell-major crop; `fire` is (B, h, w, 1) float. Returns (x, alive mask)."""
+def _step(x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+          fire: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One CA step on a cell-major crop; `fire` is (B, h, w) bool. Returns (x, alive mask, active cells)."""
     if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
         return _Step.apply(x, fire, *weights)
-    return _step_forward(x, fire, *weights)[:2]
+    new, mask, active = _step_forward(x, fire, *weights)[:3]
+    return new, mask, active.numel()
 
 
 def _box(mask: torch.Tensor, origin: tuple[int, int], height: int, width: int) -> Box | None:
@@ -150,16 +176,20 @@ def _move(x: torch.Tensor, old: Box, new: Box) -> torch.Tensor:
 
 def _fire(model: NCA, x: torch.Tensor, box: Box, generator: torch.Generator | None,
           given: torch.Tensor | None) -> torch.Tensor:
-    """The step's fire mask, drawn on the full grid exactly like `NCA.fire_mask`, cropped to `box`."""
+    """The step's (B, h, w) bool fire mask, drawn on the full grid exactly like `NCA.fire_mask`, cropped."""
     full = model.fire_mask(x, generator) if given is None else given
     y0, y1, x0, x1 = box
-    return full[:, 0, y0:y1, x0:x1].unsqueeze(-1).to(torch.float32).contiguous()
+    return full[:, 0, y0:y1, x0:x1].contiguous()
 
 
 def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
             generator: torch.Generator | None = None,
-            fire_masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """`steps` applications of `model(x, angle)` (differentiable), computed on the live box only."""
+            fire_masks: Sequence[torch.Tensor] | None = None, stats: dict[str, int] | None = None) -> torch.Tensor:
+    """`steps` applications of `model(x, angle)` (differentiable), computed on the live box only.
+
+    `stats`, if given, gets `cell_steps` (cells run through the update network: for FLOP counts)
+    and `box_cell_steps` (cells of the live boxes) added.
+    """
     batch, _, height, width = x.shape
     weights = cell_weights(model, angle)
     with torch.no_grad():
@@ -169,7 +199,10 @@ def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
     shape_probe = x[:, :1]  # what model.fire_mask reads the shape and device from
     for t in range(steps):
         fire = _fire(model, shape_probe, box, generator, None if fire_masks is None else fire_masks[t])
-        cells, mask = _step(cells, weights, fire)
+        cells, mask, active = _step(cells, weights, fire)
+        if stats is not None:
+            stats["box_cell_steps"] = stats.get("box_cell_steps", 0) + mask.numel()
+            stats["cell_steps"] = stats.get("cell_steps", 0) + active
         new_box = _box(mask, (box[0], box[2]), height, width) or box  # all dead: stays zero anyway
         cells, box = _move(cells, box, new_box), new_box
     y0, y1, x0, x1 = box
@@ -178,7 +211,7 @@ def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
 
 
 def step_batch(model: NCA, x: torch.Tensor, angle: float = 0.0, generator: torch.Generator | None = None,
-               steps: int = 1) -> torch.Tensor:
+               steps: int = 1, stats: dict[str, int] | None = None) -> torch.Tensor:
     """Inference: `steps` steps of a batch of full-grid states (B, C, H, W); returns a new tensor."""
     with torch.inference_mode():
-        return rollout(model, x, steps, angle, generator)
+        return rollout(model, x, steps, angle, generator, stats=stats)
