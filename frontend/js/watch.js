@@ -259,7 +259,8 @@ function fillSelect(select, models) {
       const option = document.createElement('option');
       option.value = model.id;
       const status = model.status && model.status !== 'ready' ? ` (${model.status})` : '';
-      option.textContent = `${model.name || model.id}${status}`;
+      const experiment = model.experiment ? ` · ${model.experiment}` : '';
+      option.textContent = `${model.name || model.id}${experiment}${status}`;
       group.append(option);
     }
     select.append(group);
