@@ -6,6 +6,8 @@ from fastapi.testclient import TestClient
 
 from backend.nca.modelfile import from_bytes
 from backend.storage.workers import live_workers
+from backend.worker.celery_app import TRAIN_TASK
+from tests.conftest import wait_for
 
 
 def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker, redis_url, worker_models_dir,
@@ -35,3 +37,20 @@ def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker
     model = from_bytes(client.get(done["links"]["model_file"]).content)
     assert model.info.iterations == 500
     assert [w["id"] for w in live_workers(client.app.state.redis)] == [done["worker"]]  # the killed one expired
+
+
+def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, start_worker, redis_url,
+                                                        worker_models_dir, submit, job_waiter) -> None:
+    workers = [start_worker(redis_url, worker_models_dir) for _ in range(2)]
+    job = submit(iterations=300)
+    running = job_waiter(job["id"], lambda j: j["status"] == "running" and j["iteration"] > 0)
+    client.app.state.celery.send_task(TRAIN_TASK, args=[job["id"]])  # as if the broker delivered it again
+    done = job_waiter(job["id"], lambda j: j["status"] == "succeeded", timeout=120)
+    assert done["attempts"] == 1 and done["resumed_from"] == [] and done["worker"] == running["worker"]
+
+    def skipped() -> bool:  # by whichever worker of this module got the duplicate
+        logs = "".join(path.read_text() for path in workers[0].log_path.parent.glob("*.log"))
+        return f"job {job['id']}: skipped (busy)" in logs or f"job {job['id']}: skipped (succeeded)" in logs
+
+    wait_for(skipped, timeout=30, what="the duplicate message to be dropped")
+    assert client.get(f"/api/jobs/{job['id']}").json()["attempts"] == 1

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import io
+import json
+import time
 
+import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.nca.modelfile import from_bytes
+from backend.storage.models import CHECKPOINT_CHANNEL
 
 
-def test_job_runs_to_success_and_its_model_is_served(client: TestClient, worker, submit, job_waiter,
+def test_job_runs_to_success_and_its_model_is_served(client: TestClient, worker, submit, job_waiter, redis_url,
                                                      api_models_dir, worker_models_dir) -> None:
+    pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(CHECKPOINT_CHANNEL)
     job = submit(iterations=240)
     assert job["status"] == "queued" and job["iteration"] == 0
     seen_running = job_waiter(job["id"], lambda j: j["status"] == "running" and j["iteration"] > 0,
@@ -45,6 +51,18 @@ def test_job_runs_to_success_and_its_model_is_served(client: TestClient, worker,
     models = {m["id"]: m for m in client.get("/api/models").json()}
     assert models[job["id"]]["status"] == "succeeded" and models[job["id"]]["iterations"] == 240
     assert models[job["id"]]["file_url"] == f"/api/models/{job['id']}/file"
+
+    # The stream hears of every checkpoint, then of the final status.
+    messages, deadline = [], time.monotonic() + 2
+    while time.monotonic() < deadline:  # None also stands for the skipped subscribe confirmation
+        if (message := pubsub.get_message(timeout=0.2)) is not None:
+            messages.append(json.loads(message["data"]))
+    pubsub.close()
+    versions = [m["version"] for m in messages if m["status"] == "running"]
+    assert versions == list(range(1, done["model_version"] + 1))
+    assert [m["iteration"] for m in messages][:2] == [20, 40]
+    assert messages[-1] == {"model_id": job["id"], "version": done["model_version"], "iteration": 240,
+                            "status": "succeeded"}
 
 
 def test_health_reports_the_worker(client: TestClient, worker) -> None:
