@@ -258,7 +258,8 @@ function fillSelect(select, models) {
     for (const model of members) {
       const option = document.createElement('option');
       option.value = model.id;
-      const status = model.status && model.status !== 'ready' ? ` (${model.status})` : '';
+      const settled = ['ready', 'succeeded'].includes(model.status);
+      const status = model.status && !settled ? ` (${model.status === 'running' ? 'training' : model.status})` : '';
       const experiment = model.experiment ? ` · ${model.experiment}` : '';
       option.textContent = `${model.name || model.id}${experiment}${status}`;
       group.append(option);
