@@ -142,3 +142,24 @@ def test_trainer_fast_and_reference_paths_train_the_same() -> None:
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     for a, b in zip(losses["params-True"], losses["params-False"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cells_two_away_from_life_still_count_for_the_alive_test() -> None:
+    """A live cell that dies while a cell two steps away turns alive: the cells between them keep
+    their update only because of that far cell, so the fast path must compute it too."""
+    model = NCA(16, 8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.perceive_to_hidden.weight[0, 3 * 3] = 1.0  # hidden 0 = relu(own alpha)
+        model.hidden_to_update.weight[3, 0] = -2.0  # high alpha falls below the threshold...
+        model.hidden_to_update.bias[3] = 0.3  # ...empty cells rise above it
+        model.hidden_to_update.bias[0] = 0.1  # and carry some colour
+    g = torch.Generator().manual_seed(9)
+    x0 = torch.rand(4, 16, 20, 20, generator=g)  # hidden channels everywhere: cells that do not fire keep them
+    x0[:, 3] = (torch.rand(4, 20, 20, generator=g) < 0.05) * 0.5  # sparse isolated live cells
+    masks = fire_masks(x0, 1, seed=4)  # one step: later ones may erase the difference again
+    ref = reference_rollout(model, x0, masks, 0.0)
+    out = fast.rollout(model, x0, len(masks), 0.0, fire_masks=masks)
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

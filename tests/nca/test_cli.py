@@ -1,0 +1,90 @@
+"""The command line as a user runs it: `python -m backend.nca train|grow|import-distill`."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.nca import modelfile
+from tests.conftest import DISTILL_MODELS, REPO_ROOT
+
+
+def nca(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "backend.nca", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=240)
+
+
+def test_train_then_grow_gif_and_strip(disc_image, tmp_path):
+    image, out = tmp_path / "disc.png", tmp_path / "disc.safetensors"
+    disc_image.save(image)
+    result = nca("train", str(image), "--out", str(out), "--experiment", "persistent", "--size", "10",
+                 "--padding", "3", "--iterations", "12", "--batch-size", "2", "--pool-size", "8",
+                 "--min-steps", "8", "--max-steps", "10", "--checkpoint-every", "5", "--tensorboard",
+                 str(tmp_path / "tb"), "--video-every", "10")
+    assert result.returncode == 0, result.stderr
+    assert "succeeded after 12 iterations" in result.stdout
+    mf = modelfile.load(out)
+    assert mf.info.iterations == 12 and mf.info.experiment == "persistent" and mf.info.padding == 3
+    assert (mf.info.grid_height, mf.info.grid_width) == (5 + 6, 10 + 6)
+    assert mf.target.shape == (4, 11, 16) and mf.optimizer_state
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 1000  # loss scalars, target image and growth GIFs
+
+    result = nca("train", str(image), "--out", str(out), "--size", "10", "--padding", "3", "--iterations", "15",
+                 "--batch-size", "2", "--pool-size", "8", "--min-steps", "8", "--max-steps", "10",
+                 "--experiment", "persistent", "--resume")
+    assert result.returncode == 0, result.stderr
+    assert modelfile.load(out).info.iterations == 15
+
+    gif = tmp_path / "g.gif"
+    result = nca("grow", str(out), "--steps", "7", "--frame-every", "3", "--scale", "3", "--out", str(gif))
+    assert result.returncode == 0, result.stderr
+    with Image.open(gif) as img:
+        assert img.n_frames == 4  # steps 0, 3, 6 and the last one, 7
+        assert img.size == (16 * 3, 11 * 3)
+    strip = tmp_path / "s.png"
+    assert nca("grow", str(out), "--steps", "4", "--frame-every", "2", "--scale", "2", "--out", str(strip),
+               "--damage-at", "2", "--angle", "45").returncode == 0
+    with Image.open(strip) as img:
+        assert img.size == (16 * 2 * 3, 11 * 2)
+
+
+def test_grow_frames_are_the_exact_rendered_grid(tmp_path):
+    from backend.nca.model import NCA, make_seed
+    from backend.nca.render import rgb8
+
+    model = NCA()
+    with torch.no_grad():
+        model.hidden_to_update.bias[:4] = 0.05  # grows a little every step
+    modelfile.save(modelfile.ModelFile(model, modelfile.ModelInfo(grid_height=9, grid_width=9)), tmp_path / "m.st")
+    strip = tmp_path / "s.png"
+    assert nca("grow", str(tmp_path / "m.st"), "--steps", "5", "--frame-every", "5", "--scale", "1", "--out",
+               str(strip)).returncode == 0
+    frames = torch.from_numpy(np.array(Image.open(strip).convert("RGB")))
+    last = frames[:, 9:18]
+    x = model.grow(make_seed(9, 9), 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(last, torch.from_numpy(rgb8(x)))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    result = nca("train", str(text), "--out", str(tmp_path / "x.safetensors"))
+    assert result.returncode == 2 and "not a readable image" in result.stderr
+    result = nca("grow", str(text), "--steps", "3", "--out", str(tmp_path / "x.gif"))
+    assert result.returncode == 2 and "not a model file" in result.stderr
+    result = nca("grow", str(tmp_path / "missing.safetensors"), "--steps", "3", "--out", str(tmp_path / "x.gif"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+@pytest.mark.skipif(not DISTILL_MODELS.is_dir(), reason="../shared/reference is absent")
+def test_import_distill(tmp_path):
+    out = tmp_path / "lizard.safetensors"
+    result = nca("import-distill", str(DISTILL_MODELS / "regenerating_lizard.json"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    mf = modelfile.load(out)
+    assert mf.info.source == "distill" and mf.info.experiment == "regenerating" and mf.info.name == "lizard"
+    assert (mf.info.grid_height, mf.info.grid_width) == (72, 72)
