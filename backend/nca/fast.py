@@ -193,7 +193,7 @@ def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
     batch, _, height, width = x.shape
     weights = cell_weights(model, angle)
     with torch.no_grad():
-        box = _box(x.ne(0).any(1), (0, 0), height, width) or (0, 1, 0, 1)
+        box = _box(x.any(1), (0, 0), height, width) or (0, 1, 0, 1)
     y0, y1, x0, x1 = box
     cells = x[:, :, y0:y1, x0:x1].permute(0, 2, 3, 1).contiguous()
     shape_probe = x[:, :1]  # what model.fire_mask reads the shape and device from
@@ -206,8 +206,9 @@ def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
         new_box = _box(mask, (box[0], box[2]), height, width) or box  # all dead: stays zero anyway
         cells, box = _move(cells, box, new_box), new_box
     y0, y1, x0, x1 = box
-    out = F.pad(cells, (0, 0, x0, width - x1, y0, height - y1))
-    return out.permute(0, 3, 1, 2).contiguous()
+    out = torch.zeros_like(x)
+    out[:, :, y0:y1, x0:x1] = cells.permute(0, 3, 1, 2)
+    return out
 
 
 def step_batch(model: NCA, x: torch.Tensor, angle: float = 0.0, generator: torch.Generator | None = None,
