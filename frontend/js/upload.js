@@ -27,6 +27,7 @@ export function initUpload(config, onCreated) {
   const caption = document.getElementById('preview-caption');
   let file = null;
   let bitmap = null;
+  let choice = 0; // counts file choices: a slow decode of an older choice must not win
 
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
   applyDefaults(form, config.defaults || {});
@@ -38,6 +39,7 @@ export function initUpload(config, onCreated) {
   };
 
   async function useFile(chosen) {
+    const mine = ++choice;
     showError('');
     file = chosen;
     bitmap = null;
@@ -46,12 +48,15 @@ export function initUpload(config, onCreated) {
     if (config.max_upload_bytes && chosen.size > config.max_upload_bytes) {
       showError(`This file is ${formatBytes(chosen.size)}; the limit is ${formatBytes(config.max_upload_bytes)}.`);
     }
+    let decoded = null;
     try {
-      bitmap = await createImageBitmap(chosen);
+      decoded = await createImageBitmap(chosen);
     } catch {
       // Not decodable here; the server has the final word and will say what is wrong.
       caption.textContent = 'Your browser cannot preview this file. You can still upload it; the server checks it.';
     }
+    if (mine !== choice) return;
+    bitmap = decoded;
     renderPreview();
   }
 
@@ -63,8 +68,8 @@ export function initUpload(config, onCreated) {
       return;
     }
     const options = {
-      size: clampInt(form.elements.target_size.value, 8, 128, 40),
-      padding: clampInt(form.elements.padding.value, 0, 64, 16),
+      size: fieldInt(form.elements.target_size),
+      padding: fieldInt(form.elements.padding),
       keyBackground: form.elements.key_background.checked,
     };
     const target = prepareTarget(bitmap, options);
@@ -195,9 +200,11 @@ function outlineTarget(canvas, target, padding, scale) {
   ctx.restore();
 }
 
-function clampInt(value, min, max, fallback) {
-  const n = Number.parseInt(value, 10);
-  return Number.isFinite(n) ? Math.min(Math.max(n, min), max) : fallback;
+/** A number field's value held within its min/max (the server's limits); its default if unreadable. */
+function fieldInt(field) {
+  const n = Number.parseInt(field.value, 10);
+  const value = Number.isFinite(n) ? n : Number.parseInt(field.defaultValue, 10);
+  return Math.min(Math.max(value, Number(field.min)), Number(field.max));
 }
 
 function formatBytes(bytes) {
