@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio
 import torch
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from redis.exceptions import RedisError
 
 from backend.config import Settings, get_settings
@@ -26,6 +26,7 @@ from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, event, parse_command, parse_params
 from .sessions import Session
+from .transport import ExposeTransport, abort
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up on the client
@@ -55,11 +56,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client.close()
 
 
-app = FastAPI(title="Growing NCA stream", lifespan=lifespan)
+service = FastAPI(title="Growing NCA stream", lifespan=lifespan)
+# Outermost, so that it sees uvicorn's own `send` (FastAPI's middlewares wrap it).
+app = ExposeTransport(service, send_buffer=get_settings().stream_send_buffer)
 
 
-@app.get("/health")
-async def health() -> dict:
+@service.get("/health")
+async def health(request: Request) -> dict:
+    app = request.app
     engine: Engine = app.state.engine
     return {
         "status": "ok", "device": str(engine.device), "sessions": len(engine.sessions),
@@ -69,7 +73,7 @@ async def health() -> dict:
     }
 
 
-@app.websocket("/ws/stream")
+@service.websocket("/ws/stream")
 async def stream(ws: WebSocket) -> None:
     await ws.accept()
     engine: Engine = ws.app.state.engine
@@ -153,9 +157,14 @@ async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
 
 
 async def _close(ws: WebSocket, code: int, reason: str) -> None:
+    """Close politely; a client that cannot even take the close frame (stalled) is dropped."""
     reason = reason.encode()[:123].decode(errors="ignore")  # a close reason is at most 123 bytes
-    with contextlib.suppress(Exception):
+    try:
         await asyncio.wait_for(ws.close(code, reason), CLOSE_WAIT)
+    except TimeoutError:
+        abort(ws.scope)
+    except Exception:  # the client is gone already
+        pass
 
 
 async def follow_checkpoints(app: FastAPI, redis_url: str) -> None:

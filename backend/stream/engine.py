@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from backend.nca.fast import step_batch
 from backend.nca.model import NCA, erase_circle, make_seed
 from backend.nca.modelfile import ModelInfo, from_bytes
 from backend.nca.render import rgba8
@@ -28,13 +29,18 @@ from .sessions import Session
 
 log = logging.getLogger(__name__)
 
+DUE_TOLERANCE = 0.001  # seconds; timers may fire a hair early
+
 # fetch(model_id) -> (model file bytes, version); raises ModelNotFound for unknown ids.
 Fetch = Callable[[str], tuple[bytes, int]]
 
 
-def advance(model: NCA, x: torch.Tensor, angle_degrees: float) -> torch.Tensor:
-    """One CA step of a batch: the only place the engine calls the model (swap a faster path in here)."""
-    return model(x, math.radians(angle_degrees))
+def advance(model: NCA, x: torch.Tensor, angle_degrees: float, steps: int) -> torch.Tensor:
+    """`steps` CA steps of a batch: the only place the engine runs the model.
+
+    The fast path computes the same rule on the live region only, cell-major (backend/nca/fast.py).
+    """
+    return step_batch(model, x, math.radians(angle_degrees), steps=steps)
 
 
 class StreamsFull(RuntimeError):
@@ -196,17 +202,24 @@ class Engine:
 
     def _plan(self, now: float) -> list[_Group]:
         """The sessions due now, grouped by (model, angle); also moves each one's next due time."""
+        if not any(s.next_due - now <= DUE_TOLERANCE if not s.paused else s.pending_steps or s.needs_frame
+                   for s in self.sessions) and not any(s.needs_frame and not s.edits for s in self.sessions):
+            return []
         groups: dict[tuple[str, float], _Group] = {}
         for session in self.sessions:
             period = 1.0 / session.fps
-            if not session.paused and session.next_due - now <= 0.5 * period:
-                # Early by up to half a period: sessions of equal fps fall into step and share batches.
+            if session.needs_frame and (session.paused or not session.edits):
+                steps = 0  # a new session's seed frame, or an edit while paused
+            elif not session.paused and session.next_due - now <= 0.5 * period:
+                # A tick is happening anyway: take sessions due within half a period along, so that
+                # sessions of equal fps fall into step and share one batch from then on.
                 steps = session.steps_per_frame
-                session.next_due = now + period
+                if session.next_due - now > DUE_TOLERANCE:
+                    session.next_due = now + period  # early: from now on in this tick's phase
+                else:  # on time or late: keep the exact rate, but never owe more than one frame
+                    session.next_due = max(session.next_due + period, now)
             elif session.paused and session.pending_steps:
                 steps, session.pending_steps = session.pending_steps, 0
-            elif session.needs_frame and (session.paused or not session.edits):
-                steps = 0  # a new session's seed frame, or an edit while paused
             else:
                 continue
             session.needs_frame = False
@@ -228,11 +241,15 @@ class Engine:
                 height, width = group.model.size
                 states = [_edited(w.state, w.edits, group.net.channels) for w in group.work]
                 x = torch.cat(states) if len(states) > 1 else states[0]
-                active = [w.steps for w in group.work]
-                for step in range(active[0]):
-                    n = sum(1 for s in active if s > step)  # sorted: the first n still step
-                    x = advance(group.net, x, group.angle) if n == len(active) else \
-                        torch.cat([advance(group.net, x[:n], group.angle), x[n:]])
+                # Sorted by steps, most first: run the common steps on the whole batch, then the
+                # extra steps of the first n sessions (mixed step counts are rare: step, speed).
+                done = 0
+                while done < group.work[0].steps:
+                    n = sum(1 for w in group.work if w.steps > done)
+                    steps = min(w.steps for w in group.work[:n]) - done
+                    x = advance(group.net, x, group.angle, steps) if n == len(group.work) else \
+                        torch.cat([advance(group.net, x[:n], group.angle, steps), x[n:]])
+                    done += steps
                 results.append((x, _frames(x, [w.header for w in group.work], width, height)))
         return results
 

@@ -56,7 +56,9 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
 
 def _angle(value: Any) -> float:
     """Degrees, any finite number, normalised to [0, 360)."""
-    return _number(value, "angle", -math.inf, math.inf) % 360.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError("angle must be a finite number (degrees)")
+    return float(value) % 360.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,190 @@
+"""Load benchmark of the stream service: N real WebSocket viewers on loopback, fps and p95 frame gap.
+
+Starts a bundled Redis and the stream service (`uvicorn backend.stream.app:app`) as subprocesses
+with one 72x72 model: the Distill regenerating lizard when ../shared is present, otherwise a
+random-weight model of the same size (same compute per step). For each N the viewers run in a
+separate client process, all playing the model at --fps with one CA step per frame; each
+records when its frames arrive. Prints a markdown table (docs/benchmarks.md, section stream).
+
+    .venv/bin/python benchmarks/bench_stream.py                      # N = 1, 8, 16, 32, 40
+    .venv/bin/python benchmarks/bench_stream.py --clients 32 --seconds 20 --compression
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+DISTILL_LIZARD = REPO_ROOT.parent / "shared" / "reference" / "distill-webgl-models" / "regenerating_lizard.json"
+TARGET_FPS, TARGET_P95_MS, TARGET_CLIENTS = 25.0, 80.0, 32
+
+
+def write_model(models_dir: Path) -> str:
+    """A 72x72 model file in models_dir; returns its stream id."""
+    import torch
+
+    from backend.nca import modelfile
+    from backend.nca.model import NCA
+    from backend.nca.modelfile import ModelFile, ModelInfo
+
+    if DISTILL_LIZARD.exists():
+        from backend.nca.distill import import_distill
+
+        modelfile.save(import_distill(DISTILL_LIZARD), models_dir / "lizard.safetensors")
+        return "example-lizard"
+    torch.manual_seed(0)
+    net = NCA()
+    with torch.no_grad():
+        net.hidden_to_update.weight.normal_(0.0, 0.02)
+    modelfile.save(ModelFile(net, ModelInfo(grid_height=72, grid_width=72, name="random")),
+                   models_dir / "random72.safetensors")
+    return "example-random72"
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise SystemExit("the stream service exited early")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the stream service did not start") from None
+            time.sleep(0.1)
+
+
+# --- the client process -----------------------------------------------------------------------------
+
+
+async def viewer(url: str, compression: bool, start_at: float, stop_at: float, arrivals: list[float],
+                 errors: list[str]) -> None:
+    import websockets
+
+    try:
+        async with websockets.connect(url, compression="deflate" if compression else None, max_size=None) as ws:
+            while (now := time.monotonic()) < stop_at:
+                message = await asyncio.wait_for(ws.recv(), 5.0)
+                if isinstance(message, bytes) and now >= start_at:
+                    arrivals.append(time.monotonic())
+    except Exception as exc:  # reported in the results, not raised: one failure must not hide the rest
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+
+async def run_clients(url: str, n: int, seconds: float, warmup: float, compression: bool) -> dict:
+    start_at = time.monotonic() + warmup
+    stop_at = start_at + seconds
+    arrivals: list[list[float]] = [[] for _ in range(n)]
+    errors: list[str] = []
+    await asyncio.gather(*(viewer(url, compression, start_at, stop_at, a, errors) for a in arrivals))
+    return {"arrivals": arrivals, "errors": errors}
+
+
+def client_main(args: argparse.Namespace) -> None:
+    result = asyncio.run(run_clients(args.url, args.n, args.seconds, args.warmup, args.compression))
+    json.dump(result, sys.stdout)
+
+
+# --- the driver ----------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
+
+
+def measure(url: str, n: int, seconds: float, warmup: float, compression: bool, health_url: str) -> dict:
+    command = [sys.executable, __file__, "--client-run", "--url", url, "--n", str(n), "--seconds", str(seconds),
+               "--warmup", str(warmup)] + (["--compression"] if compression else [])
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 120, check=True)
+    result = json.loads(out.stdout)
+    fps = [(len(a) - 1) / (a[-1] - a[0]) if len(a) > 1 else 0.0 for a in result["arrivals"]]
+    gaps = [(b - a) * 1000.0 for arr in result["arrivals"] for a, b in zip(arr, arr[1:], strict=False)]
+    import httpx
+
+    health = httpx.get(health_url, timeout=5).json()
+    return {"n": n, "mean_fps": sum(fps) / len(fps), "min_fps": min(fps), "p95_gap_ms": percentile(gaps, 95),
+            "max_gap_ms": max(gaps, default=float("nan")), "errors": result["errors"],
+            "tick_ms": health["last_tick_ms"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,8,16,32,40", help="comma-separated viewer counts")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per count")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of play before measuring")
+    parser.add_argument("--fps", type=float, default=30.0, help="fps each viewer asks for")
+    parser.add_argument("--compression", action="store_true",
+                        help="viewers negotiate permessage-deflate, as browsers do")
+    parser.add_argument("--server-deflate", choices=["on", "off"], default="on",
+                        help="uvicorn --ws-per-message-deflate (on is uvicorn's default)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="NCA_STREAM_TORCH_THREADS for the service")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--client-run", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_run:
+        return client_main(args)
+
+    import torch
+
+    from backend.storage.embedded_redis import free_port, start_redis
+
+    counts = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+        models_dir = Path(tmp) / "models"
+        models_dir.mkdir()
+        model_id = write_model(models_dir)
+        redis = start_redis(data_dir=Path(tmp) / "redis")
+        port = free_port()
+        env = {**os.environ, "REDIS_URL": redis.url, "NCA_MODELS_DIR": str(models_dir), "NCA_DEVICE": args.device,
+               "NCA_STREAM_MAX_SESSIONS": str(max(counts) + 8), "NCA_STREAM_TORCH_THREADS": str(args.torch_threads)}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "backend.stream.app:app", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning", "--ws-per-message-deflate", "true" if args.server_deflate == "on" else "false"],
+            cwd=REPO_ROOT, env=env)
+        try:
+            wait_for_port(port, server)
+            health_url = f"http://127.0.0.1:{port}/health"
+            import httpx
+
+            health = httpx.get(health_url, timeout=5).json()
+            url = f"ws://127.0.0.1:{port}/ws/stream?model={model_id}&fps={args.fps:g}&steps_per_frame=1"
+            print(f"model {model_id} 72x72, {args.fps:g} fps asked, 1 step/frame, {args.seconds:g} s per N; "
+                  f"device {health['device']}, torch {torch.__version__}, {health['torch_threads']} torch threads, "
+                  f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
+                  f"client deflate {'on' if args.compression else 'off'}, server deflate {args.server_deflate}\n")
+            print("| viewers | mean fps | min fps | p95 gap ms | max gap ms | last tick ms | target met |")
+            print("|---:|---:|---:|---:|---:|---:|:---|")
+            for n in counts:
+                r = measure(url, n, args.seconds, args.warmup, args.compression, health_url)
+                met = r["min_fps"] >= TARGET_FPS and r["p95_gap_ms"] <= TARGET_P95_MS
+                print(f"| {n} | {r['mean_fps']:.1f} | {r['min_fps']:.1f} | {r['p95_gap_ms']:.0f} | "
+                      f"{r['max_gap_ms']:.0f} | {r['tick_ms']:.1f} | {'yes' if met else 'no'} |", flush=True)
+                for error in r["errors"][:3]:
+                    print(f"  client error: {error}")
+                time.sleep(1.0)  # let the last viewers' sessions end
+        finally:
+            server.terminate()
+            server.wait(15)
+            redis.stop()
+
+
+if __name__ == "__main__":
+    main()

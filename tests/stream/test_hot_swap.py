@@ -1,0 +1,62 @@
+"""A job's stream follows its training: a new checkpoint in Redis + `nca:checkpoints` -> `reloaded`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import torch
+
+from backend.nca import modelfile
+from backend.storage.connection import connect
+from backend.storage.embedded_redis import EmbeddedRedis
+from backend.storage.jobs import JobStore
+from backend.storage.models import publish_checkpoint
+from tests.stream.client import watch
+from tests.stream.conftest import StreamServer, random_model
+
+
+def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url)
+    jobs = JobStore(client)
+    job_id, token = uuid.uuid4().hex, "lease-token"
+    jobs.create(job_id, "hot swap", {"experiment": "growing"}, 1000, torch.zeros(4, 32, 36))
+    assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
+
+    def checkpoint(seed: int, iteration: int) -> int:
+        """What the worker does: store the model file (version += 1), then announce it."""
+        data = modelfile.to_bytes(random_model(seed, height=32, width=36, iterations=iteration))
+        version = jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
+        publish_checkpoint(client, job_id, version, iteration, "running")
+        return version
+
+    assert checkpoint(1, 100) == 1
+
+    async def scenario() -> None:
+        async with watch(server.url(job_id, fps=30)) as v:
+            model = await v.event("model")
+            assert (model["id"], model["version"], model["iterations"]) == (job_id, 1, 100)
+            assert (model["width"], model["height"]) == (36, 32)
+            before = await v.frame_at_step(10)
+            await asyncio.to_thread(checkpoint, 2, 200)
+            reloaded = await v.event("reloaded")
+            assert reloaded["version"] == 2 and reloaded["iteration"] == 200 and reloaded["status"] == "running"
+            assert reloaded["model"] == job_id and reloaded["iterations"] == 200
+            after = await v.frame()
+            assert after.step > before.step  # the state carried on: no reset to the seed
+            assert not np.array_equal(after.rgba, before.rgba)
+            # An old or repeated announcement changes nothing.
+            await asyncio.to_thread(publish_checkpoint, client, job_id, 2, 200, "running")
+            await v.quiet(0.5)
+            assert not [e for e in v.events if e["type"] == "reloaded"]
+        for _ in range(100):  # unloaded with its last viewer
+            if job_id not in server.health()["models"]:
+                break
+            await asyncio.sleep(0.05)
+        assert job_id not in server.health()["models"]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        client.close()
