@@ -163,8 +163,9 @@ class JobRun:
             return
         self.last_write = now
         eta = (self.job.total - iteration) / rate if rate else None
-        fields = dict(iteration=iteration, loss=None if math.isnan(loss) else loss,
-                      loss_history=self.history.points, loss_every=self.history.every)
+        fields = dict(iteration=iteration, loss_history=self.history.points, loss_every=self.history.every)
+        if not math.isnan(loss):  # NaN: no iteration in this run yet (resumed at its last checkpoint)
+            fields["loss"] = loss
         if rate is not None:
             fields.update(iterations_per_second=round(rate, 3), eta_seconds=round(eta, 1))
         try:
