@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = 900.0  # seconds without any client message before a stream ends (4408)
     stream_stall_timeout: float = 10.0  # seconds a client may leave a frame unaccepted before it is closed (4429)
     stream_torch_threads: int = 0  # intra-op threads for the batched steps; 0: torch's default (one per core)
+    stream_send_buffer: int = 256 * 1024  # kernel send buffer per viewer, bytes (0: the OS's autotuning)
 
     # Training service: crash recovery and limits (docs/api.md).
     lease_seconds: float = 15.0  # a running job whose worker stops renewing its lease this long is re-queued
