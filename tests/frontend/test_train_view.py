@@ -153,3 +153,19 @@ def test_invalid_upload_shows_the_api_message(page, stack):
     expect(error).to_have_text(message)
     expect(page).to_have_url(f"{stack.api_url}/#train")  # stays on the form
     screenshot(page, "train-error")
+
+
+def test_preview_sizes_match_pillow_thumbnail(page, stack):
+    """The browser's target size follows Pillow's Image.thumbnail (used by the core) exactly."""
+    sizes = [(100, 30), (30, 100), (20, 10), (41, 40), (1000, 999), (333, 7), (64, 64), (57, 200)]
+    expected = []
+    for width, height in sizes:
+        img = Image.new("RGB", (width, height))
+        img.thumbnail((40, 40))
+        expected.append(list(img.size))
+    open_app(page, "train")
+    got = page.evaluate("""async (sizes) => {
+      const { thumbnailSize } = await import('/js/target.js');
+      return sizes.map(([w, h]) => thumbnailSize(w, h, 40));
+    }""", sizes)
+    assert got == expected

@@ -34,7 +34,7 @@ def test_watch_grows_erases_and_regrows(page, stack, example_id):
     # It starts from the seed (one cell) and grows: the painted share of the canvas rises.
     page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 0")
     early = painted(page)
-    assert early < 0.02, f"expected a nearly empty grid near the seed, got {early:.3f} painted"
+    assert early < 0.05, f"expected a nearly empty grid near the seed, got {early:.3f} painted"
     set_range(page, "#steps-per-frame", 4)  # the `speed` command: grow up faster
     grown = wait_painted(page, "p > 0.10")
     assert grown > early + 0.08
