@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # CPU threads for torch in the worker and API (0: torch's default)
     max_stored_upload_bytes: int = 2 * 1024 * 1024  # the original upload is kept in Redis only up to this size
 
+    # Access and quotas (docs/reliability.md, README "Security").
+    access_token: str = ""  # when set, creating and cancelling jobs need `Authorization: Bearer <token>`
+    max_active_jobs: int = 100  # queued or running jobs overall; more uploads get 429 + Retry-After
+    max_active_jobs_per_client: int = 10  # per client (its remote address)
+    stream_max_sessions_per_client: int = 8  # concurrent streams per remote address (close code 1013)
+    # Browser origins allowed to open streams, comma-separated; empty: the stream's own host, localhost and the API's.
+    stream_allowed_origins: str = ""
+    stream_max_message_bytes: int = 4096  # a bigger client message closes the stream (1009)
+    stream_command_rate: float = 100.0  # commands per second a stream may send on average...
+    stream_command_burst: int = 200  # ...with bursts this big; over it: an error event, and a flood closes (1008)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -128,6 +128,7 @@ class ConfigOut(BaseModel):
     experiments: dict[str, str]
     defaults: dict[str, Any]
     limits: dict[str, dict[str, float]]
+    auth_required: bool = Field(False, description="creating and cancelling jobs need a bearer token")
 
 
 class ErrorOut(BaseModel):

@@ -31,4 +31,5 @@ def config(settings: SettingsDep) -> ConfigOut:
         stream_url=settings.public_stream_url or None, stream_port=settings.stream_port,
         max_upload_bytes=settings.max_upload_bytes, max_iterations=settings.max_iterations,
         experiments=EXPERIMENT_HELP, defaults=defaults, limits=option_limits(settings.max_iterations),
+        auth_required=bool(settings.access_token),
     )

@@ -29,6 +29,7 @@ from backend.worker.celery_app import TRAIN_TASK
 
 from ..deps import CeleryDep, JobIdDep, SettingsDep, StoreDep
 from ..schemas import ErrorOut, JobList, JobOptions, JobOut
+from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 413, 422, 503)}
@@ -82,7 +83,8 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, str,
     return data, filename, raw
 
 
-@router.post("", status_code=202, response_model=JobOut, responses=ERRORS, summary="Upload an image and start training",
+@router.post("", status_code=202, response_model=JobOut, responses={**ERRORS, **TOKEN_RESPONSES, **QUOTA_RESPONSES},
+             dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training",
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["image"],
                  "properties": {"image": {"type": "string", "format": "binary"},
@@ -140,7 +142,8 @@ def get_job(job_id: JobIdDep, store: StoreDep) -> JobOut:
     return get_job_or_404(store, job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS, summary="Cancel a job (keeps its checkpoint)")
+@router.post("/{job_id}/cancel", response_model=JobOut, responses={**ERRORS, **TOKEN_RESPONSES},
+             dependencies=[TOKEN], summary="Cancel a job (keeps its checkpoint)")
 def cancel_job(job_id: JobIdDep, store: StoreDep, response: Response) -> JobOut:
     """A queued job is cancelled at once (200); a running one stops after its current iteration (202)."""
     try:
