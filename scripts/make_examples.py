@@ -15,6 +15,7 @@ Writes models/<name>.png (the drawn target) and models/<name>.safetensors, and a
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,14 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
+from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402
 from backend.nca.target import TargetOptions, load_target  # noqa: E402
-from backend.nca.train import TrainConfig, Trainer  # noqa: E402
+from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
 
 CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-aliased
 PNG_SIZE = 128
-TARGET_SIZE, PADDING = 24, 6  # the example grid is 36x36 cells
-RECIPE = {"experiment": "regenerating", "iterations": 2000, "min_steps": 32, "max_steps": 48,
-          "lr_decay_at": 1400, "checkpoint_every": 250}
+PREVIEW = PRESETS["preview"]
+TARGET_SIZE, PADDING = int(PREVIEW["size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
+# The preview recipe, longer, with the regenerating experiment: its first 1000 iterations are a
+# preview run (the lr drops later), so the example logs double as the preview's loss curve.
+RECIPE = {**PREVIEW, "experiment": "regenerating", "iterations": 2000, "lr_decay_at": 1400, "checkpoint_every": 250}
 
 
 def _scaled(box: tuple[float, ...]) -> list[float]:
@@ -106,16 +110,45 @@ def train(name: str, iterations: int | None = None) -> Path:
     return out
 
 
+def quality(x: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """(training loss: RGBA MSE, PSNR in dB of the RGB on white) of states x vs the target."""
+    loss = (to_rgba(x) - target).pow(2).mean().item()
+    mse = (to_rgb(x) - to_rgb(target[None])).pow(2).mean().item()
+    return loss, 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def evaluate(name: str, samples: int = 8, path: Path | None = None) -> str:
+    """Grow the shipped model from the seed (several random runs) and report how close it gets."""
+    mf = modelfile.load(path or ROOT / "models" / f"{name}.safetensors")
+    h, w = mf.info.grid_height, mf.info.grid_width
+    g = torch.Generator().manual_seed(0)
+    x = mf.model.grow(make_seed(h, w, batch=samples), int(RECIPE["max_steps"]), generator=g)
+    grown = quality(x, mf.target)
+    x = mf.model.grow(x, 300 - int(RECIPE["max_steps"]), generator=g)
+    at300 = quality(x, mf.target)
+    persisted = quality(mf.model.grow(x, 700, generator=g), mf.target)
+    erase_circle(x, w / 2, h / 2, min(h, w) / 5)  # the CLI's default damage: a fifth of the grid
+    regrown = quality(mf.model.grow(x, 700, generator=g), mf.target)
+    return (f"{name}: {mf.info.iterations} iterations; loss {grown[0]:.4f} (PSNR {grown[1]:.1f} dB) after "
+            f"{RECIPE['max_steps']} steps, {at300[0]:.4f} ({at300[1]:.1f} dB) after 300, {persisted[0]:.4f} "
+            f"({persisted[1]:.1f} dB) after 1000; erased at 300 (radius {min(h, w) / 5:.1f}): {regrown[0]:.4f} "
+            f"({regrown[1]:.1f} dB) at 1000")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=list(EXAMPLES), action="append", help="example(s) to make")
     parser.add_argument("--draw-only", action="store_true", help="only draw the target PNGs")
+    parser.add_argument("--evaluate", action="store_true", help="only report how well the shipped models grow")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per example in parallel)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.only or list(EXAMPLES):
-        print(draw(name) if args.draw_only else train(name, args.iterations))
+        if args.evaluate:
+            print(evaluate(name))
+        else:
+            print(draw(name) if args.draw_only else train(name, args.iterations))
 
 
 if __name__ == "__main__":

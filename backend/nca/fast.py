@@ -7,9 +7,10 @@ fire masks exactly as `NCA.forward` does, so a shared generator gives the same t
   Differentiable: `steps` CA steps for training (`Trainer.rollout` uses it). `fire_masks`, if
   given, is one (B, 1, H, W) bool mask per step, as `NCA.forward(fire_mask=...)` takes.
 - `step_batch(model, x, angle=0.0, generator=None, steps=1) -> x`
-  Inference (runs under `torch.inference_mode`): advances a batch of states (B, C, H, W) by
-  `steps` steps and returns a new tensor of the same shape; the input is not modified. This is
-  the stream service's tick: batch the viewers' grids that share a model into one call.
+  Inference (no autograd): advances a batch of states (B, C, H, W) by `steps` steps and returns
+  a new, ordinary tensor of the same shape (safe to edit in place, e.g. `erase_circle`); the
+  input is not modified. This is the stream service's tick: batch the viewers' grids that share
+  a model into one call (the states may differ; the live box is their union).
 
 Why it is faster, and why it is still exact:
 - Bounding box: a cell can only be non-zero after a step if it is within one cell of a live
@@ -214,5 +215,5 @@ def rollout(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
 def step_batch(model: NCA, x: torch.Tensor, angle: float = 0.0, generator: torch.Generator | None = None,
                steps: int = 1, stats: dict[str, int] | None = None) -> torch.Tensor:
     """Inference: `steps` steps of a batch of full-grid states (B, C, H, W); returns a new tensor."""
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: callers edit the result in place (erase, seed)
         return rollout(model, x, steps, angle, generator, stats=stats)

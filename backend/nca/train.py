@@ -29,6 +29,17 @@ EXPERIMENTS: dict[str, dict[str, object]] = {
 }
 
 
+# Named recipes: TrainConfig overrides plus the target's `size` and `padding` (TargetOptions).
+# "paper" is the authors' (72x72 grid for a square image). "preview" trades fidelity for time:
+# a 24-cell target with 6 cells of padding (36x36 grid) and 32-48 steps per iteration shows a
+# recognisable pattern within minutes on two CPU cores (curves and figures: docs/benchmarks.md).
+PRESETS: dict[str, dict[str, object]] = {
+    "paper": {"size": 40, "padding": 16},
+    "preview": {"size": 24, "padding": 6, "iterations": 1000, "min_steps": 32, "max_steps": 48,
+                "lr_decay_at": 1000},
+}
+
+
 @dataclass
 class TrainConfig:
     experiment: Experiment = "regenerating"

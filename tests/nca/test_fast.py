@@ -125,7 +125,7 @@ def test_step_batch_matches_reference_and_leaves_input_alone(angle: float) -> No
             ref = model(ref, angle, generator=g)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(x0, before)
-    assert not out.requires_grad
+    assert not out.requires_grad and not out.is_inference()  # callers edit it in place (erase)
 
 
 def test_trainer_fast_and_reference_paths_train_the_same() -> None:
