@@ -54,3 +54,4 @@ def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, star
 
     wait_for(skipped, timeout=30, what="the duplicate message to be dropped")
     assert client.get(f"/api/jobs/{job['id']}").json()["attempts"] == 1
+
