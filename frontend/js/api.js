@@ -8,10 +8,19 @@ export class ApiError extends Error {
   }
 }
 
+let accessToken = '';
+
+/** The bearer token for servers that protect creating and cancelling jobs (config.auth_required). */
+export function setAccessToken(token) {
+  accessToken = token.trim();
+}
+
 async function request(path, options = {}) {
+  const headers = { Accept: 'application/json' };
+  if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
   let response;
   try {
-    response = await fetch(path, { headers: { Accept: 'application/json' }, ...options });
+    response = await fetch(path, { headers, ...options });
   } catch {
     throw new ApiError(0, 'Cannot reach the server. Check your connection and try again.');
   }

@@ -1,6 +1,6 @@
 // The Train view: pick or drop an image, preview the processed target, choose options, submit.
 
-import { createJob } from './api.js';
+import { createJob, setAccessToken } from './api.js';
 import { drawCells, deviceSide } from './pixels.js';
 import { isEmptyTarget, prepareTarget, targetImageData } from './target.js';
 
@@ -32,6 +32,15 @@ export function initUpload(config, onCreated) {
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
   applyDefaults(form, config.defaults || {});
   applyLimits(form, config.limits || {});
+
+  const tokenInput = document.getElementById('access-token');
+  document.getElementById('token-field').hidden = !config.auth_required;
+  tokenInput.value = sessionStorage.getItem('nca-access-token') || '';
+  setAccessToken(tokenInput.value);
+  tokenInput.addEventListener('input', () => {
+    setAccessToken(tokenInput.value);
+    sessionStorage.setItem('nca-access-token', tokenInput.value.trim()); // this tab only
+  });
 
   const showError = (message) => {
     errorBox.textContent = message;
@@ -124,6 +133,7 @@ export function initUpload(config, onCreated) {
     } catch (error) {
       statusLine.textContent = '';
       showError(error.message);
+      if (error.status === 401 && config.auth_required) tokenInput.focus();
     } finally {
       submit.disabled = false;
     }

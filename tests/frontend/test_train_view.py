@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import expect
 
 from backend.nca import modelfile
+from backend.storage.embedded_redis import free_port
+from tests.frontend.conftest import Server
 from tests.frontend.pages import open_app, screenshot
 
 # Tiny training options (through the advanced fields) so the job finishes in seconds on CPU.
@@ -169,3 +171,31 @@ def test_preview_sizes_match_pillow_thumbnail(page, stack):
       return sizes.map(([w, h]) => thumbnailSize(w, h, 40));
     }""", sizes)
     assert got == expected
+
+
+def test_access_token_for_a_protected_server(page, stack, tmp_path):
+    """With NCA_ACCESS_TOKEN set, the form asks for the token and sends it to create and cancel jobs."""
+    api = Server("backend.api.main:app", free_port(), {**stack.api.env, "NCA_ACCESS_TOKEN": "s3cret"},
+                 tmp_path / "api-token.log").start()
+    try:
+        image = tmp_path / "apple.png"
+        heart_png(image)
+        page.goto(f"http://127.0.0.1:{api.port}/#train")
+        page.wait_for_selector("body[data-ready=true]")
+        expect(page.locator("#access-token")).to_be_visible()
+        page.set_input_files("#image-input", str(image))
+        page.click("details.advanced summary")
+        for selector, value in {**TINY, "#iterations": "5000", "#name": "token apple"}.items():
+            page.fill(selector, value)
+        page.click("#submit-job")
+        expect(page.locator("#upload-error")).to_contain_text("requires an access token")
+        expect(page.locator("#access-token")).to_be_focused()
+
+        page.fill("#access-token", "s3cret")
+        page.click("#submit-job")
+        expect(page).to_have_url(re.compile(r"#jobs$"))
+        card = page.locator(".job", has_text="token apple")
+        card.locator("[data-action=cancel]").click()
+        expect(card.locator(".badge")).to_have_text("cancelled", timeout=30_000)
+    finally:
+        api.stop()
