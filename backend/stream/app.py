@@ -22,6 +22,7 @@ from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound
 
+from . import guard
 from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, event, parse_command, parse_params
@@ -78,6 +79,8 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept()
     engine: Engine = ws.app.state.engine
     settings: Settings = ws.app.state.settings
+    if (refusal := guard.admit(ws, engine, settings)) is not None:  # origin, streams per client
+        return await _refuse(ws, *refusal)
     try:
         params = parse_params(ws.query_params)
         session = await engine.open(params)
@@ -93,6 +96,7 @@ async def stream(ws: WebSocket) -> None:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} is unreadable: {exc}")
     except REDIS_DOWN_ERRORS:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, "the model store (Redis) is unavailable; try again later")
+    guard.opened(ws, session)
     try:
         session.send_event("model", **session.model.describe())
         session.send_state()
@@ -128,6 +132,8 @@ async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout
             return None
         text = message.get("text")
         try:
+            if (verdict := guard.screen(ws, message, ws.app.state.settings)) is not None:  # size, rate
+                return verdict
             if text is None:
                 raise ProtocolError("commands are JSON text messages, not binary")
             session.apply(parse_command(text, width, height))
