@@ -22,6 +22,7 @@ from backend.storage.models import ModelCatalog
 from backend.worker.celery_app import make_celery
 
 from .routes import config, health, jobs, models
+from .schemas import ErrorOut
 from .upload_limit import UploadLimitMiddleware
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = FastAPI(title="Growing NCA studio", version="0.1.0",
-                  description="Train a Growing Neural Cellular Automaton on your own image (docs/api.md).")
+                  description="Train a Growing Neural Cellular Automaton on your own image (docs/api.md).",
+                  responses={422: {"model": ErrorOut, "description": "invalid input"}})  # as invalid_request answers
     client = connect(settings.redis_url)  # connects lazily, reconnects by itself after an outage
     app.state.settings, app.state.redis = settings, client
     app.state.store, app.state.catalog = JobStore(client), ModelCatalog(client, settings.models_dir)
