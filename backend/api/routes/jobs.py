@@ -6,7 +6,9 @@ import contextlib
 import io
 import json
 import random
+import threading
 import time
+from collections import OrderedDict
 from pathlib import PurePath
 from typing import Annotated, Any
 
@@ -176,6 +178,27 @@ def target_png(job_id: JobIdDep, store: StoreDep, scale: Scale = 1) -> Response:
     return Response(png, media_type="image/png")
 
 
+_previews: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # (job id, model version) -> last frame
+_previews_lock = threading.Lock()
+PREVIEW_CACHE_SIZE = 64  # growing is the costly part; a client polling the preview must not repeat it
+
+
+def grown_frame(job: JobOut, model_bytes: bytes) -> np.ndarray:
+    key = (job.id, job.model_version)
+    with _previews_lock:
+        if key in _previews:
+            _previews.move_to_end(key)
+            return _previews[key]
+    generator = torch.Generator().manual_seed(PREVIEW_SEED)
+    frames = growth_frames(from_bytes(model_bytes).model, job.grid_height, job.grid_width,
+                           int(job.options.get("max_steps", 96)), every=10**9, generator=generator)
+    with _previews_lock:
+        _previews[key] = frames[-1]
+        while len(_previews) > PREVIEW_CACHE_SIZE:
+            _previews.popitem(last=False)
+    return frames[-1]
+
+
 @router.get("/{job_id}/preview.png", response_class=Response, responses=PNG,
             summary="The latest checkpoint grown from the seed")
 def preview_png(job_id: JobIdDep, store: StoreDep, scale: Scale = 4) -> Response:
@@ -184,9 +207,5 @@ def preview_png(job_id: JobIdDep, store: StoreDep, scale: Scale = 4) -> Response
     data = store.checkpoint(job_id)
     if data is None:
         raise HTTPException(404, "the job has no checkpoint yet; a preview exists after its first checkpoint")
-    generator = torch.Generator().manual_seed(PREVIEW_SEED)
-    model = from_bytes(data).model
-    frames = growth_frames(model, job.grid_height, job.grid_width, int(job.options.get("max_steps", 96)),
-                           every=10**9, generator=generator)
-    return Response(png_bytes(frames[-1], scale), media_type="image/png",
+    return Response(png_bytes(grown_frame(job, data), scale), media_type="image/png",
                     headers={"Cache-Control": "no-store", "X-Model-Version": str(job.model_version)})
