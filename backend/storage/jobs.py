@@ -74,6 +74,7 @@ class Job(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    warning: str | None = None  # a problem that did not fail the job (e.g. the model export to disk failed)
     device: str | None = None
     worker: str | None = None
     options: dict[str, Any]
@@ -94,7 +95,7 @@ class Job(BaseModel):
             if name in fields:
                 fields[name] = json.loads(fields[name])
         fields["cancel_requested"] = fields.get("cancel_requested") == "1"
-        for name in ("loss", "iterations_per_second", "eta_seconds", "started_at", "finished_at", "error",
+        for name in ("loss", "iterations_per_second", "eta_seconds", "started_at", "finished_at", "error", "warning",
                      "device", "worker", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at"):
             if fields.get(name) == "":
                 fields[name] = None

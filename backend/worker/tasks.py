@@ -189,8 +189,14 @@ class JobRun:
         path = self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"
         try:
             write_atomic(path, data)
-        except OSError as exc:
+        except OSError as exc:  # disk full, read-only or unwritable folder: the job itself is fine
             log.warning("job %s: could not export the model to %s: %s", self.job.id, path, exc)
+            warning = (f"the model could not be saved to {path} on worker {WORKER_ID} ({exc.strerror or exc}); "
+                       f"it is safe in Redis and served as usual at /api/models/{self.job.id}/file")
+            try:
+                self.store.update(self.job.id, warning=warning)
+            except REDIS_DOWN_ERRORS:
+                log.warning("job %s: could not record the export warning", self.job.id)
 
     def finish(self, status: str, error: str | None = None) -> str:
         if self.store.finish(self.job.id, self.token, status, error):
