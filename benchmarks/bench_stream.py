@@ -153,8 +153,10 @@ def main() -> None:
         model_id = write_model(models_dir)
         redis = start_redis(data_dir=Path(tmp) / "redis")
         port = free_port()
+        capacity = str(max(counts) + 8)  # all viewers come from one address
         env = {**os.environ, "REDIS_URL": redis.url, "NCA_MODELS_DIR": str(models_dir), "NCA_DEVICE": args.device,
-               "NCA_STREAM_MAX_SESSIONS": str(max(counts) + 8), "NCA_STREAM_TORCH_THREADS": str(args.torch_threads)}
+               "NCA_STREAM_MAX_SESSIONS": capacity, "NCA_STREAM_MAX_SESSIONS_PER_CLIENT": capacity,
+               "NCA_STREAM_TORCH_THREADS": str(args.torch_threads)}
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "backend.stream.app:app", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning", "--ws-per-message-deflate", "true" if args.server_deflate == "on" else "false"],
