@@ -122,7 +122,6 @@ async def _serve(ws: WebSocket, session: Session, engine: Engine, settings: Sett
 
 async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout: float) -> tuple[int, str] | None:
     """Commands in; any bad one gets an `error` event and the stream goes on."""
-    height, width = session.model.size
     while True:
         try:
             message = await asyncio.wait_for(ws.receive(), idle_timeout)
@@ -136,6 +135,7 @@ async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout
                 return verdict
             if text is None:
                 raise ProtocolError("commands are JSON text messages, not binary")
+            height, width = session.model.size  # a hot-swapped checkpoint may bring another grid
             session.apply(parse_command(text, width, height))
         except ProtocolError as exc:
             session.send_event("error", message=str(exc))

@@ -239,7 +239,8 @@ class Engine:
         with torch.inference_mode():
             for group in groups:
                 height, width = group.model.size
-                states = [_edited(w.state, w.edits, group.net.channels) for w in group.work]
+                shape = (group.net.channels, height, width)
+                states = [_edited(w.state, w.edits, shape) for w in group.work]
                 x = torch.cat(states) if len(states) > 1 else states[0]
                 # Sorted by steps, most first: run the common steps on the whole batch, then the
                 # extra steps of the first n sessions (mixed step counts are rare: step, speed).
@@ -254,12 +255,14 @@ class Engine:
         return results
 
 
-def _edited(state: torch.Tensor, edits: list[Command], channels: int) -> torch.Tensor:
-    """Apply queued reset/seed/erase commands, in order, to one (1, C, H, W) state."""
+def _edited(state: torch.Tensor, edits: list[Command], shape: tuple[int, int, int]) -> torch.Tensor:
+    """Apply queued reset/seed/erase commands, in order, to one (1, C, H, W) state of `shape`."""
+    channels, height, width = shape
+    if state.shape[1:] != shape:  # a checkpoint with another grid was swapped in: start over
+        state = make_seed(height, width, channels, device=state.device)
     for edit in edits:
         if edit.cmd == "reset":
-            _, _, h, w = state.shape
-            state = make_seed(h, w, channels, device=state.device)
+            state = make_seed(height, width, channels, device=state.device)
         elif edit.cmd == "seed":
             state[:, 3:, int(edit.y), int(edit.x)] = 1.0  # as make_seed's centre cell
         elif edit.cmd == "erase":

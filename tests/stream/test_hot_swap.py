@@ -24,9 +24,9 @@ def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, r
     jobs.create(job_id, "hot swap", {"experiment": "growing"}, 1000, torch.zeros(4, 32, 36))
     assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
 
-    def checkpoint(seed: int, iteration: int) -> int:
+    def checkpoint(seed: int, iteration: int, height: int = 32, width: int = 36) -> int:
         """What the worker does: store the model file (version += 1), then announce it."""
-        data = modelfile.to_bytes(random_model(seed, height=32, width=36, iterations=iteration))
+        data = modelfile.to_bytes(random_model(seed, height=height, width=width, iterations=iteration))
         version = jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
         publish_checkpoint(client, job_id, version, iteration, "running")
         return version
@@ -50,6 +50,15 @@ def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, r
             await asyncio.to_thread(publish_checkpoint, client, job_id, 2, 200, "running")
             await v.quiet(0.5)
             assert not [e for e in v.events if e["type"] == "reloaded"]
+            # A checkpoint with another grid cannot keep the state: the stream starts over on the new grid.
+            await asyncio.to_thread(checkpoint, 3, 300, 20, 24)
+            assert (await v.event("reloaded"))["version"] == 3
+            while (resized := await v.frame()).width != 24:  # frames computed before the swap
+                pass
+            assert resized.height == 20 and resized.step <= 1
+            await v.send(cmd="seed", x=23, y=19)  # commands are checked against the new grid
+            await v.send(cmd="seed", x=30, y=0)
+            assert "x must be between 0 and 23" in (await v.event("error"))["message"]
         for _ in range(100):  # unloaded with its last viewer
             if job_id not in server.health()["models"]:
                 break
