@@ -135,7 +135,7 @@ def test_speed_changes_the_frame_rate(server: StreamServer) -> None:
             assert (state["fps"], state["steps_per_frame"]) == (40.0, 2)
             await v.quiet(0.2)
             fast = await v.quiet(1.0)
-            assert slow <= 7 and len(fast) >= 20, (slow, len(fast))
+            assert slow <= 7 and len(fast) >= 15, (slow, len(fast))  # 5 vs 40 fps, lenient for a busy machine
             assert fast[-1].step - fast[0].step == 2 * (fast[-1].number - fast[0].number)
 
     asyncio.run(scenario())
