@@ -50,7 +50,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
     """Best fp32 GFLOP/s of an n x n matmul: the machine's practical arithmetic peak."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
@@ -156,8 +156,8 @@ def bench_inference(model: NCA, states: torch.Tensor, steps: int) -> dict[str, d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--iterations", type=int, default=3, help="timed training iterations of ours")
-    parser.add_argument("--baseline-iterations", type=int, default=2, help="timed training iterations of the baseline")
+    parser.add_argument("--iterations", type=int, default=5, help="timed training iterations of ours")
+    parser.add_argument("--baseline-iterations", type=int, default=3, help="timed training iterations of the baseline")
     parser.add_argument("--inference-steps", type=int, default=10, help="CA steps per timed inference call")
     args = parser.parse_args()
     if args.threads:

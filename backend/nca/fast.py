@@ -97,9 +97,17 @@ def _perceive_adjoint(grad_p: torch.Tensor, grad_x: torch.Tensor) -> torch.Tenso
     return grad_x
 
 
-def _alive(x: torch.Tensor, reach: int = 1) -> torch.Tensor:
-    """(B, h, w, C) -> (B, h, w) bool: some alpha within `reach` cells > threshold (reach 1 = `alive_mask`)."""
-    return F.max_pool2d(x[..., 3].unsqueeze(1), 2 * reach + 1, 1, reach)[:, 0] > ALIVE_THRESHOLD
+def _dilate(mask: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) bool: True where some cell of the 3x3 neighbourhood is (zero padded), separably."""
+    p = F.pad(mask.view(torch.uint8), (1, 1, 1, 1)).view(torch.bool)
+    rows = p[:, :, :-2] | p[:, :, 1:-1] | p[:, :, 2:]
+    return rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
+
+
+def _alive(x: torch.Tensor) -> torch.Tensor:
+    """(B, h, w, C) -> (B, h, w) bool, as `model.alive_mask`: the 3x3 max of alpha exceeds the
+    threshold exactly when some alpha in the 3x3 exceeds it (a bool dilation is ~20x cheaper)."""
+    return _dilate(x[..., 3] > ALIVE_THRESHOLD)
 
 
 def _step_forward(x: torch.Tensor, fire: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
@@ -113,12 +121,12 @@ def _step_forward(x: torch.Tensor, fire: torch.Tensor, w1: torch.Tensor, b1: tor
     """
     channels = x.shape[-1]
     pre = _alive(x)
-    active = (fire & _alive(x, reach=2)).view(-1).nonzero().squeeze(1)
+    active = (fire & _dilate(pre)).view(-1).nonzero().squeeze(1)
     perception = perceive_cells(x).index_select(0, active)
     hidden = torch.addmm(b1, perception, w1).relu_()
-    dx = torch.addmm(b2, hidden, w2)
+    updated = torch.addmm(b2, hidden, w2).add_(perception[:, :channels])  # x + dx where the cell fires
     new = x.clone()
-    new.view(-1, channels).index_add_(0, active, dx)
+    new.view(-1, channels).index_copy_(0, active, updated)  # (index_add_ is several times slower)
     mask = pre & _alive(new)
     keep = mask.unsqueeze(-1).to(x.dtype)
     return new.mul_(keep), mask, active, perception, hidden, keep
