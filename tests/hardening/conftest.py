@@ -15,11 +15,14 @@ import httpx
 import pytest
 
 from backend.nca import modelfile
+from backend.nca.model import NCA
+from backend.nca.modelfile import ModelFile, ModelInfo
 from backend.storage.embedded_redis import EmbeddedRedis, free_port
 from tests.stream.conftest import random_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "example-random"
+STILL_MODEL, STILL_SIZE = "example-still", 128
 
 
 @dataclass
@@ -74,6 +77,9 @@ class Service:
 def stream_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("hardening-models")
     modelfile.save(random_model(0), path / "random.safetensors")
+    # An untrained rule (it does nothing): big frames for almost no compute, for memory measurements.
+    modelfile.save(ModelFile(NCA(), ModelInfo(grid_height=STILL_SIZE, grid_width=STILL_SIZE, name="still")),
+                   path / "still.safetensors")
     return path
 
 
