@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -108,10 +109,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q / 100.0 * (len(ordered) - 1))))]
 
 
-def measure(url: str, n: int, seconds: float, warmup: float, compression: bool, health_url: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url: str, n: int, seconds: float, warmup: float, compression: bool, health_url: str,
+            server_pid: int) -> dict:
     command = [sys.executable, __file__, "--client-run", "--url", url, "--n", str(n), "--seconds", str(seconds),
                "--warmup", str(warmup)] + (["--compression"] if compression else [])
+    server_cpu, clients_cpu, wall = cpu_seconds(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN), \
+        time.monotonic()
     out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 120, check=True)
+    wall = time.monotonic() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client process only: the server is not reaped yet
+    clients_cpu = (after.ru_utime + after.ru_stime - clients_cpu.ru_utime - clients_cpu.ru_stime) / wall
+    server_cpu = (cpu_seconds(server_pid) - server_cpu) / wall
     result = json.loads(out.stdout)
     fps = [(len(a) - 1) / (a[-1] - a[0]) if len(a) > 1 else 0.0 for a in result["arrivals"]]
     gaps = [(b - a) * 1000.0 for arr in result["arrivals"] for a, b in zip(arr, arr[1:], strict=False)]
@@ -120,7 +137,8 @@ def measure(url: str, n: int, seconds: float, warmup: float, compression: bool, 
     health = httpx.get(health_url, timeout=5).json()
     return {"n": n, "mean_fps": sum(fps) / len(fps), "min_fps": min(fps), "p95_gap_ms": percentile(gaps, 95),
             "max_gap_ms": max(gaps, default=float("nan")), "errors": result["errors"],
-            "tick_ms": health["last_tick_ms"]}
+            "tick_ms": health["tick_ms"]["p50"], "tick_p95_ms": health["tick_ms"]["p95"],
+            "server_cpu": server_cpu * 100, "clients_cpu": clients_cpu * 100}
 
 
 def main() -> None:
@@ -172,13 +190,16 @@ def main() -> None:
                   f"device {health['device']}, torch {torch.__version__}, {health['torch_threads']} torch threads, "
                   f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); "
                   f"client deflate {'on' if args.compression else 'off'}, server deflate {args.server_deflate}\n")
-            print("| viewers | mean fps | min fps | p95 gap ms | max gap ms | last tick ms | target met |")
-            print("|---:|---:|---:|---:|---:|---:|:---|")
+            print("| viewers | mean fps | min fps | p95 gap ms | max gap ms | tick ms p50 / p95 | server CPU % | "
+                  "clients CPU % | target met |")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
             for n in counts:
-                r = measure(url, n, args.seconds, args.warmup, args.compression, health_url)
+                r = measure(url, n, args.seconds, args.warmup, args.compression, health_url, server.pid)
                 met = r["min_fps"] >= TARGET_FPS and r["p95_gap_ms"] <= TARGET_P95_MS
                 print(f"| {n} | {r['mean_fps']:.1f} | {r['min_fps']:.1f} | {r['p95_gap_ms']:.0f} | "
-                      f"{r['max_gap_ms']:.0f} | {r['tick_ms']:.1f} | {'yes' if met else 'no'} |", flush=True)
+                      f"{r['max_gap_ms']:.0f} | {r['tick_ms']:.0f} / {r['tick_p95_ms']:.0f} | "
+                      f"{r['server_cpu']:.0f} | {r['clients_cpu']:.0f} | "
+                      f"{'yes' if met else 'no'} |", flush=True)
                 for error in r["errors"][:3]:
                     print(f"  client error: {error}")
                 time.sleep(1.0)  # let the last viewers' sessions end

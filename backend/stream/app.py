@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import redis.asyncio
 import torch
@@ -70,8 +70,17 @@ async def health(request: Request) -> dict:
         "status": "ok", "device": str(engine.device), "sessions": len(engine.sessions),
         "max_sessions": engine.max_sessions, "torch_threads": torch.get_num_threads(),
         "models": {m.id: {"version": m.version, "sessions": len(m.sessions)} for m in engine.models.values()},
-        "ticks": engine.ticks, "last_tick_ms": round(engine.last_tick_ms, 2), "checkpoints": app.state.checkpoints,
+        "ticks": engine.ticks, "tick_ms": _summary(engine.tick_ms), "checkpoints": app.state.checkpoints,
     }
+
+
+def _summary(values: Iterable[float]) -> dict[str, float] | None:
+    """Median, 95th percentile and maximum of recent values, in /health."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
+    return {"p50": pick(0.5), "p95": pick(0.95), "max": round(ordered[-1], 2)}
 
 
 @service.websocket("/ws/stream")

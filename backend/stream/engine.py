@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from .sessions import Session
 log = logging.getLogger(__name__)
 
 DUE_TOLERANCE = 0.001  # seconds; timers may fire a hair early
+TICK_HISTORY = 100  # ticks whose compute time /health summarises
 
 # fetch(model_id) -> (model file bytes, version); raises ModelNotFound for unknown ids.
 Fetch = Callable[[str], tuple[bytes, int]]
@@ -94,7 +96,7 @@ class Engine:
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self._wake = asyncio.Event()
         self.ticks = 0
-        self.last_tick_ms = 0.0
+        self.tick_ms: deque[float] = deque(maxlen=TICK_HISTORY)  # compute time of the recent ticks
 
     # --- sessions ---------------------------------------------------------------------------
     async def open(self, params: StreamParams) -> Session:
@@ -182,7 +184,7 @@ class Engine:
             except Exception:  # a broken model must not stop every other stream
                 log.exception("tick failed; skipping it")
                 continue
-            self.last_tick_ms = (time.perf_counter() - started) * 1000.0
+            self.tick_ms.append((time.perf_counter() - started) * 1000.0)
             self.ticks += 1
             for group, (batch, frames) in zip(groups, results, strict=True):
                 for i, work in enumerate(group.work):
@@ -216,8 +218,8 @@ class Engine:
                 steps = session.steps_per_frame
                 if session.next_due - now > DUE_TOLERANCE:
                     session.next_due = now + period  # early: from now on in this tick's phase
-                else:  # on time or late: keep the exact rate, but never owe more than one frame
-                    session.next_due = max(session.next_due + period, now)
+                else:  # on time or late: keep the exact rate; a late frame is made up, but never more than one
+                    session.next_due = max(session.next_due + period, now - period)
             elif session.paused and session.pending_steps:
                 steps, session.pending_steps = session.pending_steps, 0
             else:
