@@ -181,6 +181,7 @@ def test_fuzzing_the_command_channel_never_crashes_the_service(guarded: Service)
         return seen
 
     seen = asyncio.run(scenario())
+    print(f"stream fuzz: {len(messages)} messages on {len(range(0, len(messages), 90))} streams: {seen}")
     assert seen["errors"] > 100, seen  # the bad ones were answered with error events
     asyncio.run(still_serving(guarded))
     assert "Traceback" not in guarded.log.read_text(), guarded.log.read_text()[-3000:]

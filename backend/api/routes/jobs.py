@@ -126,7 +126,7 @@ def mark_unqueued(store: JobStore, job_id: str) -> None:
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
-def list_jobs(store: StoreDep, offset: Annotated[int, Query(ge=0)] = 0,
+def list_jobs(store: StoreDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,  # Redis ranges are 64-bit
               limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobList:
     jobs, total = store.list(offset, limit)
     return JobList(items=[JobOut.of(j) for j in jobs], total=total, offset=offset, limit=limit)
