@@ -36,8 +36,7 @@ CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-alias
 PNG_SIZE = 128
 PREVIEW = PRESETS["preview"]
 TARGET_SIZE, PADDING = int(PREVIEW["size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
-# The preview recipe, longer, with the regenerating experiment: its first 1000 iterations are a
-# preview run (the lr drops later), so the example logs double as the preview's loss curve.
+# The preview recipe's grid and steps, trained longer (the lr drops at 1400), regenerating.
 RECIPE = {**PREVIEW, "experiment": "regenerating", "iterations": 2000, "lr_decay_at": 1400, "checkpoint_every": 250}
 
 

@@ -36,7 +36,7 @@ EXPERIMENTS: dict[str, dict[str, object]] = {
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"size": 40, "padding": 16},
     "preview": {"size": 24, "padding": 6, "iterations": 1000, "min_steps": 32, "max_steps": 48,
-                "lr_decay_at": 1000},
+                "lr_decay_at": 700},
 }
 
 
