@@ -64,13 +64,13 @@ app = ExposeTransport(service, send_buffer=get_settings().stream_send_buffer)
 
 @service.get("/health")
 async def health(request: Request) -> dict:
-    app = request.app
-    engine: Engine = app.state.engine
+    state = request.app.state
+    engine: Engine = state.engine
     return {
         "status": "ok", "device": str(engine.device), "sessions": len(engine.sessions),
         "max_sessions": engine.max_sessions, "torch_threads": torch.get_num_threads(),
         "models": {m.id: {"version": m.version, "sessions": len(m.sessions)} for m in engine.models.values()},
-        "ticks": engine.ticks, "tick_ms": _summary(engine.tick_ms), "checkpoints": app.state.checkpoints,
+        "ticks": engine.ticks, "tick_ms": _summary(engine.tick_ms), "checkpoints": state.checkpoints,
     }
 
 
@@ -79,8 +79,8 @@ def _summary(values: Iterable[float]) -> dict[str, float] | None:
     ordered = sorted(values)
     if not ordered:
         return None
-    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)  # noqa: E731
-    return {"p50": pick(0.5), "p95": pick(0.95), "max": round(ordered[-1], 2)}
+    at = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.95, 1.0)]
+    return {"p50": round(at[0], 2), "p95": round(at[1], 2), "max": round(at[2], 2)}
 
 
 @service.websocket("/ws/stream")
@@ -121,7 +121,7 @@ async def _serve(ws: WebSocket, session: Session, engine: Engine, settings: Sett
     tasks = {asyncio.create_task(_receive(ws, session, engine, settings.stream_idle_timeout)),
              asyncio.create_task(_send(ws, session, settings.stream_stall_timeout))}
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()

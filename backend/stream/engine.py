@@ -204,14 +204,13 @@ class Engine:
 
     def _plan(self, now: float) -> list[_Group]:
         """The sessions due now, grouped by (model, angle); also moves each one's next due time."""
-        if not any(s.next_due - now <= DUE_TOLERANCE if not s.paused else s.pending_steps or s.needs_frame
-                   for s in self.sessions) and not any(s.needs_frame and not s.edits for s in self.sessions):
+        if not any(_owed(s, now) for s in self.sessions):
             return []
         groups: dict[tuple[str, float], _Group] = {}
         for session in self.sessions:
             period = 1.0 / session.fps
-            if session.needs_frame and (session.paused or not session.edits):
-                steps = 0  # a new session's seed frame, or an edit while paused
+            if _shows_without_step(session):
+                steps = 0
             elif not session.paused and session.next_due - now <= 0.5 * period:
                 # A tick is happening anyway: take sessions due within half a period along, so that
                 # sessions of equal fps fall into step and share one batch from then on.
@@ -255,6 +254,18 @@ class Engine:
                     done += steps
                 results.append((x, _frames(x, [w.header for w in group.work], width, height)))
         return results
+
+
+def _shows_without_step(s: Session) -> bool:
+    """A new session's seed frame, or an edit while paused: a frame now, without a CA step."""
+    return s.needs_frame and (s.paused or not s.edits)
+
+
+def _owed(s: Session, now: float) -> bool:
+    """Whether `s` makes a tick happen now (others due soon may then come along)."""
+    if _shows_without_step(s):
+        return True
+    return s.pending_steps > 0 if s.paused else s.next_due - now <= DUE_TOLERANCE
 
 
 def _edited(state: torch.Tensor, edits: list[Command], shape: tuple[int, int, int]) -> torch.Tensor:
