@@ -145,3 +145,27 @@ def test_health(server: StreamServer) -> None:
     health = httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5).json()
     assert health["status"] == "ok" and health["device"] == "cpu" and health["max_sessions"] == 16
     assert health["checkpoints"] == "subscribed"
+
+
+def test_viewers_of_one_model_share_each_tick(server: StreamServer) -> None:
+    """Three viewers joining at different moments fall into step: one batched step per tick, not three."""
+
+    async def scenario() -> None:
+        url = server.url(RANDOM, fps=20)
+        async with watch(url) as a:
+            await a.frame()
+            await asyncio.sleep(0.03)
+            async with watch(url) as b:
+                await b.frame()
+                await asyncio.sleep(0.02)
+                async with watch(url) as c:
+                    await c.frame()
+                    await asyncio.sleep(0.3)  # a tick or two to align
+                    ticks_before = (await asyncio.to_thread(server.health))["ticks"]
+                    counts = await asyncio.gather(*(v.quiet(2.0) for v in (a, b, c)))
+                    ticks = (await asyncio.to_thread(server.health))["ticks"] - ticks_before
+        frames = [len(f) for f in counts]
+        assert min(frames) >= 25, frames  # 20 fps each, lenient for a busy machine
+        assert ticks <= 1.3 * max(frames) + 2, (ticks, frames)  # unbatched would be about sum(frames)
+
+    asyncio.run(scenario())
