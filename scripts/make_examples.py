@@ -3,11 +3,15 @@
     .venv/bin/python scripts/make_examples.py                 # draw + train every example
     .venv/bin/python scripts/make_examples.py --only heart    # one of them
     .venv/bin/python scripts/make_examples.py --draw-only     # just the target PNGs
+    .venv/bin/python scripts/make_examples.py --evaluate      # how well the shipped models grow
 
 The pictures are drawn here with Pillow primitives (no third-party artwork, nothing to license).
-Each example is trained with the `regenerating` experiment (pool + damage) on a small grid so
-that it trains on two CPU cores in about half an hour; the recipe and seed below are fixed, so
-a rerun reproduces the shipped files (up to float rounding of the threading library).
+Each example is trained with the `regenerating` experiment (pool + damage) on the `preview`
+recipe's small grid (24-cell target, 36x36 grid), 2000 iterations: about 17 minutes per model
+on one core of the 2-core development VM, both in parallel. The recipe and seeds are fixed and
+training is deterministic for a given code version and thread count, but MKL's float rounding
+can differ between processes (it depends on memory alignment) and training amplifies it, so a
+rerun gives an equivalent model, not bit-identical weights (docs/benchmarks.md, "Example models").
 Writes models/<name>.png (the drawn target) and models/<name>.safetensors, and a loss log
 (iteration, seconds, loss) to artifacts/examples/<name>.csv.
 """
@@ -75,22 +79,24 @@ EXAMPLES: dict[str, tuple[Callable[[ImageDraw.ImageDraw], None], int]] = {
 }
 
 
-def draw(name: str) -> Path:
+def draw(name: str, out_dir: Path = ROOT / "models") -> Path:
     img = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
     EXAMPLES[name][0](ImageDraw.Draw(img))
-    path = ROOT / "models" / f"{name}.png"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
     img.resize((PNG_SIZE, PNG_SIZE), Image.LANCZOS).save(path, optimize=True)
     return path
 
 
-def train(name: str, iterations: int | None = None) -> Path:
-    png = draw(name)
+def train(name: str, iterations: int | None = None, out_dir: Path = ROOT / "models") -> Path:
+    png = draw(name, out_dir)
     options = TargetOptions(TARGET_SIZE, PADDING)
     config = TrainConfig.from_dict({**RECIPE, "seed": EXAMPLES[name][1],
                                     **({"iterations": iterations} if iterations else {})})
     trainer = Trainer(load_target(png, options), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
-    out = ROOT / "models" / f"{name}.safetensors"
-    log_path = ROOT / "artifacts" / "examples" / f"{name}.csv"
+    out = out_dir / f"{name}.safetensors"
+    log_dir = ROOT / "artifacts" / "examples" if out_dir == ROOT / "models" else out_dir
+    log_path = log_dir / f"{name}.csv"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with log_path.open("w") as log:
@@ -141,13 +147,14 @@ def main() -> None:
     parser.add_argument("--evaluate", action="store_true", help="only report how well the shipped models grow")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per example in parallel)")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "models", help="where to write (default models/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.only or list(EXAMPLES):
         if args.evaluate:
             print(evaluate(name))
         else:
-            print(draw(name) if args.draw_only else train(name, args.iterations))
+            print(draw(name, args.out_dir) if args.draw_only else train(name, args.iterations, args.out_dir))
 
 
 if __name__ == "__main__":
