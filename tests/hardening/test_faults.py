@@ -5,6 +5,8 @@ The worker killed with SIGKILL mid-training (resume from the checkpoint) is test
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,10 +117,42 @@ def test_unwritable_models_dir_is_a_clear_warning_not_a_hang(redis_url: str, sta
     worker_models = tmp_path / "worker-models"
     worker_models.mkdir()
     (worker_models / "jobs").write_text("a file where the export folder should be")  # mkdir fails: not writable
-    start_worker(redis_url, worker_models)
-    job = submit(client, iterations=20)
-    done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=60)
+    worker = start_worker(redis_url, worker_models)
+    try:
+        job = submit(client, iterations=20)
+        done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=60)
+    finally:
+        worker.stop()
     assert done["status"] == "succeeded" and done["error"] is None
     assert "the model could not be saved to" in done["warning"] and "safe in Redis" in done["warning"]
     assert f"/api/models/{job['id']}/file" in done["warning"]
     assert from_bytes(client.get(done["links"]["model_file"]).content).info.iterations == 20
+
+
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int) -> Iterator[None]:
+    """Children started inside inherit RLIMIT_FSIZE: writing past it fails with EFBIG, as on a full disk.
+
+    (Python ignores SIGXFSZ, so the write raises OSError instead of killing the process.)
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_full_disk_on_the_worker_is_a_clear_warning_not_a_hang(redis_url: str, tmp_path: Path) -> None:
+    client = api(redis_url, tmp_path / "api-models")
+    with file_size_limit(48 * 1024):  # the worker's log fits, a model file (about 100 kB) does not
+        worker = Worker(redis_url, tmp_path / "worker-models", tmp_path / "full-disk-worker.log")
+    try:
+        worker.wait_ready()
+        job = submit(client, iterations=20)
+        done = wait_job(client, job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=60)
+    finally:
+        worker.stop()
+    assert done["status"] == "succeeded" and "File too large" in done["warning"], done["warning"]
+    assert from_bytes(client.get(done["links"]["model_file"]).content).info.iterations == 20
+    assert not list((tmp_path / "worker-models" / "jobs").glob("*"))  # no partial file left behind
