@@ -91,8 +91,9 @@ def prepare_target(img: Image.Image, options: TargetOptions = TargetOptions()) -
     return torch.nn.functional.pad(rgba, (p, p, p, p)).contiguous()
 
 
-def load_target(source: bytes | str | Path, options: TargetOptions = TargetOptions()) -> torch.Tensor:
-    return prepare_target(open_image(source), options)
+def load_target(source: bytes | str | Path, options: TargetOptions = TargetOptions(),
+                max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    return prepare_target(open_image(source, max_pixels), options)
 
 
 def target_to_png(target: torch.Tensor) -> bytes:

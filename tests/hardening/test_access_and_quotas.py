@@ -120,4 +120,7 @@ def test_upload_pixel_and_iteration_caps(redis_url: str, tmp_path: Path) -> None
                            data={"iterations": "51"})
         assert many.status_code == 422 and "at most 50 iterations" in many.json()["detail"]
         assert client.get("/api/config").json()["max_iterations"] == 50
+    with TestClient(create_app(settings(redis_url, tmp_path, max_image_pixels=1000))) as client:
+        bomb = client.post("/api/jobs", files={"image": ("b.png", png_image((40, 40)), "image/png")})
+        assert bomb.status_code == 422 and "at most 1,000 pixels" in bomb.json()["detail"]
         assert client.get("/api/jobs").json()["total"] == 0

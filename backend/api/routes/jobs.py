@@ -104,7 +104,7 @@ async def create_job(request: Request, response: Response, settings: SettingsDep
     if options.name is None:
         options.name = PurePath(filename).stem[:80] or "image"
     target_options = TargetOptions(options.target_size, options.padding, options.key_background)
-    target = await run_in_threadpool(load_target, data, target_options)  # TargetError -> 422 (main.py)
+    target = await run_in_threadpool(load_target, data, target_options, settings.max_image_pixels)  # TargetError: 422
     job_id = new_job_id()
     upload = data if len(data) <= settings.max_stored_upload_bytes else None
     job = await run_in_threadpool(store.create, job_id, options.name, options.model_dump(), options.iterations,
