@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 
@@ -162,10 +163,10 @@ def fuzz_messages(rng: random.Random, count: int) -> list[str | bytes]:
 
 def test_fuzzing_the_command_channel_never_crashes_the_service(guarded: Service) -> None:
     rng = random.Random(8)
-    messages = fuzz_messages(rng, 450)
+    messages = fuzz_messages(rng, int(os.environ.get("NCA_FUZZ_MESSAGES", "450")))
 
     async def scenario() -> dict[str, int]:
-        seen = {"errors": 0, "frames": 0, "closes": 0}
+        seen = {"error events": 0, "other events": 0, "frames": 0, "closes": 0}
         for start in range(0, len(messages), 90):  # fresh streams; each batch fits the command burst
             async with watch(guarded.url()) as v:
                 await v.frame()
@@ -174,7 +175,10 @@ def test_fuzzing_the_command_channel_never_crashes_the_service(guarded: Service)
                         await v.ws.send(message)
                     await v.ws.send(json.dumps({"cmd": "rotate", "angle": 123}))  # still answers after the batch
                     while not (isinstance(item := await v.next(), dict) and item.get("angle") == 123):
-                        seen["frames" if isinstance(item, Frame) else "errors"] += 1
+                        if isinstance(item, Frame):
+                            seen["frames"] += 1
+                        else:
+                            seen["error events" if item["type"] == "error" else "other events"] += 1
                 except websockets.ConnectionClosed as closed:
                     assert closed.rcvd is not None and closed.rcvd.code in ALLOWED_CLOSES, closed
                     seen["closes"] += 1
@@ -182,7 +186,7 @@ def test_fuzzing_the_command_channel_never_crashes_the_service(guarded: Service)
 
     seen = asyncio.run(scenario())
     print(f"stream fuzz: {len(messages)} messages on {len(range(0, len(messages), 90))} streams: {seen}")
-    assert seen["errors"] > 100, seen  # the bad ones were answered with error events
+    assert seen["error events"] > len(messages) // 2, seen  # the bad ones were answered with error events
     asyncio.run(still_serving(guarded))
     assert "Traceback" not in guarded.log.read_text(), guarded.log.read_text()[-3000:]
 
