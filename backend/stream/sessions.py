@@ -8,7 +8,6 @@ command can never race with the batched step running in the worker thread.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -22,7 +21,6 @@ if TYPE_CHECKING:
 
 MAX_PENDING_EVENTS = 32  # a client that never reads its errors loses the oldest ones
 MAX_PENDING_EDITS = 64  # edits arrive faster than frames only from a misbehaving client
-_ids = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -32,7 +30,6 @@ class Session:
     fps: float
     steps_per_frame: int
     angle: float  # degrees
-    id: int = field(default_factory=lambda: next(_ids))
     paused: bool = False
     step: int = 0  # CA steps since the last reset
     frame: int = 0  # frames rendered so far (the next frame's number)
@@ -45,7 +42,7 @@ class Session:
     latest_frame: bytes | None = None
     events: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_PENDING_EVENTS))
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    frames_dropped: int = 0
+    frames_dropped: int = 0  # frames replaced before the sender took them (the client was behind)
 
     # --- outbox -------------------------------------------------------------------------
     def offer_frame(self, frame: bytes) -> None:

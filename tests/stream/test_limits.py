@@ -116,6 +116,9 @@ def test_a_client_that_stops_reading_neither_slows_others_nor_stays(server: Stre
             # test meaningful on a loaded 2-core machine (the benchmark measures the real rates).
             assert fps > 10, f"the fast client got {fps:.1f} fps of 15 next to a stalled one"
             assert max(gaps) < 1.0, f"a {max(gaps) * 1000:.0f} ms gap next to a stalled client"
+            health = await asyncio.to_thread(server.health)
+            if health["sessions"] == 2:  # still there: its frames were replaced, not queued
+                assert health["frames_dropped"] > 0
             # Dropped after the stall timeout (2 s) plus the time to fill the buffers that are allowed
             # to hold its frames (256 KiB socket send buffer, 64 KiB transport buffer).
             assert await asyncio.to_thread(wait_for_sessions, server, 1, 15.0) < 15.0
