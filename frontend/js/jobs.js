@@ -136,6 +136,7 @@ function createCard(job, onWatch, cancel) {
       <progress max="1" value="0"></progress>
       <p class="job-numbers"></p>
       <p class="job-error error" role="alert" hidden></p>
+      <p class="job-warning hint" hidden></p>
       <div class="job-actions">
         <button type="button" data-action="watch">Watch</button>
         <button type="button" data-action="cancel">Cancel</button>
@@ -185,6 +186,9 @@ function updateCard(li, job) {
   const error = li.querySelector('.job-error');
   error.textContent = job.error || '';
   error.hidden = !job.error;
+  const warning = li.querySelector('.job-warning'); // e.g. the worker could not export a copy to its disk
+  warning.textContent = job.warning ? `Note: ${job.warning}` : '';
+  warning.hidden = !job.warning;
 
   const cancelButton = li.querySelector('[data-action="cancel"]');
   cancelButton.hidden = !active;

@@ -35,11 +35,11 @@ export function initUpload(config, onCreated) {
 
   const tokenInput = document.getElementById('access-token');
   document.getElementById('token-field').hidden = !config.auth_required;
-  tokenInput.value = sessionStorage.getItem('nca-access-token') || '';
+  tokenInput.value = localStorage.getItem('nca-access-token') || '';
   setAccessToken(tokenInput.value);
   tokenInput.addEventListener('input', () => {
     setAccessToken(tokenInput.value);
-    sessionStorage.setItem('nca-access-token', tokenInput.value.trim()); // this tab only
+    localStorage.setItem('nca-access-token', tokenInput.value.trim()); // asked once, kept for later visits
   });
 
   const showError = (message) => {

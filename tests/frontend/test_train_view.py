@@ -197,5 +197,10 @@ def test_access_token_for_a_protected_server(page, stack, tmp_path):
         card = page.locator(".job", has_text="token apple")
         card.locator("[data-action=cancel]").click()
         expect(card.locator(".badge")).to_have_text("cancelled", timeout=30_000)
+
+        page.reload()  # asked once: the token is still there on the next visit
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("[data-view-link=train]")
+        expect(page.locator("#access-token")).to_have_value("s3cret")
     finally:
         api.stop()
