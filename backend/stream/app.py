@@ -69,7 +69,7 @@ async def health(request: Request) -> dict:
     return {
         "status": "ok", "device": str(engine.device), "sessions": len(engine.sessions),
         "max_sessions": engine.max_sessions, "torch_threads": torch.get_num_threads(),
-        "frames_dropped": sum(s.frames_dropped for s in engine.sessions),
+        "frames_dropped": engine.frames_dropped(),
         "models": {m.id: {"version": m.version, "sessions": len(m.sessions)} for m in engine.models.values()},
         "ticks": engine.ticks, "tick_ms": _summary(engine.tick_ms), "checkpoints": state.checkpoints,
     }

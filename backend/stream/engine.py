@@ -96,6 +96,7 @@ class Engine:
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
         self._wake = asyncio.Event()
         self.ticks = 0
+        self._dropped_by_closed = 0  # frames dropped by sessions that have ended
         self.tick_ms: deque[float] = deque(maxlen=TICK_HISTORY)  # compute time of the recent ticks
 
     # --- sessions ---------------------------------------------------------------------------
@@ -117,11 +118,17 @@ class Engine:
 
     def close(self, session: Session) -> None:
         session.closed = True
-        self.sessions.discard(session)
+        if session in self.sessions:
+            self._dropped_by_closed += session.frames_dropped
+            self.sessions.discard(session)
         loaded = session.model
         loaded.sessions.discard(session)
         if not loaded.sessions and self.models.get(loaded.id) is loaded:
             del self.models[loaded.id]  # free the weights; the next viewer loads the newest version
+
+    def frames_dropped(self) -> int:
+        """Frames replaced before a slow client took them, since the service started."""
+        return self._dropped_by_closed + sum(s.frames_dropped for s in self.sessions)
 
     def wake(self) -> None:
         """A session changed (new, command): plan a tick now instead of at the next due time."""
