@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.nca import modelfile  # noqa: E402
 from backend.nca.model import make_seed, to_rgb, to_rgba  # noqa: E402
 from backend.nca.target import TargetOptions, load_target  # noqa: E402
 from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also save the trained model file here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,6 +58,8 @@ def main() -> None:
         x = trainer.model.grow(make_seed(trainer.height, trainer.width, batch=8), config.max_steps, generator=g)
         loss = (to_rgba(x) - trainer.target).pow(2).mean().item()
         mse = (to_rgb(x) - to_rgb(trainer.target[None])).pow(2).mean().item()
+    if args.out:
+        modelfile.save(trainer.export(), args.out)
     print(f"# after {trainer.iteration} iterations, {time.perf_counter() - start:.0f} s: grown loss {loss:.4f}, "
           f"PSNR {10 * math.log10(1 / max(mse, 1e-12)):.1f} dB; load {os.getloadavg()[0]:.1f}")
 

@@ -35,8 +35,8 @@ EXPERIMENTS: dict[str, dict[str, object]] = {
 # recognisable pattern within minutes on two CPU cores (curves and figures: docs/benchmarks.md).
 PRESETS: dict[str, dict[str, object]] = {
     "paper": {"size": 40, "padding": 16},
-    "preview": {"size": 24, "padding": 6, "iterations": 1000, "min_steps": 32, "max_steps": 48,
-                "lr_decay_at": 700},
+    "preview": {"size": 24, "padding": 6, "iterations": 1500, "min_steps": 32, "max_steps": 48,
+                "lr_decay_at": 1000},
 }
 
 
