@@ -12,16 +12,19 @@ fire masks exactly as `NCA.forward` does, so a shared generator gives the same t
   input is not modified. This is the stream service's tick: batch the viewers' grids that share
   a model into one call (the states may differ; the live box is their union).
 
-Why it is faster, and why it is still exact:
-- Bounding box: a cell can only be non-zero after a step if it is within one cell of a live
-  cell (alpha > 0.1) before it, so everything outside the box of the live region is exactly zero.
+Why it is faster, and why it is still exact (figures: docs/benchmarks.md):
+- Live box: a cell can only be non-zero after a step if it is within one cell of a live cell
+  (alpha > 0.1) before it, so everything outside the box of the live region is exactly zero.
   Each step computes only on that box grown by two cells (one for the update's reach, one so the
   post-update alive test sees every neighbour it looks at), and the box follows the pattern.
+- Active cells: inside the box the update network runs only on cells that fire this step and
+  are next to a pre-update-alive cell; elsewhere the reference adds zero (no fire) or the cell is
+  zeroed and no surviving cell's alive test looks at it. About a quarter of the box.
 - Cell-major (channels-last) layout: the perception is three shifted sums over the 16 channels,
-  the two 1x1 layers are two GEMMs over all cells of the batch, and the rotation angle is folded
-  into the first layer's weights (`W [x, R(sx, sy)] = W' [x, sx, sy]`), so the perception never
-  changes with the angle.
-- Masks are computed without autograd and applied as one multiply.
+  the two 1x1 layers are two GEMMs over the active cells, and the rotation angle (and the Sobel
+  filters' 1/8) is folded into the first layer's weights (`W [x, R(sx, sy)] = W' [x, sx, sy]`).
+- A hand-written backward per step that keeps only the active cells' perception and hidden layer;
+  alive masks as bool dilations, outside autograd.
 """
 
 from __future__ import annotations
@@ -115,8 +118,8 @@ def _step_forward(x: torch.Tensor, fire: torch.Tensor, w1: torch.Tensor, b1: tor
     """One CA step on a cell-major crop without autograd; `fire` is (B, h, w) bool.
 
     The update network runs only on the cells whose update can matter: those that fire and are
-    within one cell of a live cell (elsewhere the reference adds zero, or the cell is zeroed
-    and no live cell's post-update alive test looks at it). About a third of the box.
+    next to a cell that is alive before the update (elsewhere the reference adds zero, or the
+    cell is zeroed and no surviving cell's post-update alive test looks at it).
     Returns (new x, alive mask, active cell index, their perception, their hidden layer, keep).
     """
     channels = x.shape[-1]
