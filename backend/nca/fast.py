@@ -88,16 +88,23 @@ def perceive_cells(x: torch.Tensor) -> torch.Tensor:
 
 
 def _perceive_adjoint(grad_p: torch.Tensor, grad_x: torch.Tensor) -> torch.Tensor:
-    """Add the transposed perception of `grad_p` (B, h, w, 3C) to `grad_x` (B, h, w, C), in place.
+    """Add the transposed perception to `grad_x` (B, h, w, C), in place; `grad_p` is the gradient
+    w.r.t. the perception, zero padded by one cell: (B, h+2, w+2, 3C).
 
     Identity is its own transpose; each Sobel filter turned by 180 degrees is minus itself.
     """
     c = grad_x.shape[-1]
-    gp = F.pad(grad_p, (0, 0, 1, 1, 1, 1))
-    grad_x.add_(grad_p[..., :c])
-    grad_x.sub_(_sobel_x_into(gp[..., c:2 * c], torch.empty_like(grad_x)))
-    grad_x.sub_(_sobel_y_into(gp[..., 2 * c:], torch.empty_like(grad_x)))
+    grad_x.add_(grad_p[:, 1:-1, 1:-1, :c])
+    grad_x.sub_(_sobel_x_into(grad_p[..., c:2 * c], torch.empty_like(grad_x)))
+    grad_x.sub_(_sobel_y_into(grad_p[..., 2 * c:], torch.empty_like(grad_x)))
     return grad_x
+
+
+def _padded_rows(index: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flat cell indices of a (B, h, w) grid -> the same cells' indices in its 1-cell-padded grid."""
+    image, cell = index.div(height * width, rounding_mode="floor"), index.remainder(height * width)
+    y, x = cell.div(width, rounding_mode="floor"), cell.remainder(width)
+    return (image * (height + 2) + y + 1) * (width + 2) + x + 1
 
 
 def _dilate(mask: torch.Tensor) -> torch.Tensor:
@@ -154,8 +161,10 @@ class _Step(torch.autograd.Function):
         grad_w2, grad_b2 = hidden.t() @ grad_dx, grad_dx.sum(0)
         grad_hidden = torch.ops.aten.threshold_backward(grad_dx @ w2.t(), hidden, 0.0)  # ReLU's backward
         grad_w1, grad_b1 = perception.t() @ grad_hidden, grad_hidden.sum(0)
-        grad_p = grad.new_zeros(grad.numel() // channels, 3 * channels).index_copy_(0, active, grad_hidden @ w1.t())
-        grad_x = _perceive_adjoint(grad_p.view(*grad.shape[:-1], 3 * channels), grad)
+        batch, height, width, _ = grad.shape
+        grad_p = grad.new_zeros(batch, height + 2, width + 2, 3 * channels)  # zero padded for the adjoint
+        grad_p.view(-1, 3 * channels).index_copy_(0, _padded_rows(active, height, width), grad_hidden @ w1.t())
+        grad_x = _perceive_adjoint(grad_p, grad)
         return grad_x, None, grad_w1, grad_b1, grad_w2, grad_b2
 
 
