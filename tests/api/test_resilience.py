@@ -19,6 +19,7 @@ from backend.api.main import create_app
 from backend.config import Settings
 from backend.storage.embedded_redis import free_port, start_redis
 from tests.conftest import REPO_ROOT, TINY_TRAINING, png_image, wait_for
+from tests.helpers import stop_process
 
 CAP = 100_000
 
@@ -41,8 +42,7 @@ def api_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
     wait_for(up, timeout=60, what="the API server")
     yield port, log_path
-    process.terminate()
-    process.wait(10)
+    stop_process(process)
 
 
 def read_response(sock: socket.socket) -> bytes:

@@ -36,6 +36,7 @@ from tests.deploy.compose_model import (
     resolved_environment,
     strip_tags,
 )
+from tests.helpers import stop_process
 
 SERVICES = ("stream", "api", "worker")
 STACK_DB = 11  # the session Redis is shared with other tests: this stack uses a database of its own
@@ -122,16 +123,6 @@ def _wait(what: str, check, stack: Stack, timeout: float = START_TIMEOUT):
         time.sleep(0.3)
 
 
-def _stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     host_env = {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{STACK_DB}",
@@ -154,7 +145,7 @@ def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory)
         yield stack
     finally:
         for process in stack.processes.values():
-            _stop(process)
+            stop_process(process, timeout=30)
 
 
 def _health(stack: Stack) -> dict:

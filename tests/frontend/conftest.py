@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +18,7 @@ import pytest
 from backend.storage.embedded_redis import free_port, start_redis
 from tests.conftest import SERVICE_ENV, Worker
 from tests.frontend.pages import DESKTOP, SCREENSHOTS
+from tests.helpers import UvicornServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DISTILL_MODELS = REPO_ROOT.parent / "shared" / "reference" / "distill-webgl-models"
@@ -29,38 +26,9 @@ EXAMPLE_STEM = "regenerating_lizard"  # the Distill demo's regenerating lizard: 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-START_TIMEOUT = 60.0
 
 
-class Server:
-    """A uvicorn app in a subprocess on a fixed port (so it can be restarted where the page expects it)."""
-
-    def __init__(self, app: str, port: int, env: dict[str, str], log_path: Path):
-        self.app, self.port, self.env, self.log_path = app, port, env, log_path
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = START_TIMEOUT) -> Server:
-        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.app} did not start:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+Server = UvicornServer  # restartable on its port, where the page expects it
 
 
 @dataclass

@@ -7,12 +7,7 @@ small random-weight model that needs nothing from outside the repo (its frames c
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,12 +17,11 @@ from backend.nca import modelfile
 from backend.nca.model import NCA
 from backend.nca.modelfile import ModelFile, ModelInfo
 from backend.storage.embedded_redis import EmbeddedRedis, free_port
+from tests.helpers import REPO_ROOT, UvicornServer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DISTILL_LIZARD = REPO_ROOT.parent / "shared" / "reference" / "distill-webgl-models" / "regenerating_lizard.json"
 LIZARD = "example-lizard"
 RANDOM = "example-random"  # 40 wide, 48 high: checks that the grid comes from the file
-START_TIMEOUT = 60.0
 
 
 def random_model(seed: int, height: int = 48, width: int = 40, iterations: int = 0) -> ModelFile:
@@ -39,50 +33,13 @@ def random_model(seed: int, height: int = 48, width: int = 40, iterations: int =
     return ModelFile(net, ModelInfo(grid_height=height, grid_width=width, iterations=iterations, name=f"random{seed}"))
 
 
-@dataclass
-class StreamServer:
-    port: int
-    process: subprocess.Popen
-    log: Path
-
-    def url(self, model: str, **params: object) -> str:
-        query = "&".join(f"{k}={v}" for k, v in {"model": model, **params}.items())
-        return f"ws://127.0.0.1:{self.port}/ws/stream?{query}"
-
-    def health(self) -> dict:
-        import httpx
-
-        return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=5).json()
+StreamServer = UvicornServer  # running `backend.stream.app:app`
 
 
 def _start(models_dir: Path, redis: EmbeddedRedis, log: Path, **settings: object) -> StreamServer:
-    port = free_port()
     env = {**os.environ, "REDIS_URL": redis.url, "NCA_MODELS_DIR": str(models_dir), "NCA_DEVICE": "cpu",
            "PYTHONUNBUFFERED": "1", **{f"NCA_{k.upper()}": str(v) for k, v in settings.items()}}
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "uvicorn", "backend.stream.app:app", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"the stream service exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return StreamServer(port, process, log)
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"the stream service did not listen within {START_TIMEOUT:.0f} s") from None
-            time.sleep(0.1)
-
-
-def _stop(server: StreamServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    return StreamServer("backend.stream.app:app", free_port(), env, log).start()
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +67,7 @@ def server(models_dir: Path, redis_server: EmbeddedRedis, tmp_path_factory: pyte
     srv = _start(models_dir, redis_server, tmp_path_factory.mktemp("stream") / "stream.log",
                  stream_stall_timeout=2, stream_max_sessions=16)
     yield srv
-    _stop(srv)
+    srv.stop()
 
 
 @pytest.fixture(scope="session")
@@ -120,4 +77,4 @@ def limited_server(models_dir: Path, redis_server: EmbeddedRedis, tmp_path_facto
     srv = _start(models_dir, redis_server, tmp_path_factory.mktemp("stream-limited") / "stream.log",
                  stream_max_sessions=2, stream_idle_timeout=1.5)
     yield srv
-    _stop(srv)
+    srv.stop()
