@@ -94,8 +94,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             shutil.copy(root / f"{log}.log", SCREENSHOTS.parent / f"frontend-{log}.log")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Module-scoped: Playwright's sync API runs an event loop in this thread while it is open, and
+    the asyncio tests that follow (tests/stream, tests/hardening) need the thread free again."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; .ci/run does)")
     from playwright.sync_api import sync_playwright
