@@ -14,7 +14,7 @@ from . import modelfile
 from .distill import DistillFormatError, import_distill
 from .render import growth_frames, save_gif, save_strip
 from .target import TARGET_PADDING, TARGET_SIZE, TargetError, TargetOptions, load_target
-from .train import EXPERIMENTS, Progress, TrainConfig, Trainer, TrainingFailed
+from .train import EXPERIMENTS, PRESETS, Progress, TrainConfig, Trainer, TrainingFailed
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -28,20 +28,23 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    """Options left unset fall back to the --preset, then to TrainConfig's defaults (the paper's)."""
     defaults = TrainConfig()
     p.add_argument("image", type=Path, help="target image (PNG, JPEG, WebP, GIF, BMP)")
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
     p.add_argument("--experiment", choices=list(EXPERIMENTS), default=defaults.experiment)
-    p.add_argument("--size", type=int, default=TARGET_SIZE, help="max side of the target in cells")
-    p.add_argument("--padding", type=int, default=TARGET_PADDING, help="empty cells around the target")
+    p.add_argument("--preset", choices=list(PRESETS), default="paper",
+                   help="paper: 40-cell target, 8000 iterations; preview: 24-cell target, 1500 shorter "
+                        "iterations (a recognisable pattern in minutes on a CPU)")
+    p.add_argument("--size", type=int, help=f"max side of the target in cells (paper: {TARGET_SIZE})")
+    p.add_argument("--padding", type=int, help=f"empty cells around the target (paper: {TARGET_PADDING})")
     p.add_argument("--key-background", action="store_true",
                    help="make the border colour transparent (for images without alpha)")
     for name in ("iterations", "batch_size", "pool_size", "min_steps", "max_steps", "lr_decay_at",
                  "damage_count", "channels", "hidden", "seed", "checkpoint_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name)
-                       if name != "damage_count" else None)
+        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"(paper: {getattr(defaults, name)})")
     for name in ("lr", "lr_decay", "fire_rate"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+        p.add_argument("--" + name.replace("_", "-"), type=float, help=f"(paper: {getattr(defaults, name)})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs (loss, growth video) here")
@@ -62,6 +65,9 @@ def _gif_summary(tag: str, frames: list, step: int):
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    for name, value in {"size": TARGET_SIZE, "padding": TARGET_PADDING, **PRESETS[args.preset]}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     options = TargetOptions(args.size, args.padding, args.key_background)
     target = load_target(args.image, options)
     config = TrainConfig.from_dict(vars(args))

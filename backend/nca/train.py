@@ -87,8 +87,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        """Known fields only; a None value means "the default"."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,16 @@ def test_import_distill(tmp_path):
     mf = modelfile.load(out)
     assert mf.info.source == "distill" and mf.info.experiment == "regenerating" and mf.info.name == "lizard"
     assert (mf.info.grid_height, mf.info.grid_width) == (72, 72)
+
+
+def test_preset_preview_sets_the_small_recipe_and_flags_still_win(disc_image, tmp_path):
+    image, out = tmp_path / "disc.png", tmp_path / "p.safetensors"
+    disc_image.save(image)
+    result = nca("train", str(image), "--out", str(out), "--preset", "preview", "--iterations", "2",
+                 "--batch-size", "4", "--pool-size", "8", "--padding", "5")
+    assert result.returncode == 0, result.stderr
+    info = modelfile.load(out).info
+    config = info.extra["train_config"]
+    assert (info.target_size, info.padding, info.iterations) == (24, 5, 2)  # preset size, explicit padding
+    assert (config["min_steps"], config["max_steps"], config["lr_decay_at"]) == (32, 48, 1000)
+    assert (info.grid_height, info.grid_width) == (12 + 10, 24 + 10)
