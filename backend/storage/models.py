@@ -100,7 +100,7 @@ class ModelCatalog:
 
     def _example_path(self, model_id: str) -> Path:
         stem = model_id.removeprefix(EXAMPLE_PREFIX)
-        if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
+        if not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):  # NUL: open() raises ValueError
             raise ModelNotFound(model_id)
         return self.models_dir / f"{stem}.safetensors"
 

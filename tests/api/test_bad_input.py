@@ -120,6 +120,8 @@ def test_unknown_and_malformed_ids(client: TestClient) -> None:
         assert_error(client.get(f"/api/jobs/{bad}"), 422, "malformed job id")
     assert_error(client.get(f"/api/models/{unknown}/file"), 404, "no model")
     assert_error(client.get("/api/models/example-..%2F..%2Fetc%2Fpasswd/file"), 404)
+    for path in ("/api/models/example-a%00b", "/api/models/example-a%00b/file"):  # a NUL used to be a 500
+        assert_error(client.get(path), 404, "no model")
     assert_error(client.get("/api/jobs?limit=1000"), 422, "limit")
 
 
