@@ -116,6 +116,8 @@ def parse_command(text: str, width: int, height: int) -> Command:
         msg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"malformed JSON: {exc.msg}") from None
+    except RecursionError:  # "[[[[..." fits in a short message and is deeper than the parser may go
+        raise ProtocolError("malformed JSON: nested too deeply") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("cmd"), str):
         raise ProtocolError('a command is a JSON object with a "cmd" string, e.g. {"cmd": "pause"}')
     cmd = msg["cmd"]

@@ -107,6 +107,7 @@ def test_bad_commands_get_errors_and_the_stream_goes_on(server: StreamServer) ->
         ('{"cmd": "speed", "steps_per_frame": 17}', "steps_per_frame must be between 1 and 16"),
         ('{"cmd": "rotate", "angle": "left"}', "angle must be a finite number"),
         ('{"cmd": "rotate", "angle": 1e999}', "angle must be"),  # JSON Infinity
+        ("[" * 1000, "nested too deeply"),  # short, but deeper than the JSON parser recurses
     ]
 
     async def scenario() -> None:
