@@ -143,3 +143,26 @@ def test_collapse_and_explosion_are_reported(small_target):
         trainer.model.hidden_to_update.bias[0] = float("nan")
     with pytest.raises(TrainingFailed, match="exploded"):
         trainer.train_step()
+
+
+DETERMINISM_RUN = """
+import hashlib, sys, torch
+from backend.nca.train import TrainConfig, Trainer
+torch.set_num_threads(int(sys.argv[1]))
+t = torch.zeros(4, 20, 20)
+t[:, 6:14, 5:15] = torch.tensor([0.2, 0.6, 0.9, 1.0])[:, None, None]
+trainer = Trainer(t, TrainConfig(iterations=40, batch_size=4, pool_size=16, min_steps=12, max_steps=18, seed=5))
+trainer.run()
+print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in trainer.model.parameters())).hexdigest())
+"""
+
+
+def test_same_seed_same_weights_across_processes_and_thread_counts():
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    digests = {subprocess.run([sys.executable, "-c", DETERMINISM_RUN, str(threads)], cwd=REPO_ROOT, check=True,
+                              capture_output=True, text=True, timeout=240).stdout.strip() for threads in (1, 2, 2)}
+    assert len(digests) == 1
