@@ -214,15 +214,19 @@ export function initWatch(config) {
     send({ cmd: 'seed', x: Math.min(w - 1, Math.floor(x)), y: Math.min(h - 1, Math.floor(y)) });
   });
 
+  let loads = 0; // only the newest model list may connect, and only while the view is shown
   async function loadModels(wanted) {
+    const load = ++loads;
     let models;
     try {
       models = await listModels();
     } catch (error) {
-      say(`Could not load models: ${error.message}`);
+      if (load === loads) say(`Could not load models: ${error.message}`);
       return;
     }
+    if (load !== loads) return;
     fillSelect(select, models);
+    if (!visible) return; // left the view while the list was loading: no stream for a hidden canvas
     if (models.length === 0) {
       say('No models yet: train one, or put example model files in models/.');
       return;

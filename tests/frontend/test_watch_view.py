@@ -136,3 +136,34 @@ def test_watch_reconnects_when_the_stream_restarts(page, stack, example_id):
     # A fresh session plays from the seed again, and keeps going.
     page.wait_for_function(f"() => Number(document.getElementById('ca-step').textContent) < {last_step}")
     page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 10")
+
+
+def test_leaving_watch_while_models_load_opens_no_stream(page, stack, example_id):
+    """A model list that arrives after the user left the Watch view must not start a stream for the
+    hidden canvas (it would run, unseen, until the view is shown and hidden again)."""
+    held = []
+
+    def hold_first(route) -> None:  # hold the first answer until we have left the view
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/api/models", hold_first)
+    sockets = []
+    page.on("websocket", lambda socket: sockets.append(socket.url))
+    open_app(page, f"watch/{example_id}")
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the Watch view did not ask for the model list"
+    page.evaluate("() => { location.hash = '#jobs'; }")
+    expect(page.locator("#view-watch")).to_be_hidden()
+    held[0].continue_()
+    expect(page.locator("#model-select")).to_have_value(example_id)  # the list did arrive
+    page.wait_for_timeout(700)
+    assert sockets == [], "a stream was opened for the hidden Watch view"
+    expect(page.locator("#connection")).to_have_text("not connected")
+    page.evaluate(f"() => {{ location.hash = '#watch/{example_id}'; }}")  # and coming back still works
+    expect(page.locator("#connection")).to_have_text("live")
