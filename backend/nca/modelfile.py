@@ -129,11 +129,18 @@ def from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> ModelFi
         raw = json.loads(meta["info"])
         known = {k: raw[k] for k in ModelInfo.__dataclass_fields__ if k in raw}
         info = ModelInfo(**known)
-        model = NCA(int(info.channels), int(info.hidden), float(info.fire_rate))
-        expected = {k: v.shape for k, v in _weights(model).items()}
+        channels, hidden = int(info.channels), int(info.hidden)
+        # Checked before building the model: the header's sizes must not decide what we allocate.
+        expected = {
+            "perceive_to_hidden.weight": (hidden, PERCEPTION_FILTERS * channels),
+            "perceive_to_hidden.bias": (hidden,),
+            "hidden_to_update.weight": (channels, hidden),
+            "hidden_to_update.bias": (channels,),
+        }
         for name, shape in expected.items():
-            if name not in tensors or tensors[name].shape != shape:
-                raise ModelFileError(f"tensor {name!r} missing or of the wrong shape (want {tuple(shape)})")
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                raise ModelFileError(f"tensor {name!r} missing or of the wrong shape (want {shape})")
+        model = NCA(channels, hidden, float(info.fire_rate))
         # The file holds the 1x1 conv weights as plain matrices (out, in).
         model.load_state_dict({n: t if (t := tensors[n]).ndim == 1 else t[:, :, None, None] for n in expected})
     except (KeyError, TypeError, json.JSONDecodeError) as exc:

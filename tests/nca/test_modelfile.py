@@ -104,3 +104,12 @@ def test_wrong_shapes_in_metadata_are_rejected():
     mf.model.channels = 16  # metadata now disagrees with the tensors
     with pytest.raises(ModelFileError, match="shape"):
         modelfile.from_bytes(modelfile.to_bytes(mf))
+
+
+def test_absurd_sizes_in_metadata_are_rejected_before_anything_is_allocated():
+    """The header's `hidden`/`channels` must not size an allocation: a file claiming a network of
+    2**40 hidden units is refused by the shape check, not by a failed (or fatal) allocation."""
+    mf = trained_like_model()
+    mf.model.hidden = 2**40  # what the metadata will say; the tensors stay 32 wide
+    with pytest.raises(ModelFileError, match="shape"):
+        modelfile.from_bytes(modelfile.to_bytes(mf))
