@@ -61,6 +61,11 @@ class LoadedModel:
     def size(self) -> tuple[int, int]:
         return self.info.grid_height, self.info.grid_width
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one session's state."""
+        return self.info.channels, self.info.grid_height, self.info.grid_width
+
     def describe(self) -> dict:
         """The `model` event's fields."""
         i = self.info
@@ -82,8 +87,8 @@ class _Work:
 
 @dataclass
 class _Group:
-    model: LoadedModel
     net: NCA
+    shape: tuple[int, int, int]  # (channels, height, width), as the net was when planned
     angle: float
     work: list[_Work]  # sorted by steps, most first
 
@@ -107,8 +112,8 @@ class Engine:
         loaded = await self._model(params.model)
         if len(self.sessions) >= self.max_sessions:  # others may have joined while the model loaded
             raise StreamsFull
-        height, width = loaded.size
-        session = Session(loaded, make_seed(height, width, loaded.info.channels, device=self.device),
+        channels, height, width = loaded.shape
+        session = Session(loaded, make_seed(height, width, channels, device=self.device),
                           params.fps, params.steps_per_frame, params.angle)
         session.next_due = time.monotonic() + 1.0 / session.fps
         loaded.sessions.add(session)
@@ -166,10 +171,11 @@ class Engine:
         net, info, new_version = await asyncio.to_thread(self._read, model_id)
         if new_version <= loaded.version:
             return False
-        resized = (info.grid_height, info.grid_width) != loaded.size
+        resized = (info.channels, info.grid_height, info.grid_width) != loaded.shape
         loaded.model, loaded.info, loaded.version = net, info, new_version
         for session in loaded.sessions:
-            if resized:
+            if resized:  # queued edits were checked against the old grid: drop them, start over
+                session.edits.clear()
                 session.apply(Command("reset"))
             session.send_event("reloaded", model=model_id, version=new_version, iterations=info.iterations,
                                loss=info.final_loss, **details)
@@ -235,7 +241,7 @@ class Engine:
             step = (0 if any(e.cmd == "reset" for e in edits) else session.step) + steps
             key = (session.model.id, session.angle)
             if key not in groups:
-                groups[key] = _Group(session.model, session.model.model, session.angle, [])
+                groups[key] = _Group(session.model.model, session.model.shape, session.angle, [])
             groups[key].work.append(_Work(session, session.state, edits, steps, (session.frame, step)))
         for group in groups.values():
             group.work.sort(key=lambda w: -w.steps)
@@ -246,9 +252,8 @@ class Engine:
         results = []
         with torch.inference_mode():
             for group in groups:
-                height, width = group.model.size
-                shape = (group.net.channels, height, width)
-                states = [_edited(w.state, w.edits, shape) for w in group.work]
+                _, height, width = group.shape
+                states = [_edited(w.state, w.edits, group.shape) for w in group.work]
                 x = torch.cat(states) if len(states) > 1 else states[0]
                 # Sorted by steps, most first: run the common steps on the whole batch, then the
                 # extra steps of the first n sessions (mixed step counts are rare: step, speed).
