@@ -51,7 +51,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-every", type=int, default=500, help="iterations between growth videos")
 
 
-def _gif_summary(tag: str, frames: list, step: int):
+def _gif_summary(tag: str, frames: list):
     """A TensorBoard image summary holding an animated GIF (what SummaryWriter.add_video makes)."""
     from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             writer.add_scalar("log10_loss", math.log10(max(p.loss, 1e-12)), p.iteration)
             if p.iteration % args.video_every == 0 or p.iteration == p.total:
                 frames = growth_frames(trainer.model, trainer.height, trainer.width, 300, every=3)
-                writer._get_file_writer().add_summary(_gif_summary("growth", frames, p.iteration), p.iteration)
+                writer._get_file_writer().add_summary(_gif_summary("growth", frames), p.iteration)
 
     def on_checkpoint(mf: modelfile.ModelFile) -> None:
         modelfile.save(mf, args.out)

@@ -180,8 +180,3 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def perception_input_index(channel: int, filter_index: int) -> int:
-    """Column of `perceive_to_hidden.weight` fed by `filter_index` applied to `channel`."""
-    return channel * PERCEPTION_FILTERS + filter_index

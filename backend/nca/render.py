@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .model import to_rgb
+from .model import erase_circle, make_seed, to_rgb
 
 
 def rgb8(x: torch.Tensor) -> np.ndarray:
@@ -60,8 +60,6 @@ def growth_frames(model: torch.nn.Module, height: int, width: int, steps: int, e
 
     `damage` is (x, y, radius) in cells, erased just before step `damage_at` is taken.
     """
-    from .model import erase_circle, make_seed
-
     device = next(model.parameters()).device
     x = make_seed(height, width, model.channels, device=device)
     frames = [rgb8(x)]
