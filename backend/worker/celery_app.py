@@ -16,19 +16,18 @@ QUEUE = "nca-training"
 
 def make_celery(settings: Settings) -> Celery:
     """One app per settings: the worker's below, and one per API app (which only sends tasks)."""
-    celery = Celery("nca", broker=settings.redis_url, backend=settings.redis_url,
-                    include=["backend.worker.tasks", "backend.worker.lifecycle"])
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    celery = Celery("nca", broker=settings.redis_url, include=["backend.worker.tasks", "backend.worker.lifecycle"])
     celery.conf.update(
+        # No result backend: the job record in Redis is the result. With one, every send first subscribed
+        # to the task's result channel, and with Redis down that retried for ~20 s, then raised RuntimeError.
+        task_ignore_result=True,
         task_default_queue=QUEUE,
         # A job is acknowledged only once it finished; if the worker process is lost, the message is
         # redelivered (after visibility_timeout; the lease in backend.storage.jobs re-queues much sooner).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # one job at a time per worker: no job waits behind a busy GPU
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
-        result_expires=7 * 24 * 3600,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         # The solo pool runs the task in the worker process itself: nothing is forked, so CUDA is
         # initialised only in the process that trains.
         worker_pool="solo",
