@@ -212,8 +212,7 @@ async def _on_checkpoint(engine: Engine, data: bytes) -> None:
     except (ValueError, KeyError, TypeError):
         log.warning("ignoring malformed message on %s: %r", CHECKPOINT_CHANNEL, data[:200])
         return
-    if model_id in engine.models:
-        await _reload(engine, model_id, version, iteration=message.get("iteration"), status=message.get("status"))
+    await _reload(engine, model_id, version, iteration=message.get("iteration"), status=message.get("status"))
 
 
 async def _reload(engine: Engine, model_id: str, version: int | None, **details: object) -> None:

@@ -112,6 +112,9 @@ class Engine:
         loaded = await self._model(params.model)
         if len(self.sessions) >= self.max_sessions:  # others may have joined while the model loaded
             raise StreamsFull
+        # Registered with its first session, never without one: a load whose viewer was turned away
+        # leaves nothing behind, and one that ends just as the model's last viewer leaves stays registered.
+        loaded = self.models.setdefault(params.model, loaded)
         channels, height, width = loaded.shape
         session = Session(loaded, make_seed(height, width, channels, device=self.device),
                           params.fps, params.steps_per_frame, params.angle)
@@ -151,9 +154,7 @@ class Engine:
         return await asyncio.shield(future)
 
     async def _load(self, model_id: str) -> LoadedModel:
-        net, info, version = await asyncio.to_thread(self._read, model_id)
-        loaded = self.models.setdefault(model_id, LoadedModel(model_id, net, info, version))
-        return loaded
+        return LoadedModel(model_id, *await asyncio.to_thread(self._read, model_id))
 
     def _read(self, model_id: str) -> tuple[NCA, ModelInfo, int]:
         data, version = self.fetch(model_id)
@@ -161,11 +162,13 @@ class Engine:
         return mf.model.eval().requires_grad_(False), mf.info, version
 
     async def reload(self, model_id: str, version: int | None, **details: object) -> bool:
-        """Swap in a newer checkpoint of a model that is playing; sessions keep their states.
+        """Swap in a newer checkpoint of a model that is playing or loading; sessions keep their states.
 
         `version` is the announced one (None: look it up); nothing happens unless it is newer.
         """
         loaded = self.models.get(model_id)
+        if loaded is None and (loading := self._loading.get(model_id)) is not None:
+            loaded = await asyncio.shield(loading)  # its reader may have fetched the previous version
         if loaded is None or (version is not None and version <= loaded.version):
             return False
         net, info, new_version = await asyncio.to_thread(self._read, model_id)
@@ -219,7 +222,7 @@ class Engine:
         """The sessions due now, grouped by (model, angle); also moves each one's next due time."""
         if not any(_owed(s, now) for s in self.sessions):
             return []
-        groups: dict[tuple[str, float], _Group] = {}
+        groups: dict[tuple[LoadedModel, float], _Group] = {}
         for session in self.sessions:
             period = 1.0 / session.fps
             if _shows_without_step(session):
@@ -239,7 +242,7 @@ class Engine:
             session.needs_frame = False
             edits, session.edits = session.edits, []
             step = (0 if any(e.cmd == "reset" for e in edits) else session.step) + steps
-            key = (session.model.id, session.angle)
+            key = (session.model, session.angle)
             if key not in groups:
                 groups[key] = _Group(session.model.model, session.model.shape, session.angle, [])
             groups[key].work.append(_Work(session, session.state, edits, steps, (session.frame, step)))

@@ -6,11 +6,12 @@ The models are real model files read through `fetch`, as the service reads them 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import torch
 
 from backend.nca import modelfile
-from backend.stream.engine import Engine
+from backend.stream.engine import Engine, StreamsFull
 from backend.stream.protocol import HEADER, Command, StreamParams
 from backend.stream.sessions import Session
 from tests.stream.conftest import random_model
@@ -74,5 +75,69 @@ def test_a_plan_keeps_the_grid_it_was_made_for() -> None:
         [(batch, frames)] = engine._compute(plan)
         assert batch.shape == (1, 16, 48, 40)
         assert HEADER.unpack_from(frames[0].tobytes())[2:4] == (40, 48)
+
+    asyncio.run(scenario())
+
+
+class Catalog:
+    """Several model ids; `hold` makes the next fetch wait (after reading) until `release`."""
+
+    def __init__(self) -> None:
+        self.stores: dict[str, Store] = {}
+        self.held = threading.Event()
+        self.released = threading.Event()
+        self.released.set()
+
+    def fetch(self, model_id: str) -> tuple[bytes, int]:
+        result = self.stores[model_id].fetch(model_id)
+        if not self.released.is_set():
+            self.held.set()
+            self.released.wait(10)
+        return result
+
+    def hold(self) -> None:
+        self.held.clear()
+        self.released.clear()
+
+
+def test_a_model_is_registered_with_its_first_viewer_only() -> None:
+    async def scenario() -> None:
+        catalog = Catalog()
+        catalog.stores = {"a": Store(48, 40), "b": Store(20, 24)}
+        engine = Engine(catalog.fetch, torch.device("cpu"), max_sessions=1)
+        # Both pass the first capacity check and load; the one that loses the race keeps no model loaded.
+        opened = await asyncio.gather(engine.open(StreamParams("a")), engine.open(StreamParams("b")),
+                                      return_exceptions=True)
+        [session] = [s for s in opened if isinstance(s, Session)]
+        assert [type(s) for s in opened if not isinstance(s, Session)] == [StreamsFull]
+        assert set(engine.models) == {session.model.id}
+        engine.close(session)
+        assert engine.models == {}
+
+        # Two viewers wait for one load; the first comes and goes before the second resumes.
+        async def come_and_go() -> None:
+            engine.close(await engine.open(StreamParams("a")))
+
+        _, stays = await asyncio.gather(come_and_go(), engine.open(StreamParams("a")))
+        assert engine.models == {"a": stays.model}  # so hot-swaps still reach it
+
+    asyncio.run(scenario())
+
+
+def test_a_checkpoint_announced_while_the_model_loads_is_not_missed() -> None:
+    async def scenario() -> None:
+        catalog = Catalog()
+        catalog.stores = {"m": Store(48, 40)}
+        engine = Engine(catalog.fetch, torch.device("cpu"), max_sessions=4)
+        catalog.hold()
+        opening = asyncio.create_task(engine.open(StreamParams("m")))
+        assert await asyncio.to_thread(catalog.held.wait, 10)  # the viewer's load has read version 1
+        catalog.stores["m"].put(48, 40)
+        reloading = asyncio.create_task(engine.reload("m", 2))
+        await asyncio.sleep(0.05)
+        catalog.released.set()
+        session = await opening
+        assert await reloading
+        assert session.model.version == 2 and engine.models["m"] is session.model
 
     asyncio.run(scenario())
