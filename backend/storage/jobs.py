@@ -314,6 +314,6 @@ class JobStore:
                 recovered.append(job_id)
         return recovered
 
-    def mark_orphan(self, job_id: str) -> None:
-        """Put a job back for recovery (a resend failed)."""
-        self.client.sadd(ACTIVE_KEY, job_id)
+    def mark_orphan(self, *job_ids: str) -> None:
+        """Put jobs back for recovery (their resend failed)."""
+        self.client.sadd(ACTIVE_KEY, *job_ids)

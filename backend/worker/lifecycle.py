@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 def recover_orphans() -> list[str]:
     store = tasks.job_store()
     recovered = store.recover_orphans()
-    for job_id in recovered:
+    for i, job_id in enumerate(recovered):
         try:
             tasks.train_job.apply_async(args=[job_id])
-            log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint", job_id)
         except Exception:
-            store.mark_orphan(job_id)  # try again next round
+            store.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
             raise
+        log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint", job_id)
     return recovered
 
 

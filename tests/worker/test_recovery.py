@@ -1,15 +1,37 @@
-"""Sending jobs when Redis is unreachable: a quick, clear failure."""
+"""Sending jobs when Redis is unreachable: a quick, clear failure, and crash recovery loses no job over it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
+import redis
+import torch
 from kombu.exceptions import OperationalError
 
 from backend.config import Settings
+from backend.storage.connection import connect
 from backend.storage.embedded_redis import free_port
-from backend.worker.celery_app import TRAIN_TASK, make_celery
+from backend.storage.jobs import ACTIVE_KEY, JobStore, new_job_id
+from backend.worker.celery_app import QUEUE, TRAIN_TASK, make_celery
+from tests.conftest import REPO_ROOT
+
+# Recovery as a worker's heartbeat runs it, with the job store on argv[1] and Celery's broker on REDIS_URL.
+RECOVER = """
+import sys
+from backend.storage.connection import connect
+from backend.storage.jobs import JobStore
+from backend.worker import lifecycle, tasks
+store = JobStore(connect(sys.argv[1]))
+tasks.job_store = lambda: store
+try:
+    print("recovered", sorted(lifecycle.recover_orphans()))
+except Exception as exc:
+    print("failed", type(exc).__name__)
+"""
 
 
 def test_sending_to_an_unreachable_broker_fails_fast() -> None:
@@ -19,3 +41,30 @@ def test_sending_to_an_unreachable_broker_fails_fast() -> None:
     with pytest.raises(OperationalError):
         celery.send_task(TRAIN_TASK, args=["0" * 32])
     assert time.monotonic() - started < 5
+
+
+def recover(store_url: str, broker_url: str) -> str:
+    env = {**os.environ, "REDIS_URL": broker_url}
+    done = subprocess.run([sys.executable, "-c", RECOVER, store_url], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+def test_a_failed_resend_keeps_every_recovered_job_for_the_next_round(redis_url: str) -> None:
+    """Used to put back only the job whose send failed: the others stayed queued with no message."""
+    store = JobStore(connect(redis_url))
+    jobs = sorted(new_job_id() for _ in range(3))
+    for job_id in jobs:
+        store.create(job_id, "orphan", {"experiment": "growing"}, 100, torch.rand(4, 12, 12))
+        assert store.claim(job_id, "gone", 0.05, "cpu", "lost-worker") == "ok"  # a worker that then died
+    time.sleep(0.2)  # its leases expire
+
+    assert recover(redis_url, f"redis://127.0.0.1:{free_port()}/0") == "failed OperationalError"
+    client = redis.Redis.from_url(redis_url)
+    assert sorted(m.decode() for m in client.smembers(ACTIVE_KEY)) == jobs  # all kept for the next round
+    assert client.llen(QUEUE) == 0
+
+    assert recover(redis_url, redis_url) == f"recovered {jobs}"  # the broker is back: every one is sent
+    assert client.llen(QUEUE) == 3 and client.scard(ACTIVE_KEY) == 0
+    assert {store.get(job_id).status for job_id in jobs} == {"queued"}
