@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .model import erase_circle, make_seed, to_rgb
+from .model import NCA, erase_circle, make_seed, to_rgb
 
 
 def rgb8(x: torch.Tensor) -> np.ndarray:
@@ -52,13 +52,15 @@ def png_bytes(frame: np.ndarray, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def growth_frames(model: torch.nn.Module, height: int, width: int, steps: int, every: int = 1,
+def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 1,
                   angle: float = 0.0, damage_at: int | None = None,
                   damage: tuple[float, float, float] | None = None,
                   generator: torch.Generator | None = None) -> list[np.ndarray]:
     """RGB frames of growth from the seed: step 0, every `every` steps, and always step `steps`.
 
-    `damage` is (x, y, radius) in cells, erased just before step `damage_at` is taken.
+    `damage` is (x, y, radius) in cells, erased after `damage_at` steps. Steps go through the
+    fast path (`NCA.grow`, ~10x quicker than the dense rule on a growing pattern): the API's
+    previews and the CLI's videos are drawn per request.
     """
     device = next(model.parameters()).device
     x = make_seed(height, width, model.channels, device=device)
@@ -67,7 +69,7 @@ def growth_frames(model: torch.nn.Module, height: int, width: int, steps: int, e
         for step in range(1, steps + 1):
             if damage is not None and step - 1 == damage_at:
                 erase_circle(x, *damage)
-            x = model(x, angle, generator=generator)
+            x = model.grow(x, 1, angle, generator=generator)
             if step % every == 0 or step == steps:
                 frames.append(rgb8(x))
     return frames
