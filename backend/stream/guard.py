@@ -124,7 +124,8 @@ def screen(ws: WebSocket, message: Message, settings: Settings) -> tuple[int, st
 def _limit_parser(ws: WebSocket, max_bytes: int) -> None:
     """Tell uvicorn's websocket parser the size limit (its own default is 16 MiB); best effort."""
     transport = ws.scope.get(SCOPE_KEY)
-    protocol = transport.get_protocol() if transport is not None else None
+    get_protocol = getattr(transport, "get_protocol", None)
+    protocol = get_protocol() if get_protocol is not None else None
     connection = getattr(protocol, "conn", None)  # websockets' sans-I/O protocol (uvicorn's default)
     if hasattr(connection, "max_message_size"):
         connection.max_message_size = max_bytes

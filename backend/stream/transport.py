@@ -7,11 +7,13 @@
 2. Aborting a stalled client: a close frame cannot reach a client that reads nothing, so after
    trying to close politely the connection is dropped instead of lingering.
 
-Under a server other than uvicorn neither applies and the stream still works, only laxer.
+Under a server other than uvicorn, or a uvicorn whose internals differ, neither applies (nothing
+fails: the transport is simply not found) and the stream still works, only laxer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 
@@ -27,15 +29,24 @@ class ExposeTransport:
         self.app, self.send_buffer = app, send_buffer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            transport = getattr(getattr(send, "__self__", None), "transport", None)
-            if hasattr(transport, "get_extra_info") and hasattr(transport, "abort"):  # asyncio's or uvloop's
-                scope[SCOPE_KEY] = transport
-                sock = transport.get_extra_info("socket")
-                if self.send_buffer > 0 and sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        if scope["type"] == "websocket" and (transport := _transport(send)) is not None:
+            scope[SCOPE_KEY] = transport
+            if self.send_buffer > 0:
+                _set_send_buffer(transport, self.send_buffer)
         await self.app(scope, receive, send)
+
+
+def _transport(send: Send) -> asyncio.BaseTransport | None:
+    """uvicorn's `send` is a method of its protocol object, which holds the asyncio (or uvloop) transport."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport if hasattr(transport, "get_extra_info") and hasattr(transport, "abort") else None
+
+
+def _set_send_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    setsockopt = getattr(transport.get_extra_info("socket"), "setsockopt", None)
+    if setsockopt is not None:
+        with contextlib.suppress(OSError):
+            setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def abort(scope: Scope) -> None:

@@ -36,9 +36,11 @@ def random_model(seed: int, height: int = 48, width: int = 40, iterations: int =
 StreamServer = UvicornServer  # running `backend.stream.app:app`
 
 
-def _start(models_dir: Path, redis: EmbeddedRedis, log: Path, **settings: object) -> StreamServer:
+def _start(models_dir: Path, redis: EmbeddedRedis, log: Path, env: dict[str, str] | None = None,
+           **settings: object) -> StreamServer:
+    """`settings` become NCA_* variables; `env` adds others (e.g. UVICORN_WS)."""
     env = {**os.environ, "REDIS_URL": redis.url, "NCA_MODELS_DIR": str(models_dir), "NCA_DEVICE": "cpu",
-           "PYTHONUNBUFFERED": "1", **{f"NCA_{k.upper()}": str(v) for k, v in settings.items()}}
+           "PYTHONUNBUFFERED": "1", **(env or {}), **{f"NCA_{k.upper()}": str(v) for k, v in settings.items()}}
     return StreamServer("backend.stream.app:app", free_port(), env, log).start()
 
 
