@@ -1,6 +1,8 @@
 """Worker presence: each worker keeps a key with a short TTL alive; /api/health lists the live ones.
 
 (`celery inspect` would wait on a solo worker busy training; a key in Redis answers at once.)
+The set `nca:workers` indexes the keys, so listing them does not scan the whole keyspace; a member
+whose key expired (its worker was killed) is dropped the next time the list is read.
 """
 
 from __future__ import annotations
@@ -10,18 +12,31 @@ from typing import Any
 
 import redis
 
+from .connection import text
+
 WORKER_PREFIX = "nca:worker:"
+WORKERS_KEY = "nca:workers"
 
 
 def beat(client: redis.Redis, worker_id: str, info: dict[str, Any], ttl_seconds: float) -> None:
-    client.set(WORKER_PREFIX + worker_id, json.dumps(info), px=int(ttl_seconds * 1000))
+    with client.pipeline(transaction=True) as pipe:
+        pipe.set(WORKER_PREFIX + worker_id, json.dumps(info), px=int(ttl_seconds * 1000))
+        pipe.sadd(WORKERS_KEY, worker_id)
+        pipe.execute()
 
 
 def forget(client: redis.Redis, worker_id: str) -> None:
-    client.delete(WORKER_PREFIX + worker_id)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(WORKER_PREFIX + worker_id)
+        pipe.srem(WORKERS_KEY, worker_id)
+        pipe.execute()
 
 
 def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
-    keys = sorted(client.scan_iter(match=WORKER_PREFIX + "*", count=100))
-    values = client.mget(keys) if keys else []
+    """The presence of every live worker, by id."""
+    ids = sorted(text(i) for i in client.smembers(WORKERS_KEY))
+    values = client.mget([WORKER_PREFIX + i for i in ids]) if ids else []
+    gone = [i for i, v in zip(ids, values, strict=True) if v is None]
+    if gone:
+        client.srem(WORKERS_KEY, *gone)
     return [json.loads(v) for v in values if v is not None]

@@ -11,6 +11,7 @@ import torch
 
 from backend.nca import NCA, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, save, to_bytes
+from backend.storage import workers
 from backend.storage.connection import connect
 from backend.storage.jobs import JobNotFound, JobStore, LossHistory, job_key, new_job_id
 from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound, publish_checkpoint
@@ -141,3 +142,15 @@ def test_checkpoint_publish_message(store: JobStore, redis_url: str) -> None:
     assert json.loads(message["data"]) == {"model_id": "ab" * 16, "version": 3, "iteration": 60, "status": "running"}
     pubsub.close()
     assert store.client.exists(job_key("ab" * 16)) == 0
+
+
+def test_worker_presence_is_listed_without_a_keyspace_scan(store: JobStore) -> None:
+    client = store.client
+    workers.beat(client, "w-long", {"id": "w-long"}, ttl_seconds=30)
+    workers.beat(client, "w-short", {"id": "w-short"}, ttl_seconds=0.05)
+    assert [w["id"] for w in workers.live_workers(client)] == ["w-long", "w-short"]
+    time.sleep(0.1)  # w-short was killed: its key expires
+    assert [w["id"] for w in workers.live_workers(client)] == ["w-long"]
+    assert client.smembers(workers.WORKERS_KEY) == {b"w-long"}  # the expired one left the index too
+    workers.forget(client, "w-long")  # a worker that shuts down
+    assert workers.live_workers(client) == [] and not client.exists(workers.WORKERS_KEY)
