@@ -51,6 +51,7 @@ export function initUpload(config, onCreated) {
     const mine = ++choice;
     showError('');
     file = chosen;
+    bitmap?.close(); // a decoded photo can hold hundreds of MB: free it now, not at some later GC
     bitmap = null;
     fileName.textContent = chosen ? `${chosen.name} (${formatBytes(chosen.size)})` : '';
     if (!chosen) return renderPreview();
@@ -64,7 +65,10 @@ export function initUpload(config, onCreated) {
       // Not decodable here; the server has the final word and will say what is wrong.
       caption.textContent = 'Your browser cannot preview this file. You can still upload it; the server checks it.';
     }
-    if (mine !== choice) return;
+    if (mine !== choice) {
+      decoded?.close();
+      return;
+    }
     bitmap = decoded;
     renderPreview();
   }

@@ -204,3 +204,21 @@ def test_access_token_for_a_protected_server(page, stack, tmp_path):
         expect(page.locator("#access-token")).to_have_value("s3cret")
     finally:
         api.stop()
+
+
+def test_choosing_another_image_replaces_the_preview(page, stack, tmp_path):
+    """The second choice wins and the first decoded image is released; the preview keeps redrawing."""
+    first, second = tmp_path / "wide.png", tmp_path / "tall.png"
+    Image.new("RGBA", (80, 40), (200, 30, 30, 255)).save(first)
+    Image.new("RGBA", (20, 40), (30, 30, 200, 255)).save(second)
+    open_app(page, "train")
+    page.set_input_files("#image-input", str(first))
+    caption = page.locator("#preview-caption")
+    expect(caption).to_contain_text("40×20 cells on a 72×52 grid")
+    page.set_input_files("#image-input", str(second))
+    expect(caption).to_contain_text("20×40 cells on a 52×72 grid")
+    page.fill("#target-size", "20")  # redraws from the kept image (a closed one would throw)
+    page.dispatch_event("#target-size", "input")
+    expect(caption).to_contain_text("10×20 cells on a 42×52 grid")
+    cells = preview_cells(page)
+    assert (cells[..., 2] > cells[..., 0] + 100).any()  # blue: the second image, not the first
