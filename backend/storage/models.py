@@ -21,6 +21,9 @@ from .jobs import JOBS_KEY, Job, is_job_id, job_key
 CHECKPOINT_CHANNEL = "nca:checkpoints"
 EXAMPLE_PREFIX = "example-"
 _HEADER_LIMIT = 1_000_000  # bytes of safetensors header read to list an example
+# What a job's model entry is made of (plus what Job requires): reading whole records would parse every loss history.
+_ENTRY_FIELDS = ("id", "name", "status", "total", "created_at", "options", "grid_height", "grid_width",
+                 "model_version", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at")
 
 
 class ModelNotFound(KeyError):
@@ -55,12 +58,7 @@ class ModelCatalog:
         """Examples (by name), then jobs with at least one checkpoint, newest first."""
         entries = [entry for path in sorted(self.models_dir.glob("*.safetensors"))
                    if (entry := self._example_entry(path)) is not None]
-        job_ids = [text(j) for j in self.client.zrevrange(JOBS_KEY, 0, -1)]
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(job_key(job_id))
-            rows = pipe.execute()
-        jobs = [Job.from_hash(raw) for raw in rows if raw]
+        jobs = self._jobs([text(j) for j in self.client.zrevrange(JOBS_KEY, 0, -1)])
         return entries + [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:
@@ -69,11 +67,20 @@ class ModelCatalog:
             if entry is None:
                 raise ModelNotFound(model_id)
             return entry
-        raw = self.client.hgetall(job_key(model_id)) if is_job_id(model_id) else {}
-        job = Job.from_hash(raw) if raw else None
-        if job is None or job.model_version == 0:
+        jobs = self._jobs([model_id]) if is_job_id(model_id) else []
+        if not jobs or jobs[0].model_version == 0:
             raise ModelNotFound(model_id)
-        return self._job_entry(job)
+        return self._job_entry(jobs[0])
+
+    def _jobs(self, job_ids: list[str]) -> list[Job]:
+        """The records of the jobs that exist, with only the fields a model entry needs (no loss history)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(job_key(job_id), _ENTRY_FIELDS)
+            rows = pipe.execute()
+        records = ({name: value for name, value in zip(_ENTRY_FIELDS, row, strict=True) if value is not None}
+                   for row in rows)
+        return [Job.from_hash(record) for record in records if record]
 
     def get_model_bytes(self, model_id: str) -> bytes:
         if model_id.startswith(EXAMPLE_PREFIX):

@@ -123,6 +123,9 @@ def test_catalog_lists_examples_and_jobs_with_checkpoints(store: JobStore, tmp_p
     assert (example.source, example.status, example.name, example.grid_width, example.iterations) == \
         ("example", "ready", "Lizard", 30, 7)
     assert (job.source, job.status, job.iterations, job.loss, job.version) == ("job", "running", 40, 0.25, 1)
+    assert (job.name, job.grid_height, job.grid_width, job.experiment) == ("square", 12, 10, "growing")
+    assert job.updated_at == store.get(with_model).checkpoint_at
+    assert catalog.get_entry(with_model) == job and catalog.get_entry("example-lizard") == example
     assert from_bytes(catalog.get_model_bytes(with_model)).info.iterations == 40
     assert from_bytes(catalog.get_model_bytes("example-lizard")).info.name == "Lizard"
     assert catalog.get_model_version(with_model) == 1
@@ -131,6 +134,8 @@ def test_catalog_lists_examples_and_jobs_with_checkpoints(store: JobStore, tmp_p
             catalog.get_model_bytes(missing)
         with pytest.raises(KeyError):  # ModelNotFound is a KeyError
             catalog.get_model_version(missing)
+        with pytest.raises(ModelNotFound):
+            catalog.get_entry(missing)
 
 
 def test_checkpoint_publish_message(store: JobStore, redis_url: str) -> None:
