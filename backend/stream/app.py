@@ -106,7 +106,9 @@ async def stream(ws: WebSocket) -> None:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} is unreadable: {exc}")
     except REDIS_DOWN_ERRORS:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, "the model store (Redis) is unavailable; try again later")
-    guard.opened(ws, session)
+    if (refusal := guard.opened(ws, engine, session, settings)) is not None:  # streams per client
+        engine.close(session)
+        return await _refuse(ws, *refusal)
     try:
         session.send_event("model", **session.model.describe())
         session.send_state()

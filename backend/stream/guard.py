@@ -93,18 +93,29 @@ def admit(ws: WebSocket, engine: Engine, settings: Settings) -> tuple[int, str] 
     origin = ws.headers.get("origin")
     if not origin_allowed(origin, ws.headers.get("host"), settings):
         return CLOSE_FORBIDDEN_ORIGIN, f"origin {origin[:60]} may not open streams here (NCA_STREAM_ALLOWED_ORIGINS)"
-    host = client_host(ws)
-    mine = sum(1 for session in engine.sessions if _owners.get(session) == host)
-    if mine >= settings.stream_max_sessions_per_client:
-        return p.CLOSE_TRY_AGAIN_LATER, (f"too many streams from your address (max "
-                                         f"{settings.stream_max_sessions_per_client}); close one first")
+    if _streams_from(client_host(ws), engine) >= settings.stream_max_sessions_per_client:
+        return _too_many_from_client(settings)
     ws.scope[SCOPE_LIMITER] = CommandLimiter(settings.stream_command_rate, settings.stream_command_burst)
     _limit_parser(ws, settings.stream_max_message_bytes)
     return None
 
 
-def opened(ws: WebSocket, session: Session) -> None:
-    _owners[session] = client_host(ws)
+def opened(ws: WebSocket, engine: Engine, session: Session, settings: Settings) -> tuple[int, str] | None:
+    """The stream is open: count it as its address's. (close code, reason) if streams from that address
+    opened meanwhile make it one too many (admit cannot count those still waiting for their model to load)."""
+    host = _owners[session] = client_host(ws)
+    if _streams_from(host, engine) > settings.stream_max_sessions_per_client:
+        return _too_many_from_client(settings)
+    return None
+
+
+def _streams_from(host: str, engine: Engine) -> int:
+    return sum(1 for session in engine.sessions if _owners.get(session) == host)
+
+
+def _too_many_from_client(settings: Settings) -> tuple[int, str]:
+    limit = settings.stream_max_sessions_per_client
+    return p.CLOSE_TRY_AGAIN_LATER, f"too many streams from your address (max {limit}); close one first"
 
 
 def screen(ws: WebSocket, message: Message, settings: Settings) -> tuple[int, str] | None:

@@ -96,6 +96,28 @@ def test_streams_per_client_are_capped_with_1013(guarded: Service) -> None:
     asyncio.run(scenario())
 
 
+def test_streams_per_client_cap_holds_for_connections_that_arrive_together(guarded: Service) -> None:
+    """All of them pass the check before the model is loaded; only the cap's worth may play."""
+    wait_for_sessions(guarded, 0)  # the model is not loaded: every connection waits for its load
+
+    async def outcome(url: str) -> str:
+        async with watch(url) as v:
+            try:
+                await v.frame()
+                await v.frame()  # still playing once all the others have got their answer
+                return "played"
+            except websockets.ConnectionClosed as closed:
+                assert closed.rcvd is not None, closed
+                return str(closed.rcvd.code)
+
+    async def scenario() -> list[str]:
+        return sorted(await asyncio.gather(*(outcome(guarded.url(fps=5)) for _ in range(8))))
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == ["1013"] * 5 + ["played"] * 3, outcomes
+    wait_for_sessions(guarded, 0)
+
+
 def test_message_size_cap(guarded: Service) -> None:
     async def scenario() -> None:
         async with watch(guarded.url()) as v:
