@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from backend.config import REPO_ROOT, get_settings
+from backend.config import REPO_ROOT, Settings, get_settings
 from backend.storage.embedded_redis import EmbeddedRedis, start_redis
 
 STOP_TIMEOUT = 30.0  # seconds a service gets to stop (the worker checkpoints its job first)
@@ -25,6 +25,7 @@ STOP_TIMEOUT = 30.0  # seconds a service gets to stop (the worker checkpoints it
 class Service:
     name: str
     command: list[str]
+    host: str = "127.0.0.1"
     port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
@@ -45,9 +46,17 @@ class Service:
             self.process.wait()
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def local_address(host: str) -> str:
+    """Where this machine reaches a server bound to `host` (bound to every address: on the loopback)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((local_address(host), port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def wait_for_port(service: Service, timeout: float = 120.0) -> bool:
@@ -55,13 +64,14 @@ def wait_for_port(service: Service, timeout: float = 120.0) -> bool:
     while time.monotonic() < deadline:
         if service.process.poll() is not None:
             return False
-        if port_in_use(service.port):
+        if port_in_use(service.port, service.host):
             return True
         time.sleep(0.2)
     return False
 
 
-def services(api_port: int, stream_port: int) -> list[Service]:
+def services(settings: Settings) -> list[Service]:
+    """The contract commands, bound to NCA_API_HOST / NCA_STREAM_HOST (docs/deploy.md)."""
     python = sys.executable
     # On one machine the worker and the stream share the CPU: half the cores each, unless told otherwise
     # (oversubscribed torch threads make small-grid training many times slower).
@@ -70,10 +80,10 @@ def services(api_port: int, stream_port: int) -> list[Service]:
     return [
         Service("worker", [python, "-m", "celery", "-A", "backend.worker.celery_app", "worker", "--pool=solo",
                            "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO"], env=worker_env),
-        Service("stream", [python, "-m", "uvicorn", "backend.stream.app:app", "--host", "127.0.0.1",
-                           "--port", str(stream_port)], stream_port),
-        Service("api", [python, "-m", "uvicorn", "backend.api.main:app", "--host", "127.0.0.1",
-                        "--port", str(api_port)], api_port),
+        Service("stream", [python, "-m", "uvicorn", "backend.stream.app:app", "--host", settings.stream_host,
+                           "--port", str(settings.stream_port)], settings.stream_host, settings.stream_port),
+        Service("api", [python, "-m", "uvicorn", "backend.api.main:app", "--host", settings.api_host,
+                        "--port", str(settings.api_port)], settings.api_host, settings.api_port),
     ]
 
 
@@ -87,7 +97,8 @@ def _raise_stop(*_: object) -> None:
 
 def main() -> int:
     settings = get_settings()
-    busy = [p for p in (settings.api_port, settings.stream_port) if port_in_use(p)]
+    to_start = services(settings)
+    busy = [s.port for s in to_start if s.port is not None and port_in_use(s.port, s.host)]
     if busy:
         print(f"[run] port {busy[0]} is already in use; stop what uses it or set NCA_API_PORT / NCA_STREAM_PORT",
               file=sys.stderr)
@@ -106,14 +117,14 @@ def main() -> int:
             env["REDIS_URL"] = redis_server.url
             print(f"[run] started the bundled Redis on {redis_server.url} (data in {redis_server.data_dir})",
                   flush=True)
-        for service in services(settings.api_port, settings.stream_port):
+        for service in to_start:
             service.start(env)
             running.append(service)
         for service in running:
             if service.port is not None and not wait_for_port(service):
                 raise RuntimeError(f"the {service.name} service did not start on port {service.port}")
-        print(f"\n    Open http://127.0.0.1:{settings.api_port} in your browser   (Ctrl-C stops everything)\n",
-              flush=True)
+        url = f"http://{local_address(settings.api_host)}:{settings.api_port}"
+        print(f"\n    Open {url} in your browser   (Ctrl-C stops everything)\n", flush=True)
         while True:
             for service in running:
                 if service.process.poll() is not None:
