@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from backend.config import REPO_ROOT, Settings, get_settings
+from backend.config import REPO_ROOT, get_settings
 from backend.storage.embedded_redis import EmbeddedRedis, start_redis
 
 STOP_TIMEOUT = 30.0  # seconds a service gets to stop (the worker checkpoints its job first)
@@ -70,8 +70,9 @@ def wait_for_port(service: Service, timeout: float = 120.0) -> bool:
     return False
 
 
-def services(settings: Settings) -> list[Service]:
-    """The contract commands, bound to NCA_API_HOST / NCA_STREAM_HOST (docs/deploy.md)."""
+def services(api_port: int, stream_port: int, api_host: str = "127.0.0.1", stream_host: str = "127.0.0.1"
+             ) -> list[Service]:
+    """The contract commands; `python -m backend.run` binds them to NCA_API_HOST / NCA_STREAM_HOST (docs/deploy.md)."""
     python = sys.executable
     # On one machine the worker and the stream share the CPU: half the cores each, unless told otherwise
     # (oversubscribed torch threads make small-grid training many times slower).
@@ -80,10 +81,10 @@ def services(settings: Settings) -> list[Service]:
     return [
         Service("worker", [python, "-m", "celery", "-A", "backend.worker.celery_app", "worker", "--pool=solo",
                            "--concurrency=1", "--prefetch-multiplier=1", "--loglevel=INFO"], env=worker_env),
-        Service("stream", [python, "-m", "uvicorn", "backend.stream.app:app", "--host", settings.stream_host,
-                           "--port", str(settings.stream_port)], settings.stream_host, settings.stream_port),
-        Service("api", [python, "-m", "uvicorn", "backend.api.main:app", "--host", settings.api_host,
-                        "--port", str(settings.api_port)], settings.api_host, settings.api_port),
+        Service("stream", [python, "-m", "uvicorn", "backend.stream.app:app", "--host", stream_host,
+                           "--port", str(stream_port)], stream_host, stream_port),
+        Service("api", [python, "-m", "uvicorn", "backend.api.main:app", "--host", api_host,
+                        "--port", str(api_port)], api_host, api_port),
     ]
 
 
@@ -97,7 +98,7 @@ def _raise_stop(*_: object) -> None:
 
 def main() -> int:
     settings = get_settings()
-    to_start = services(settings)
+    to_start = services(settings.api_port, settings.stream_port, settings.api_host, settings.stream_host)
     busy = [s.port for s in to_start if s.port is not None and port_in_use(s.port, s.host)]
     if busy:
         print(f"[run] port {busy[0]} is already in use; stop what uses it or set NCA_API_PORT / NCA_STREAM_PORT",
