@@ -34,6 +34,7 @@ export function initWatch(config) {
   let frameTimes = [];
   let visible = false;
   let modelDetails = {}; // the stream's `model` event
+  let pausedWhileHidden = false; // we paused it for a hidden tab, so we play it again on return
 
   const params = () => ({
     model: modelId,
@@ -61,6 +62,12 @@ export function initWatch(config) {
     connection.textContent = STATE_TEXT[state] || state;
     if (detail) say(`Stream: ${detail}.`);
     else if (state === 'open') say('');
+    // A session that starts while the tab is hidden (opened in the background, or reconnected
+    // while away) starts playing: pause it too, so the server computes nothing nobody sees.
+    if (state === 'open' && document.hidden) {
+      pausedWhileHidden = true;
+      send({ cmd: 'pause' });
+    }
   }
 
   function onEvent(event) {
@@ -158,7 +165,6 @@ export function initWatch(config) {
   });
 
   // A hidden tab pauses its stream (the server then computes nothing for it) and resumes on return.
-  let pausedWhileHidden = false;
   document.addEventListener('visibilitychange', () => {
     if (!visible || !client) return;
     if (document.hidden && !paused) {

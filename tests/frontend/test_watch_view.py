@@ -167,3 +167,19 @@ def test_leaving_watch_while_models_load_opens_no_stream(page, stack, example_id
     expect(page.locator("#connection")).to_have_text("not connected")
     page.evaluate(f"() => {{ location.hash = '#watch/{example_id}'; }}")  # and coming back still works
     expect(page.locator("#connection")).to_have_text("live")
+
+
+def test_stream_opened_in_a_hidden_tab_starts_paused(page, stack, example_id):
+    """A Watch view opened in a background tab computes nothing until it is shown, then plays."""
+    open_app(page, "train")
+    page.evaluate(SET_HIDDEN_JS, True)
+    page.evaluate(f"() => {{ location.hash = '#watch/{example_id}'; }}")
+    expect(page.locator("#connection")).to_have_text("live")
+    expect(page.locator("#play-pause")).to_have_text("Play")  # the server confirmed the pause
+    page.wait_for_timeout(300)
+    hidden_at = ca_step(page)
+    page.wait_for_timeout(700)
+    assert ca_step(page) == hidden_at, "the stream kept stepping for a hidden tab"
+    page.evaluate(SET_HIDDEN_JS, False)
+    expect(page.locator("#play-pause")).to_have_text("Pause")
+    page.wait_for_function(f"() => Number(document.getElementById('ca-step').textContent) > {hidden_at + 5}")
