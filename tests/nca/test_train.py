@@ -119,6 +119,18 @@ def test_progress_callback_cancel_and_checkpoints(small_target):
     assert [c.info.iterations for c in checkpoints] == [4, 8, 10]  # periodic, then the final state
 
 
+def test_the_optimizer_steps_with_the_decayed_lr_from_lr_decay_at_on(small_target):
+    """Iterations 0..lr_decay_at-1 step with lr, later ones (also after a resume) with lr * lr_decay."""
+    trainer = Trainer(small_target, quick(iterations=4, lr_decay_at=2))
+    used = []
+    for _ in range(4):
+        trainer.train_step()
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+    assert used[:2] == [2e-3, 2e-3] and all(math.isclose(lr, 2e-4) for lr in used[2:])
+    resumed = Trainer(small_target, quick(iterations=6, lr_decay_at=2), resume=trainer.export())
+    assert math.isclose(resumed.optimizer.param_groups[0]["lr"], 2e-4)
+
+
 def test_resume_continues_iterations_with_model_and_optimizer(small_target):
     first = Trainer(small_target, quick(iterations=20))
     first.run(should_stop=lambda: first.iteration >= 8)
