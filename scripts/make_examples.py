@@ -152,7 +152,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     for name in args.only or list(EXAMPLES):
         if args.evaluate:
-            print(evaluate(name))
+            print(evaluate(name, path=args.out_dir / f"{name}.safetensors"))
         else:
             print(draw(name, args.out_dir) if args.draw_only else train(name, args.iterations, args.out_dir))
 
