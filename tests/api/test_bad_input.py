@@ -98,6 +98,20 @@ def test_options_as_json_field(client: TestClient) -> None:
     assert response.headers["location"] == f"/api/jobs/{job['id']}"
 
 
+def test_a_blank_name_means_the_file_name(client: TestClient) -> None:
+    response = post_job(client, png_image(), filename="heart.png", name="   ", **TINY_TRAINING)
+    assert response.status_code == 202, response.text
+    assert response.json()["name"] == "heart"
+
+
+def test_malformed_multipart_is_a_documented_400(client: TestClient) -> None:
+    two_files = [("image", ("a.png", png_image(), "image/png")), ("other", ("b.png", png_image(), "image/png"))]
+    assert_error(client.post("/api/jobs", files=two_files), 400, "Too many files")
+    no_boundary = client.post("/api/jobs", content=b"abc", headers={"content-type": "multipart/form-data"})
+    assert_error(no_boundary, 400, "boundary")
+    assert {"400", "415"} <= set(client.app.openapi()["paths"]["/api/jobs"]["post"]["responses"])
+
+
 def test_missing_image_and_wrong_content_type(client: TestClient) -> None:
     wrong_field = client.post("/api/jobs", files={"picture": ("x.png", png_image(), "image/png")})
     assert_error(wrong_field, 422, "missing the image", "'image'")
@@ -139,7 +153,7 @@ def test_target_png(client: TestClient, good_job: dict) -> None:
 
 def test_bad_requests_did_not_create_or_harm_jobs(client: TestClient, good_job: dict) -> None:
     listing = client.get("/api/jobs").json()
-    assert listing["total"] == 2  # good_job and the JSON-options job, nothing from the refused requests
+    assert listing["total"] == 3  # good_job, the JSON-options and the blank-name jobs, nothing from the refused ones
     assert client.get(f"/api/jobs/{good_job['id']}").json()["status"] == "queued"
 
 

@@ -35,6 +35,9 @@ from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 413, 422, 503)}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "malformed multipart body (e.g. no boundary, more than one file)"},
+    415: {"model": ErrorOut, "description": "not a multipart/form-data upload"}}
 PREVIEW_SEED = 0  # the preview is the same picture for the same checkpoint
 Scale = Annotated[int, Query(ge=1, le=16, description="each cell becomes scale x scale pixels")]
 
@@ -85,7 +88,8 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, str,
     return data, filename, raw
 
 
-@router.post("", status_code=202, response_model=JobOut, responses={**ERRORS, **TOKEN_RESPONSES, **QUOTA_RESPONSES},
+@router.post("", status_code=202, response_model=JobOut,
+             responses={**ERRORS, **UPLOAD_ERRORS, **TOKEN_RESPONSES, **QUOTA_RESPONSES},
              dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training",
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["image"],
@@ -101,7 +105,7 @@ async def create_job(request: Request, response: Response, settings: SettingsDep
         options.seed = random.randrange(2**31)
     if options.checkpoint_every is None:
         options.checkpoint_every = settings.checkpoint_every
-    if options.name is None:
+    if options.name is None or not options.name.strip():  # a blank name would leave the job unnamed in lists
         options.name = PurePath(filename).stem[:80] or "image"
     target_options = TargetOptions(options.target_size, options.padding, options.key_background)
     target = await run_in_threadpool(load_target, data, target_options, settings.max_image_pixels)  # TargetError: 422
