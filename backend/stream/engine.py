@@ -195,14 +195,13 @@ class Engine:
                 await self._sleep_until_due(now)
                 continue
             started = time.perf_counter()
-            try:
-                results = await asyncio.to_thread(self._compute, groups)
-            except Exception:  # a broken model must not stop every other stream
-                log.exception("tick failed; skipping it")
-                continue
+            results = await asyncio.to_thread(self._compute, groups)
             self.tick_ms.append((time.perf_counter() - started) * 1000.0)
             self.ticks += 1
-            for group, (batch, frames) in zip(groups, results, strict=True):
+            for group, result in zip(groups, results, strict=True):
+                if result is None:
+                    continue
+                batch, frames = result
                 for i, work in enumerate(group.work):
                     session = work.session
                     if session.closed:
@@ -250,25 +249,35 @@ class Engine:
             group.work.sort(key=lambda w: -w.steps)
         return list(groups.values())
 
-    def _compute(self, groups: list[_Group]) -> list[tuple[torch.Tensor, np.ndarray]]:
-        """Worker thread: edits, one batched step per group and CA step, then frames with headers."""
-        results = []
+    def _compute(self, groups: list[_Group]) -> list[tuple[torch.Tensor, np.ndarray] | None]:
+        """Worker thread: each group's batch and frames, or None for a group that failed."""
+        results: list[tuple[torch.Tensor, np.ndarray] | None] = []
         with torch.inference_mode():
             for group in groups:
-                _, height, width = group.shape
-                states = [_edited(w.state, w.edits, group.shape) for w in group.work]
-                x = torch.cat(states) if len(states) > 1 else states[0]
-                # Sorted by steps, most first: run the common steps on the whole batch, then the
-                # extra steps of the first n sessions (mixed step counts are rare: step, speed).
-                done = 0
-                while done < group.work[0].steps:
-                    n = sum(1 for w in group.work if w.steps > done)
-                    steps = min(w.steps for w in group.work[:n]) - done
-                    x = advance(group.net, x, group.angle, steps) if n == len(group.work) else \
-                        torch.cat([advance(group.net, x[:n], group.angle, steps), x[n:]])
-                    done += steps
-                results.append((x, _frames(x, [w.header for w in group.work], width, height)))
+                try:
+                    results.append(_compute_group(group))
+                except Exception:  # a broken model must not stop the other models' streams
+                    model_id = group.work[0].session.model.id
+                    log.exception("tick failed for model %s; its viewers skip this frame", model_id)
+                    results.append(None)
         return results
+
+
+def _compute_group(group: _Group) -> tuple[torch.Tensor, np.ndarray]:
+    """Edits, one batched step per CA step, then the frames with their headers."""
+    _, height, width = group.shape
+    states = [_edited(w.state, w.edits, group.shape) for w in group.work]
+    x = torch.cat(states) if len(states) > 1 else states[0]
+    # Sorted by steps, most first: run the common steps on the whole batch, then the
+    # extra steps of the first n sessions (mixed step counts are rare: step, speed).
+    done = 0
+    while done < group.work[0].steps:
+        n = sum(1 for w in group.work if w.steps > done)
+        steps = min(w.steps for w in group.work[:n]) - done
+        x = advance(group.net, x, group.angle, steps) if n == len(group.work) else \
+            torch.cat([advance(group.net, x[:n], group.angle, steps), x[n:]])
+        done += steps
+    return x, _frames(x, [w.header for w in group.work], width, height)
 
 
 def _shows_without_step(s: Session) -> bool:

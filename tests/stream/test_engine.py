@@ -141,3 +141,23 @@ def test_a_checkpoint_announced_while_the_model_loads_is_not_missed() -> None:
         assert session.model.version == 2 and engine.models["m"] is session.model
 
     asyncio.run(scenario())
+
+
+def test_a_model_that_fails_to_step_stops_only_its_own_viewers() -> None:
+    async def scenario() -> None:
+        catalog = Catalog()
+        catalog.stores = {"good": Store(48, 40), "broken": Store(48, 40)}
+        engine = Engine(catalog.fetch, torch.device("cpu"), max_sessions=4)
+        good = await engine.open(StreamParams("good", fps=30))
+        broken = await engine.open(StreamParams("broken", fps=30))  # due with `good`: the same ticks
+        with torch.no_grad():  # weights of the wrong shape: every step raises
+            broken.model.model.hidden_to_update.weight = torch.nn.Parameter(torch.zeros(3, 3, 1, 1))
+        ticker = asyncio.create_task(engine.run())
+        try:
+            steps = [(await next_frame(good))[1] for _ in range(4)]
+        finally:
+            ticker.cancel()
+        assert steps == [0, 1, 2, 3], steps
+        assert broken.step == 0
+
+    asyncio.run(scenario())
