@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "steps", 1) < 0 or getattr(args, "frame_every", 1) < 1 or getattr(args, "scale", 1) < 1:
-        raise SystemExit("error: --steps must be >= 0, --frame-every and --scale >= 1")
+    at_least_one = ("frame_every", "scale", "video_every")
+    if getattr(args, "steps", 1) < 0 or min(getattr(args, name, 1) for name in at_least_one) < 1:
+        raise SystemExit("error: --steps must be >= 0, --frame-every, --scale and --video-every >= 1")
     try:
         return args.func(args)
     except (TargetError, modelfile.ModelFileError, DistillFormatError, TrainingFailed, ValueError) as exc:

@@ -80,6 +80,16 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
+def test_video_every_zero_is_refused_before_training(disc_image, tmp_path):
+    """`--video-every 0` used to train one iteration and then die dividing by zero."""
+    image = tmp_path / "disc.png"
+    disc_image.save(image)
+    result = nca("train", str(image), "--out", str(tmp_path / "m.safetensors"), "--size", "10", "--iterations", "2",
+                 "--tensorboard", str(tmp_path / "tb"), "--video-every", "0")
+    assert result.returncode != 0 and "--video-every" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "m.safetensors").exists()
+
+
 @pytest.mark.skipif(not DISTILL_MODELS.is_dir(), reason="../shared/reference is absent")
 def test_import_distill(tmp_path):
     out = tmp_path / "lizard.safetensors"
