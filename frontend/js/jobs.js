@@ -143,7 +143,7 @@ function createCard(job, onWatch, cancel) {
         <a data-action="download" class="button" download>Download model</a>
       </div>
     </div>
-    <canvas class="loss-chart" aria-label="Loss over iterations, log scale"></canvas>`;
+    <canvas class="loss-chart" role="img" aria-label="Loss over iterations, log scale"></canvas>`;
   li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(li.dataset.jobId));
   li.querySelector('[data-action="cancel"]').addEventListener('click', (event) => {
     event.currentTarget.disabled = true;

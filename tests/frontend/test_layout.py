@@ -62,6 +62,8 @@ def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack):
       .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
       .map((el) => el.id || el.outerHTML.slice(0, 60))""")
     assert unlabelled == []
+    # A picture-only canvas is an image to assistive tech (a bare canvas's label is not announced).
+    expect(page.get_by_role("img", name="Processed target on its padded grid")).to_have_count(1)
     # Status and error lines are live regions, so changes are announced.
     for selector in ["#upload-error", "#upload-status", "#jobs-status", "#watch-status"]:
         assert page.get_attribute(selector, "aria-live") in ("polite", "assertive")

@@ -78,6 +78,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
 
     # The loss chart has a curve (painted pixels) and the model file downloads and loads.
     expect(card.locator(".job-numbers")).to_contain_text("loss")
+    expect(card.get_by_role("img", name="Loss over iterations, log scale")).to_have_count(1)
     chart_painted = page.evaluate("""() => {
       const c = document.querySelector('.job .loss-chart');
       const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
