@@ -211,14 +211,17 @@ async def _on_checkpoint(engine: Engine, data: bytes) -> None:
     try:
         message = json.loads(data)
         model_id, version = str(message["model_id"]), int(message["version"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a version of 1e999
         log.warning("ignoring malformed message on %s: %r", CHECKPOINT_CHANNEL, data[:200])
         return
     await _reload(engine, model_id, version, iteration=message.get("iteration"), status=message.get("status"))
 
 
 async def _reload(engine: Engine, model_id: str, version: int | None, **details: object) -> None:
+    """A checkpoint that cannot be read is skipped (its viewers play on); following the channel goes on."""
     try:
         await engine.reload(model_id, version, **details)
     except (ModelNotFound, ModelFileError, *REDIS_DOWN_ERRORS) as exc:
         log.warning("could not reload model %s: %s", model_id, exc)
+    except Exception:
+        log.exception("could not reload model %s", model_id)

@@ -11,8 +11,10 @@ import torch
 from backend.nca import modelfile
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import EmbeddedRedis
-from backend.storage.jobs import JobStore
+from backend.storage.jobs import JobStore, job_key
 from backend.storage.models import publish_checkpoint
+from backend.stream.app import _on_checkpoint
+from backend.stream.engine import Engine
 from tests.stream.client import watch
 from tests.stream.conftest import StreamServer, random_model
 
@@ -69,3 +71,46 @@ def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, r
         asyncio.run(scenario())
     finally:
         client.close()
+
+
+def test_a_checkpoint_that_cannot_be_read_does_not_stop_the_hot_swap(server: StreamServer,
+                                                                       redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url)
+    jobs = JobStore(client)
+    job_id, token = uuid.uuid4().hex, "lease-token"
+    jobs.create(job_id, "bad version", {"experiment": "growing"}, 1000, torch.zeros(4, 32, 36))
+    assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
+
+    def checkpoint(seed: int, iteration: int) -> int:
+        data = modelfile.to_bytes(random_model(seed, height=32, width=36, iterations=iteration))
+        version = jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
+        publish_checkpoint(client, job_id, version, iteration, "running")
+        return version
+
+    def garbled() -> None:
+        """A version the catalog cannot parse: reading the checkpoint fails with an unexpected error."""
+        client.hset(job_key(job_id), "model_version", "garbled")
+        publish_checkpoint(client, job_id, 99, 150, "running")
+
+    checkpoint(1, 100)
+
+    async def scenario() -> None:
+        async with watch(server.url(job_id, fps=30)) as v:
+            await v.event("model")
+            await asyncio.to_thread(garbled)
+            await v.quiet(0.5)
+            await asyncio.to_thread(client.hset, job_key(job_id), "model_version", "1")
+            assert await asyncio.to_thread(checkpoint, 2, 200) == 2
+            assert (await v.event("reloaded"))["version"] == 2  # still following the channel
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        client.close()
+
+
+def test_malformed_checkpoint_messages_are_ignored() -> None:
+    engine = Engine(lambda model_id: (b"", 1), torch.device("cpu"), max_sessions=1)
+    for data in (b"not json", b"[1]", b'{"model_id": "m"}', b'{"model_id": "m", "version": "two"}',
+                 b'{"model_id": "m", "version": 1e999}'):
+        asyncio.run(_on_checkpoint(engine, data))  # no exception: the follower would die with it
