@@ -82,8 +82,9 @@ def test_bad_images(client: TestClient, image: bytes, words: list[str]) -> None:
     ({"experiment": "persistent", "pool_size": 4096, "target_size": 128, "padding": 64}, ["sample pool", "MB"]),
     ({"options": "{not json"}, ["not valid JSON"]),
     ({"options": "[1, 2]"}, ["JSON object"]),
+    ({"options": "[" * 100_000}, ["nested too deeply"]),  # used to be a 500 (RecursionError)
 ], ids=["zero-iterations", "too-many-iterations", "big-target", "negative-padding", "experiment", "steps",
-        "lr-text", "unknown-option", "pool-memory", "options-json", "options-not-object"])
+        "lr-text", "unknown-option", "pool-memory", "options-json", "options-not-object", "options-deep"])
 def test_bad_options(client: TestClient, fields: dict, words: list[str]) -> None:
     assert_error(post_job(client, png_image(), **fields), 422, "invalid options" if "options" not in fields else "",
                  *words)

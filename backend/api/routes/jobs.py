@@ -76,6 +76,8 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, str,
                 raw = json.loads(options)
             except json.JSONDecodeError as exc:
                 raise HTTPException(422, f"the 'options' field is not valid JSON: {exc}") from None
+            except RecursionError:  # thousands of nested brackets: json's recursion limit, not a server error
+                raise HTTPException(422, "the 'options' field is nested too deeply: send a flat JSON object") from None
             if not isinstance(raw, dict):
                 raise HTTPException(422, "the 'options' field must be a JSON object")
         for key, value in form.multi_items():
