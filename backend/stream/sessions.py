@@ -8,6 +8,7 @@ command can never race with the batched step running in the worker thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -73,10 +74,14 @@ class Session:
             case "pause":
                 self.paused = True
             case "play":
+                if self.paused:  # the next frame now, not the ones missed while paused
+                    self.next_due = time.monotonic()
                 self.paused = False
                 self.pending_steps = 0
             case "speed":
-                self.fps = command.fps if command.fps is not None else self.fps
+                if command.fps is not None:
+                    self.fps = command.fps  # faster: the next frame no later than one new period from now
+                    self.next_due = min(self.next_due, time.monotonic() + 1.0 / self.fps)
                 if command.steps_per_frame is not None:
                     self.steps_per_frame = command.steps_per_frame
             case "rotate":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import torch
 
@@ -159,5 +160,41 @@ def test_a_model_that_fails_to_step_stops_only_its_own_viewers() -> None:
             ticker.cancel()
         assert steps == [0, 1, 2, 3], steps
         assert broken.step == 0
+
+    asyncio.run(scenario())
+
+
+async def arrivals(session: Session, count: int) -> list[float]:
+    """Arrival times of the session's next `count` frames."""
+    times = []
+    for _ in range(count):
+        await next_frame(session)
+        times.append(time.monotonic())
+    return times
+
+
+def test_a_faster_speed_and_play_take_effect_at_once() -> None:
+    async def scenario() -> None:
+        engine = Engine(Store(48, 40).fetch, torch.device("cpu"), max_sessions=4)
+        session = await engine.open(StreamParams("m", fps=1))
+        ticker = asyncio.create_task(engine.run())
+        try:
+            await next_frame(session)  # the seed; the next frame is due in 1 s
+            session.apply(Command("speed", fps=50))
+            engine.wake()
+            asked = time.monotonic()
+            assert (await arrivals(session, 1))[0] - asked < 0.5  # not the 1 s the old rate had left
+
+            session.apply(Command("pause"))
+            await asyncio.sleep(0.6)  # frames that would have come meanwhile are not owed
+            session.events.clear()
+            session.latest_frame = None
+            session.apply(Command("speed", fps=5))
+            session.apply(Command("play"))
+            engine.wake()
+            first, second = await arrivals(session, 2)
+            assert second - first > 0.1, "frames missed while paused were made up in a burst"
+        finally:
+            ticker.cancel()
 
     asyncio.run(scenario())
