@@ -85,6 +85,7 @@ class Job(BaseModel):
     checkpoint_loss: float | None = None
     checkpoint_at: float | None = None
     attempts: int = 0  # times a worker started it (more than 1 after a worker loss or shutdown)
+    workers_lost: int = 0  # times its worker vanished mid-run (crash, kill -9); shutdowns do not count
     resumed_from: list[int] = []  # checkpoint iterations this job was resumed from after a worker loss
     cancel_requested: bool = False
 
@@ -181,12 +182,14 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-# KEYS: job, lease, active. ARGV: id. A claimed job whose lease expired: its worker is gone.
+# KEYS: job, lease, active. ARGV: id. A claimed job whose lease expired: its worker is gone (still
+# 'running'), or it gave the job back at shutdown ('queued').
 _RECOVER = f"""
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or {_TERMINAL_LUA} then return 0 end
+if st == 'running' then redis.call('HINCRBY', KEYS[1], 'workers_lost', 1) end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '')
 return 1
 """

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 WORKER_ID = f"{socket.gethostname()}-{os.getpid()}"
 SHUTDOWN = threading.Event()  # set when the worker is asked to stop: the job checkpoints and goes back to the queue
 current_job: str | None = None  # shown in the worker's presence key
-MAX_ATTEMPTS = 20  # a job whose worker keeps dying (e.g. killed for memory) fails instead of looping
+MAX_WORKERS_LOST = 20  # a job whose worker keeps dying (e.g. killed for memory) fails instead of looping
 
 
 @lru_cache
@@ -108,9 +108,9 @@ class JobRun:
 
     def run(self) -> str:
         job, store = self.job, self.store
-        if job.attempts > MAX_ATTEMPTS:
-            return self.finish("failed", f"gave up after {MAX_ATTEMPTS} attempts: the worker training it was lost "
-                                         "each time (out of memory?); try a smaller target or pool")
+        if job.workers_lost >= MAX_WORKERS_LOST:  # shutdowns (deploys, Ctrl-C) do not count: they checkpoint
+            return self.finish("failed", f"gave up: the worker training it was lost {job.workers_lost} times "
+                                         "(out of memory?); try a smaller target or pool")
         options = job.options
         try:
             config = TrainConfig.from_dict({**options, "checkpoint_every": options.get("checkpoint_every")

@@ -17,6 +17,7 @@ from backend.storage.connection import connect
 from backend.storage.embedded_redis import free_port
 from backend.storage.jobs import ACTIVE_KEY, JobStore, new_job_id
 from backend.worker.celery_app import QUEUE, TRAIN_TASK, make_celery
+from backend.worker.tasks import MAX_WORKERS_LOST, JobRun, Lease
 from tests.conftest import REPO_ROOT
 
 # Recovery as a worker's heartbeat runs it, with the job store on argv[1] and Celery's broker on REDIS_URL.
@@ -68,3 +69,22 @@ def test_a_failed_resend_keeps_every_recovered_job_for_the_next_round(redis_url:
     assert recover(redis_url, redis_url) == f"recovered {jobs}"  # the broker is back: every one is sent
     assert client.llen(QUEUE) == 3 and client.scard(ACTIVE_KEY) == 0
     assert {store.get(job_id).status for job_id in jobs} == {"queued"}
+
+
+@pytest.mark.parametrize("lost", [0, MAX_WORKERS_LOST])
+def test_only_lost_workers_count_towards_giving_up(redis_url: str, tmp_path, lost: int) -> None:
+    """Many shutdowns (deploys) used to fail a job too: the cap counted every start."""
+    store = JobStore(connect(redis_url))
+    job_id = new_job_id()
+    options = {"experiment": "growing", "iterations": 2, "batch_size": 1, "min_steps": 1, "max_steps": 2}
+    store.create(job_id, "restarted", options, 2, torch.rand(4, 12, 12))
+    store.update(job_id, attempts=3 * MAX_WORKERS_LOST, workers_lost=lost)
+    assert store.claim(job_id, "t", 30, "cpu", "w") == "ok"
+    settings = Settings(redis_url=redis_url, models_dir=tmp_path)
+    with Lease(store, job_id, "t", 30) as lease:
+        status = JobRun(store, store.get(job_id), "t", torch.device("cpu"), settings, lease).run()
+    job = store.get(job_id)
+    if lost:
+        assert (status, job.status) == ("failed", "failed") and f"lost {lost} times" in job.error
+    else:
+        assert (status, job.status, job.iteration) == ("succeeded", "succeeded", 2)
