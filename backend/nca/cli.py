@@ -48,7 +48,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs (loss, growth video) here")
-    p.add_argument("--video-every", type=int, default=500, help="iterations between growth videos")
+    p.add_argument("--video-every", type=_positive, default=500, help="iterations between growth videos")
 
 
 def _gif_summary(tag: str, frames: list):
@@ -146,6 +146,20 @@ def cmd_import_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def _center(text: str) -> tuple[float, float]:
     x, _, y = text.partition(",")
     return float(x), float(y)
@@ -160,14 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     grow = sub.add_parser("grow", help="render growth from the seed as a GIF or PNG strip")
     grow.add_argument("model", type=Path)
-    grow.add_argument("--steps", type=int, required=True)
+    grow.add_argument("--steps", type=_non_negative, required=True)
     grow.add_argument("--out", type=Path, required=True, help="FILE.gif (animation) or FILE.png (strip)")
-    grow.add_argument("--frame-every", type=int, default=1, help="steps between frames")
-    grow.add_argument("--scale", type=int, default=4, help="integer upscaling factor (nearest neighbour)")
-    grow.add_argument("--frame-ms", type=int, default=40, help="GIF frame duration")
+    grow.add_argument("--frame-every", type=_positive, default=1, help="steps between frames")
+    grow.add_argument("--scale", type=_positive, default=4, help="integer upscaling factor (nearest neighbour)")
+    grow.add_argument("--frame-ms", type=_positive, default=40, help="GIF frame duration")
     grow.add_argument("--angle", type=float, default=0.0, help="perception rotation in degrees")
-    grow.add_argument("--height", type=int, help="grid height (default: the model's grid)")
-    grow.add_argument("--width", type=int, help="grid width (default: the model's grid)")
+    grow.add_argument("--height", type=_positive, help="grid height (default: the model's grid)")
+    grow.add_argument("--width", type=_positive, help="grid width (default: the model's grid)")
     grow.add_argument("--damage-at", type=int, help="erase a circle before this step")
     grow.add_argument("--damage-center", type=_center, help="X,Y in cells (default: grid centre)")
     grow.add_argument("--damage-radius", type=float, help="in cells (default: a fifth of the grid)")
@@ -184,9 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    at_least_one = ("frame_every", "scale", "video_every")
-    if getattr(args, "steps", 1) < 0 or min(getattr(args, name, 1) for name in at_least_one) < 1:
-        raise SystemExit("error: --steps must be >= 0, --frame-every, --scale and --video-every >= 1")
     try:
         return args.func(args)
     except (TargetError, modelfile.ModelFileError, DistillFormatError, TrainingFailed, ValueError) as exc:

@@ -90,6 +90,18 @@ def test_video_every_zero_is_refused_before_training(disc_image, tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.parametrize("option", [["--height", "-1"], ["--width", "0"], ["--scale", "0"], ["--frame-every", "0"],
+                                    ["--steps", "-2"], ["--frame-ms", "0"]])
+def test_grow_refuses_impossible_numbers_clearly(option, tmp_path):
+    from backend.nca.model import NCA
+
+    modelfile.save(modelfile.ModelFile(NCA(), modelfile.ModelInfo(grid_height=9, grid_width=9)), tmp_path / "m.st")
+    args = ["grow", str(tmp_path / "m.st"), "--steps", "3", "--out", str(tmp_path / "x.gif"), *option]
+    result = nca(*args)
+    assert result.returncode == 2 and option[0] in result.stderr and "must be at least" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.gif").exists()
+
+
 @pytest.mark.skipif(not DISTILL_MODELS.is_dir(), reason="../shared/reference is absent")
 def test_import_distill(tmp_path):
     out = tmp_path / "lizard.safetensors"
