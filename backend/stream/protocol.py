@@ -110,7 +110,7 @@ COMMANDS = ("reset", "seed", "erase", "pause", "play", "speed", "rotate", "step"
 
 def parse_command(text: str, width: int, height: int) -> Command:
     """A JSON text message -> Command; coordinates are checked against the session's grid."""
-    if len(text) > MAX_COMMAND_BYTES:
+    if len(text.encode()) > MAX_COMMAND_BYTES:
         raise ProtocolError(f"command too long (max {MAX_COMMAND_BYTES} bytes)")
     try:
         msg = json.loads(text)
