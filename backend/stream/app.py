@@ -121,7 +121,7 @@ async def stream(ws: WebSocket) -> None:
 
 async def _serve(ws: WebSocket, session: Session, engine: Engine, settings: Settings) -> tuple[int, str] | None:
     """Run the receiver and the sender until one ends; (close code, reason), or None if the client left."""
-    tasks = {asyncio.create_task(_receive(ws, session, engine, settings.stream_idle_timeout)),
+    tasks = {asyncio.create_task(_receive(ws, session, engine, settings)),
              asyncio.create_task(_send(ws, session, settings.stream_stall_timeout))}
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -132,8 +132,9 @@ async def _serve(ws: WebSocket, session: Session, engine: Engine, settings: Sett
     return next(iter(done)).result()
 
 
-async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout: float) -> tuple[int, str] | None:
+async def _receive(ws: WebSocket, session: Session, engine: Engine, settings: Settings) -> tuple[int, str] | None:
     """Commands in; any bad one gets an `error` event and the stream goes on."""
+    idle_timeout = settings.stream_idle_timeout
     while True:
         try:
             message = await asyncio.wait_for(ws.receive(), idle_timeout)
@@ -143,7 +144,7 @@ async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout
             return None
         text = message.get("text")
         try:
-            if (verdict := guard.screen(ws, message, ws.app.state.settings)) is not None:  # size, rate
+            if (verdict := guard.screen(ws, message, settings)) is not None:  # size, rate
                 return verdict
             if text is None:
                 raise ProtocolError("commands are JSON text messages, not binary")
@@ -151,7 +152,8 @@ async def _receive(ws: WebSocket, session: Session, engine: Engine, idle_timeout
             session.apply(parse_command(text, width, height))
         except ProtocolError as exc:
             session.send_event("error", message=str(exc))
-        engine.wake()
+            continue
+        engine.wake()  # a rejected command changes nothing: no tick to plan for it
 
 
 async def _send(ws: WebSocket, session: Session, stall_timeout: float) -> tuple[int, str] | None:
