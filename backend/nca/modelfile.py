@@ -1,7 +1,7 @@
 """The model file: one safetensors file with weights, target and metadata (docs/model-format.md).
 
 Loading never unpickles: safetensors holds raw tensors and a JSON header only. A SHA-256 of the
-tensor contents in the header catches files altered after they were written.
+metadata and tensor contents in the header catches files altered after they were written.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def _weights(model: NCA) -> dict[str, torch.Tensor]:
     }
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def _digest(tensors: dict[str, torch.Tensor], info_json: str) -> str:
+    """SHA-256 of the `info` JSON and every tensor: any edit to the weights or the metadata shows."""
+    h = hashlib.sha256(info_json.encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(name.encode())
@@ -87,11 +88,12 @@ def to_bytes(mf: ModelFile) -> bytes:
         tensors[_OPTIMIZER_PREFIX + name] = t.detach().float().cpu().contiguous()
     info = asdict(mf.info)
     info.update(channels=mf.model.channels, hidden=mf.model.hidden, fire_rate=mf.model.fire_rate)
+    info_json = json.dumps(info, sort_keys=True)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "info": json.dumps(info, sort_keys=True),
-        "sha256": _digest(tensors),
+        "info": info_json,
+        "sha256": _digest(tensors, info_json),
     }
     return st_save(tensors, metadata=metadata)
 
@@ -123,7 +125,7 @@ def from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> ModelFi
         tensors = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise ModelFileError(f"model file is corrupt: {exc}") from exc
-    if _digest(tensors) != meta.get("sha256"):
+    if _digest(tensors, meta.get("info", "")) != meta.get("sha256"):
         raise ModelFileError("model file checksum mismatch: the file was corrupted or altered")
     try:
         raw = json.loads(meta["info"])

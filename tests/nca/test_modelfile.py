@@ -75,6 +75,14 @@ def test_tampered_weights_are_rejected():
         modelfile.from_bytes(bytes(data))
 
 
+def test_tampered_metadata_is_rejected():
+    data = modelfile.to_bytes(trained_like_model())
+    forged = data.replace(b'\\"fire_rate\\": 0.4', b'\\"fire_rate\\": 0.9')  # same length, header still valid
+    assert forged != data and modelfile.read_metadata(forged)
+    with pytest.raises(ModelFileError, match="checksum"):
+        modelfile.from_bytes(forged)
+
+
 @pytest.mark.parametrize("data", [b"", b"12345678", b"\xff" * 64, b"PK\x03\x04 a pickle in a zip"],
                          ids=["empty", "short", "garbage", "zip"])
 def test_corrupt_files_are_rejected_with_a_clear_error(data):
