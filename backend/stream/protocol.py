@@ -35,13 +35,20 @@ class ProtocolError(ValueError):
     """Bad client input; the message says what to fix and goes back as an `error` event."""
 
 
+def _finite(value: int | float) -> bool:
+    """Whether a JSON number is a finite float (a 400-digit JSON integer is not: float() overflows)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _number(value: Any, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ProtocolError(f"{name} must be a number")
-    value = float(value)
-    if not math.isfinite(value) or not low <= value <= high:
+    if not _finite(value) or not low <= value <= high:
         raise ProtocolError(f"{name} must be between {low:g} and {high:g}")
-    return value
+    return float(value)
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
@@ -56,7 +63,7 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
 
 def _angle(value: Any) -> float:
     """Degrees, any finite number, normalised to [0, 360)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise ProtocolError("angle must be a finite number (degrees)")
     return float(value) % 360.0
 

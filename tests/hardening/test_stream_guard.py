@@ -159,10 +159,11 @@ def test_command_rate_cap_then_flood_close(guarded: Service) -> None:
 
 
 def fuzz_messages(rng: random.Random, count: int) -> list[str | bytes]:
-    """Malformed JSON, wrong types, odd values, valid commands out of range, binary and random bytes."""
+    """Malformed JSON, wrong types, odd values (10**400: no float holds it), valid commands out of range, binary
+    and random bytes."""
     words = ["cmd", "x", "y", "r", "fps", "steps_per_frame", "angle", "reset", "seed", "erase", "pause", "play",
              "speed", "rotate", "step", "", "null", "__proto__"]
-    values = [None, True, False, 0, -1, 1, 2**31, -(2**63), 1e308, -1e-308, 0.5, "", "NaN", [], {}, [1, 2],
+    values = [None, True, False, 0, -1, 1, 2**31, -(2**63), 10**400, 1e308, -1e-308, 0.5, "", "NaN", [], {}, [1, 2],
               {"cmd": "seed"}, "x" * 50, "\u202e\u0000\udbff"[:2]]
     out: list[str | bytes] = []
     for _ in range(count):

@@ -108,6 +108,8 @@ def test_bad_commands_get_errors_and_the_stream_goes_on(server: StreamServer) ->
         ('{"cmd": "rotate", "angle": "left"}', "angle must be a finite number"),
         ('{"cmd": "rotate", "angle": 1e999}', "angle must be"),  # JSON Infinity
         ("[" * 1000, "nested too deeply"),  # short, but deeper than the JSON parser recurses
+        ('{"cmd": "erase", "x": 1%s, "y": 0, "r": 1}' % ("0" * 400), "x must be between 0 and 40"),  # > float
+        ('{"cmd": "rotate", "angle": 1%s}' % ("0" * 400), "angle must be a finite number"),
         ('{"cmd": "pause", "pad": "' + "é" * 600 + '"}', "command too long"),  # 626 characters, 1226 bytes
     ]
 
