@@ -106,6 +106,9 @@ async def stream(ws: WebSocket) -> None:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} is unreadable: {exc}")
     except REDIS_DOWN_ERRORS:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, "the model store (Redis) is unavailable; try again later")
+    except Exception:  # e.g. a garbled version in the store: still a documented close, not a dropped connection
+        log.exception("could not open a stream of model %s", params.model)
+        return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} could not be loaded")
     if (refusal := guard.opened(ws, engine, session, settings)) is not None:  # streams per client
         engine.close(session)
         return await _refuse(ws, *refusal)

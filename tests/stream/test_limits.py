@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import uuid
 
 import pytest
 import websockets
 
+from backend.storage.connection import connect
+from backend.storage.embedded_redis import EmbeddedRedis
+from backend.storage.jobs import job_key
 from backend.stream import protocol
 from tests.stream.client import watch
 from tests.stream.conftest import RANDOM, StreamServer
@@ -37,6 +41,20 @@ def test_unknown_model_is_closed_with_4404(server: StreamServer) -> None:
     assert "unknown model 'example-nope'" in message and reason == message
     message, code, _ = asyncio.run(refused(server.url("0123456789abcdef0123456789abcdef")))  # a job id, no job
     assert code == 4404
+
+
+def test_a_model_the_store_cannot_describe_is_closed_with_1011(server: StreamServer,
+                                                               redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url)
+    job_id = uuid.uuid4().hex
+    try:
+        client.hset(job_key(job_id), "model_version", "garbled")  # a job whose checkpoint version is unreadable
+        message, code, reason = asyncio.run(refused(server.url(job_id)))
+    finally:
+        client.delete(job_key(job_id))
+        client.close()
+    assert code == protocol.CLOSE_SERVER_ERROR == 1011
+    assert f"model '{job_id}' could not be loaded" in message and reason == message
 
 
 @pytest.mark.parametrize(("query", "expected"), [
