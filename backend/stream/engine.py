@@ -208,7 +208,7 @@ class Engine:
                         continue
                     session.state = batch[i : i + 1]
                     session.frame, session.step = work.header[0] + 1, work.header[1]
-                    session.offer_frame(frames[i].tobytes())
+                    session.offer_frame(frames[i])
 
     async def _sleep_until_due(self, now: float) -> None:
         playing = [s.next_due for s in self.sessions if not s.paused]
@@ -249,9 +249,9 @@ class Engine:
             group.work.sort(key=lambda w: -w.steps)
         return list(groups.values())
 
-    def _compute(self, groups: list[_Group]) -> list[tuple[torch.Tensor, np.ndarray] | None]:
+    def _compute(self, groups: list[_Group]) -> list[tuple[torch.Tensor, list[bytes]] | None]:
         """Worker thread: each group's batch and frames, or None for a group that failed."""
-        results: list[tuple[torch.Tensor, np.ndarray] | None] = []
+        results: list[tuple[torch.Tensor, list[bytes]] | None] = []
         with torch.inference_mode():
             for group in groups:
                 try:
@@ -263,7 +263,7 @@ class Engine:
         return results
 
 
-def _compute_group(group: _Group) -> tuple[torch.Tensor, np.ndarray]:
+def _compute_group(group: _Group) -> tuple[torch.Tensor, list[bytes]]:
     """Edits, one batched step per CA step, then the frames with their headers."""
     _, height, width = group.shape
     states = [_edited(w.state, w.edits, group.shape) for w in group.work]
@@ -307,11 +307,12 @@ def _edited(state: torch.Tensor, edits: list[Command], shape: tuple[int, int, in
     return state
 
 
-def _frames(x: torch.Tensor, headers: list[tuple[int, int]], width: int, height: int) -> np.ndarray:
-    """(B, 16 + H*W*4) uint8: each row is one whole binary message, header then RGBA8 pixels."""
+def _frames(x: torch.Tensor, headers: list[tuple[int, int]], width: int, height: int) -> list[bytes]:
+    """One whole binary message per state, header then RGBA8 pixels; made here, in the worker thread,
+    so the event loop only hands them out."""
     pixels = rgba8(x).reshape(len(headers), -1)  # the whole batch in one conversion
     out = np.empty((len(headers), HEADER.size + pixels.shape[1]), dtype=np.uint8)
     for i, (frame, step) in enumerate(headers):
         HEADER.pack_into(out[i], 0, frame & 0xFFFFFFFF, step & 0xFFFFFFFF, width, height, FLAGS)
     out[:, HEADER.size :] = pixels
-    return out
+    return [row.tobytes() for row in out]

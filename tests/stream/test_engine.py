@@ -75,7 +75,7 @@ def test_a_plan_keeps_the_grid_it_was_made_for() -> None:
         assert await engine.reload("m", store.version)  # between planning and computing
         [(batch, frames)] = engine._compute(plan)
         assert batch.shape == (1, 16, 48, 40)
-        assert HEADER.unpack_from(frames[0].tobytes())[2:4] == (40, 48)
+        assert HEADER.unpack_from(frames[0])[2:4] == (40, 48)
 
     asyncio.run(scenario())
 
