@@ -1,4 +1,5 @@
-"""The engine in-process (no sockets): the ticker's plan against a checkpoint swapped in under it.
+"""The engine in-process (no sockets): checkpoints swapped in under the ticker or a load, model registration,
+a failing model, and when speed and play take effect.
 
 The models are real model files read through `fetch`, as the service reads them from the catalog.
 """
