@@ -12,19 +12,10 @@ import torch
 
 from . import modelfile
 from .distill import DistillFormatError, import_distill
+from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
 from .target import TARGET_PADDING, TARGET_SIZE, TargetError, TargetOptions, load_target
 from .train import EXPERIMENTS, PRESETS, Progress, TrainConfig, Trainer, TrainingFailed
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:

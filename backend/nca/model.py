@@ -37,6 +37,17 @@ def depthwise_filters(channels: int, angle: float = 0.0) -> torch.Tensor:
     return perception_kernels(angle).repeat(channels, 1, 1)[:, None]
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA if torch sees it, else Apple's MPS, else the CPU; any other name as given."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def alive_mask(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) bool: some alpha in the cell's 3x3 neighbourhood is above the threshold."""
     return F.max_pool2d(x[:, 3:4], kernel_size=3, stride=1, padding=1) > ALIVE_THRESHOLD

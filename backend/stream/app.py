@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request, WebSocket
 from redis.exceptions import RedisError
 
 from backend.config import Settings, get_settings
-from backend.nca.cli import pick_device
+from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound

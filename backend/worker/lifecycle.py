@@ -14,6 +14,7 @@ import torch
 from celery import signals
 
 from backend.config import get_settings
+from backend.nca.model import pick_device
 from backend.storage import workers
 
 from . import tasks
@@ -66,7 +67,7 @@ def _start_heartbeat(**_: object) -> None:
     global _heartbeat
     if get_settings().torch_threads:
         torch.set_num_threads(get_settings().torch_threads)
-    device = str(tasks.pick_device(get_settings().device))
+    device = str(pick_device(get_settings().device))
     log.info("worker %s ready; training on %s", tasks.WORKER_ID, device)
     _heartbeat = Heartbeat(device)
     _heartbeat.start()

@@ -19,6 +19,7 @@ import torch
 
 from backend.config import Settings, get_settings
 from backend.nca import TrainConfig, Trainer, TrainingFailed
+from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect, text
@@ -38,12 +39,6 @@ MAX_WORKERS_LOST = 20  # a job whose worker keeps dying (e.g. killed for memory)
 @lru_cache
 def job_store() -> JobStore:
     return JobStore(connect(get_settings().redis_url))
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 class Lease(threading.Thread):
