@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .render import upscale
+
 TARGET_SIZE = 40  # longer side of the target after thumbnailing, in cells
 TARGET_PADDING = 16  # empty cells around the target on every side
 MIN_TARGET_SIZE, MAX_TARGET_SIZE = 8, 128
@@ -96,12 +98,12 @@ def load_target(source: bytes | str | Path, options: TargetOptions = TargetOptio
     return prepare_target(open_image(source, max_pixels), options)
 
 
-def target_to_png(target: torch.Tensor) -> bytes:
-    """The premultiplied RGBA target as an (un-premultiplied) RGBA PNG."""
+def target_to_png(target: torch.Tensor, scale: int = 1) -> bytes:
+    """The premultiplied RGBA target as an (un-premultiplied) RGBA PNG, each cell `scale` pixels wide."""
     rgba = target.detach().float().cpu().clamp(0, 1).clone()
     alpha = rgba[3:4]
     rgba[:3] = torch.where(alpha > 0, rgba[:3] / alpha.clamp_min(1e-6), torch.zeros_like(rgba[:3])).clamp(0, 1)
     array = (rgba.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(array, "RGBA").save(buf, format="PNG")
+    upscale(array, scale).save(buf, format="PNG")
     return buf.getvalue()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import random
 import threading
@@ -16,13 +15,12 @@ import numpy as np
 import torch
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from PIL import Image
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.config import Settings
 from backend.nca.modelfile import from_bytes
-from backend.nca.render import growth_frames, png_bytes, upscale
+from backend.nca.render import growth_frames, png_bytes
 from backend.nca.target import TargetOptions, load_target, target_to_png
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import JobNotFound, JobStore, new_job_id
@@ -174,14 +172,10 @@ PNG = {200: {"content": {"image/png": {}}}, **ERRORS}
 @router.get("/{job_id}/target.png", response_class=Response, responses=PNG, summary="The processed target image")
 def target_png(job_id: JobIdDep, store: StoreDep, scale: Scale = 1) -> Response:
     try:
-        png = target_to_png(store.target(job_id))
+        target = store.target(job_id)
     except JobNotFound:
         raise HTTPException(404, f"no job with id {job_id}") from None
-    if scale > 1:
-        buf = io.BytesIO()
-        upscale(np.asarray(Image.open(io.BytesIO(png))), scale).save(buf, format="PNG")
-        png = buf.getvalue()
-    return Response(png, media_type="image/png")
+    return Response(target_to_png(target, scale), media_type="image/png")
 
 
 _previews: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # (job id, model version) -> last frame
