@@ -56,8 +56,12 @@ def alive_mask(x: torch.Tensor) -> torch.Tensor:
 def make_seed(height: int, width: int, channels: int = CHANNELS, batch: int = 1,
               device: torch.device | str = "cpu") -> torch.Tensor:
     """All zeros but the centre cell, whose alpha and hidden channels are 1 (RGB stays 0)."""
-    x = torch.zeros(batch, channels, height, width, device=device)
-    x[:, 3:, height // 2, width // 2] = 1.0
+    return plant_seed(torch.zeros(batch, channels, height, width, device=device), width // 2, height // 2)
+
+
+def plant_seed(x: torch.Tensor, cx: int, cy: int) -> torch.Tensor:
+    """Make cell (cx, cy) a seed cell in place (alpha and hidden channels 1); returns x."""
+    x[:, 3:, cy, cx] = 1.0
     return x
 
 

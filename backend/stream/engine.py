@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from backend.nca.fast import step_batch
-from backend.nca.model import NCA, erase_circle, make_seed
+from backend.nca.model import NCA, erase_circle, make_seed, plant_seed
 from backend.nca.modelfile import ModelInfo, from_bytes
 from backend.nca.render import rgba8
 
@@ -301,7 +301,7 @@ def _edited(state: torch.Tensor, edits: list[Command], shape: tuple[int, int, in
         if edit.cmd == "reset":
             state = make_seed(height, width, channels, device=state.device)
         elif edit.cmd == "seed":
-            state[:, 3:, int(edit.y), int(edit.x)] = 1.0  # as make_seed's centre cell
+            plant_seed(state, int(edit.x), int(edit.y))
         elif edit.cmd == "erase":
             erase_circle(state, edit.x, edit.y, edit.r)
     return state
