@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,8 +17,8 @@ import torch
 from PIL import Image
 
 from backend.storage.embedded_redis import EmbeddedRedis, start_redis
+from tests.helpers import REPO_ROOT, stop_process
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"
 DISTILL_MODELS = SHARED / "reference" / "distill-webgl-models"
 
@@ -95,13 +94,7 @@ class Worker:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)  # SIGTERM: a warm shutdown that checkpoints the job
         self.log.close()
 
     def kill9(self) -> None:
