@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
+from backend.nca.fast import grow  # noqa: E402
 from backend.nca.model import make_seed, to_rgb, to_rgba  # noqa: E402
 from backend.nca.target import TargetOptions, load_target  # noqa: E402
 from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
@@ -55,7 +56,7 @@ def main() -> None:
             print(f"{time.perf_counter() - start:.1f},{trainer.iteration},{loss:.5f}", flush=True)
     with torch.no_grad():
         g = torch.Generator().manual_seed(0)
-        x = trainer.model.grow(make_seed(trainer.height, trainer.width, batch=8), config.max_steps, generator=g)
+        x = grow(trainer.model, make_seed(trainer.height, trainer.width, batch=8), config.max_steps, generator=g)
         loss = (to_rgba(x) - trainer.target).pow(2).mean().item()
         mse = (to_rgb(x) - to_rgb(trainer.target[None])).pow(2).mean().item()
     if args.out:

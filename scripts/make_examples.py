@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
+from backend.nca.fast import grow  # noqa: E402
 from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402
 from backend.nca.target import TargetOptions, load_target  # noqa: E402
 from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
@@ -127,13 +128,13 @@ def evaluate(name: str, samples: int = 8, path: Path | None = None) -> str:
     mf = modelfile.load(path or ROOT / "models" / f"{name}.safetensors")
     h, w = mf.info.grid_height, mf.info.grid_width
     g = torch.Generator().manual_seed(0)
-    x = mf.model.grow(make_seed(h, w, batch=samples), int(RECIPE["max_steps"]), generator=g)
+    x = grow(mf.model, make_seed(h, w, batch=samples), int(RECIPE["max_steps"]), generator=g)
     grown = quality(x, mf.target)
-    x = mf.model.grow(x, 300 - int(RECIPE["max_steps"]), generator=g)
+    x = grow(mf.model, x, 300 - int(RECIPE["max_steps"]), generator=g)
     at300 = quality(x, mf.target)
-    persisted = quality(mf.model.grow(x, 700, generator=g), mf.target)
+    persisted = quality(grow(mf.model, x, 700, generator=g), mf.target)
     erase_circle(x, w / 2, h / 2, min(h, w) / 5)  # the CLI's default damage: a fifth of the grid
-    regrown = quality(mf.model.grow(x, 700, generator=g), mf.target)
+    regrown = quality(grow(mf.model, x, 700, generator=g), mf.target)
     return (f"{name}: {mf.info.iterations} iterations; loss {grown[0]:.4f} (PSNR {grown[1]:.1f} dB) after "
             f"{RECIPE['max_steps']} steps, {at300[0]:.4f} ({at300[1]:.1f} dB) after 300, {persisted[0]:.4f} "
             f"({persisted[1]:.1f} dB) after 1000; erased at 300 (radius {min(h, w) / 5:.1f}): {regrown[0]:.4f} "

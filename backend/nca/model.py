@@ -122,13 +122,6 @@ class NCA(nn.Module):
         post_alive = alive_mask(x)
         return x * (pre_alive & post_alive)
 
-    def grow(self, x: torch.Tensor, steps: int, angle: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """`steps` steps without gradients, through the exact fast path; returns a new tensor."""
-        from .fast import step_batch  # fast.py builds on this module
-
-        return step_batch(self, x, angle, generator=generator, steps=steps)
-
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
