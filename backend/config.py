@@ -29,7 +29,8 @@ class Settings(BaseSettings):
 
     checkpoint_every: int = 100  # training iterations between checkpoints
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # decoded width x height; more is refused as a decompression bomb
+    # Decoded width x height; more is refused as a decompression bomb. None: the core's MAX_IMAGE_PIXELS (40 million).
+    max_image_pixels: int | None = None
     max_iterations: int = 20_000
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 

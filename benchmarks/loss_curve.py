@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
 from backend.nca.fast import grow  # noqa: E402
+from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import make_seed, to_rgb, to_rgba  # noqa: E402
-from backend.nca.target import TargetOptions, load_target  # noqa: E402
-from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from backend.nca.target import load_target  # noqa: E402
+from backend.nca.train import PRESETS, Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -41,9 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
-    target = load_target(args.image, TargetOptions(int(preset["size"]), int(preset["padding"])))
-    config = TrainConfig.from_dict({**preset, "experiment": args.experiment, "seed": args.seed})
+    spec = JobSpec.from_options({**PRESETS[args.preset], "experiment": args.experiment, "seed": args.seed})
+    target, config = load_target(args.image, spec.target), spec.train
     trainer = Trainer(target, config)
     print(f"# {args.preset} on {args.image.name}: grid {trainer.height}x{trainer.width}, {config.iterations} "
           f"iterations, steps {config.min_steps}-{config.max_steps - 1}; torch {torch.__version__}, "

@@ -33,14 +33,15 @@ sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
 from backend.nca.fast import grow  # noqa: E402
+from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402
-from backend.nca.target import TargetOptions, load_target  # noqa: E402
-from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from backend.nca.target import load_target  # noqa: E402
+from backend.nca.train import PRESETS, Trainer  # noqa: E402
 
 CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-aliased
 PNG_SIZE = 128
 PREVIEW = PRESETS["preview"]
-TARGET_SIZE, PADDING = int(PREVIEW["size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
+TARGET_SIZE, PADDING = int(PREVIEW["target_size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
 # The preview recipe's grid and steps, trained longer (the lr drops at 1400), regenerating.
 RECIPE = {**PREVIEW, "experiment": "regenerating", "iterations": 2000, "lr_decay_at": 1400, "checkpoint_every": 250}
 
@@ -91,10 +92,10 @@ def draw(name: str, out_dir: Path = ROOT / "models") -> Path:
 
 def train(name: str, iterations: int | None = None, out_dir: Path = ROOT / "models") -> Path:
     png = draw(name, out_dir)
-    options = TargetOptions(TARGET_SIZE, PADDING)
-    config = TrainConfig.from_dict({**RECIPE, "seed": EXAMPLES[name][1],
-                                    **({"iterations": iterations} if iterations else {})})
-    trainer = Trainer(load_target(png, options), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
+    spec = JobSpec.from_options({**RECIPE, "name": name, "seed": EXAMPLES[name][1],
+                                 **({"iterations": iterations} if iterations else {})})
+    config = spec.train
+    trainer = Trainer(load_target(png, spec.target), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
     out = out_dir / f"{name}.safetensors"
     log_dir = ROOT / "artifacts" / "examples" if out_dir == ROOT / "models" else out_dir
     log_path = log_dir / f"{name}.csv"

@@ -11,8 +11,9 @@ import torch
 
 from .model import NCA, PERCEPTION_FILTERS
 from .modelfile import ModelFile, ModelInfo
+from .target import PAPER_GRID
 
-DISTILL_GRID = 72  # the article's demo grid
+DISTILL_GRID = PAPER_GRID  # the article's demo plays on the paper's grid
 
 
 class DistillFormatError(ValueError):

@@ -19,7 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .model import NCA, PERCEPTION_FILTERS
+from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PERCEPTION_FILTERS
+from .target import PAPER_GRID
 
 FORMAT_NAME = "growing-nca"
 FORMAT_VERSION = "1"
@@ -35,11 +36,11 @@ class ModelFileError(ValueError):
 class ModelInfo:
     """Everything a model file says besides the weights."""
 
-    channels: int = 16
-    hidden: int = 128
-    fire_rate: float = 0.5
-    grid_height: int = 72  # the grid the model is meant to grow on (target + padding)
-    grid_width: int = 72
+    channels: int = CHANNELS
+    hidden: int = HIDDEN
+    fire_rate: float = FIRE_RATE
+    grid_height: int = PAPER_GRID  # the grid the model is meant to grow on (target + padding)
+    grid_width: int = PAPER_GRID
     target_size: int | None = None  # max side the target image was thumbnailed to
     padding: int | None = None
     experiment: str | None = None
