@@ -51,6 +51,11 @@ class ModelInfo:
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelInfo:
+        """From a file's `info` JSON; fields this version does not know are left out."""
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
 
 @dataclass
 class ModelFile:
@@ -129,9 +134,7 @@ def from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> ModelFi
     if _digest(tensors, meta.get("info", "")) != meta.get("sha256"):
         raise ModelFileError("model file checksum mismatch: the file was corrupted or altered")
     try:
-        raw = json.loads(meta["info"])
-        known = {k: raw[k] for k in ModelInfo.__dataclass_fields__ if k in raw}
-        info = ModelInfo(**known)
+        info = ModelInfo.from_dict(json.loads(meta["info"]))
         channels, hidden = int(info.channels), int(info.hidden)
         # Checked before building the model: the header's sizes must not decide what we allocate.
         expected = {

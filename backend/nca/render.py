@@ -60,8 +60,8 @@ def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 
     """RGB frames of growth from the seed: step 0, every `every` steps, and always step `steps`.
 
     `damage` is (x, y, radius) in cells, erased after `damage_at` steps. Steps go through the
-    fast path (`fast.grow`, ~10x quicker than the dense rule on a growing pattern): the API's
-    previews and the CLI's videos are drawn per request.
+    fast path (`fast.grow`, ~10x quicker than the dense rule on a growing pattern): the CLI's
+    videos are drawn on demand.
     """
     device = next(model.parameters()).device
     x = make_seed(height, width, model.channels, device=device)
@@ -74,3 +74,10 @@ def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 
             if step % every == 0 or step == steps:
                 frames.append(rgb8(x))
     return frames
+
+
+def grown_frame(model: NCA, height: int, width: int, steps: int, seed: int = 0) -> np.ndarray:
+    """The RGB frame after `steps` steps of growth from the seed, the same picture for the same `seed`."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    return rgb8(grow(model, make_seed(height, width, model.channels, device=device), steps, generator=generator))

@@ -54,7 +54,7 @@ class TrainConfig:
     min_steps: int = option(64, "CA steps per iteration, at least", ge=1, le=256)  # uniform in [min, max)
     max_steps: int = option(96, "CA steps per iteration, below this", ge=2, le=512)
     lr: float = option(2e-3, "Adam learning rate", gt=0, le=0.1)
-    lr_decay_at: int = option(2000, "iteration from which the learning rate is lr_decay times lower", ge=0)
+    lr_decay_at: int = option(2000, "iteration from which the learning rate drops by lr_decay (10x by default)", ge=0)
     lr_decay: float = option(0.1, "learning-rate factor from lr_decay_at on", gt=0, api=False)
     use_pool: bool | None = None  # None: as the experiment says
     damage_count: int | None = option(None, "samples damaged per iteration (default: as the experiment says)",

@@ -1,7 +1,8 @@
 """Every model the stream can play: shipped examples in models/ and the jobs' checkpoints in Redis.
 
 Model ids: `example-<file stem>` for `models/<stem>.safetensors`; a job's model id is its job id.
-After a checkpoint is stored the worker publishes on `nca:checkpoints` (see `publish_checkpoint`).
+The examples are read from this machine's disk, so they are listed even while Redis is down.
+Each new checkpoint is announced on CHECKPOINT_CHANNEL (by the job store, backend.storage.jobs).
 """
 
 from __future__ import annotations
@@ -10,20 +11,18 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import redis
 from pydantic import BaseModel
 
-from backend.nca.modelfile import ModelFileError, read_metadata
+from backend.nca.modelfile import ModelFileError, ModelInfo, read_metadata
 
-from .connection import text
-from .jobs import JOBS_KEY, Job, is_job_id, job_key
+from .jobs import CHECKPOINT_CHANNEL, Job, JobStore, is_job_id
 
-CHECKPOINT_CHANNEL = "nca:checkpoints"
+__all__ = ["CHECKPOINT_CHANNEL", "EXAMPLE_PREFIX", "ModelCatalog", "ModelEntry", "ModelNotFound"]
+
 EXAMPLE_PREFIX = "example-"
 _HEADER_LIMIT = 1_000_000  # bytes of safetensors header read to list an example
-# What a job's model entry is made of (plus what Job requires): reading whole records would parse every loss history.
-_ENTRY_FIELDS = ("id", "name", "status", "total", "created_at", "options", "grid_height", "grid_width",
-                 "model_version", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at")
+# What a job's model entry is made of: reading whole records would parse every loss history.
+_ENTRY_FIELDS = ("model_version", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at")
 
 
 class ModelNotFound(KeyError):
@@ -44,22 +43,23 @@ class ModelEntry(BaseModel):
     updated_at: float  # unix seconds
 
 
-def publish_checkpoint(client: redis.Redis, model_id: str, version: int, iteration: int, status: str) -> None:
-    """Tell stream services that `model_id` has a new checkpoint (or a new status)."""
-    message = {"model_id": model_id, "version": version, "iteration": iteration, "status": status}
-    client.publish(CHECKPOINT_CHANNEL, json.dumps(message))
-
-
 class ModelCatalog:
-    def __init__(self, redis_client: redis.Redis, models_dir: str | Path):
-        self.client, self.models_dir = redis_client, Path(models_dir)
+    def __init__(self, jobs: JobStore, models_dir: str | Path):
+        self.jobs, self.models_dir = jobs, Path(models_dir)
 
     def list_models(self) -> list[ModelEntry]:
         """Examples (by name), then jobs with at least one checkpoint, newest first."""
-        entries = [entry for path in sorted(self.models_dir.glob("*.safetensors"))
-                   if (entry := self._example_entry(path)) is not None]
-        jobs = self._jobs([text(j) for j in self.client.zrevrange(JOBS_KEY, 0, -1)])
-        return entries + [self._job_entry(job) for job in jobs if job.model_version > 0]
+        return self.examples() + self.job_models()
+
+    def examples(self) -> list[ModelEntry]:
+        """The shipped examples, by name (from disk only)."""
+        return [entry for path in sorted(self.models_dir.glob("*.safetensors"))
+                if (entry := self._example_entry(path)) is not None]
+
+    def job_models(self) -> list[ModelEntry]:
+        """Jobs with at least one checkpoint, newest first (from Redis)."""
+        jobs = self.jobs.summaries(self.jobs.ids(), _ENTRY_FIELDS)
+        return [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:
         if model_id.startswith(EXAMPLE_PREFIX):
@@ -67,20 +67,10 @@ class ModelCatalog:
             if entry is None:
                 raise ModelNotFound(model_id)
             return entry
-        jobs = self._jobs([model_id]) if is_job_id(model_id) else []
+        jobs = self.jobs.summaries([model_id], _ENTRY_FIELDS) if is_job_id(model_id) else []
         if not jobs or jobs[0].model_version == 0:
             raise ModelNotFound(model_id)
         return self._job_entry(jobs[0])
-
-    def _jobs(self, job_ids: list[str]) -> list[Job]:
-        """The records of the jobs that exist, with only the fields a model entry needs (no loss history)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(job_key(job_id), _ENTRY_FIELDS)
-            rows = pipe.execute()
-        records = ({name: value for name, value in zip(_ENTRY_FIELDS, row, strict=True) if value is not None}
-                   for row in rows)
-        return [Job.from_hash(record) for record in records if record]
 
     def get_model_bytes(self, model_id: str) -> bytes:
         if model_id.startswith(EXAMPLE_PREFIX):
@@ -89,7 +79,7 @@ class ModelCatalog:
                 return path.read_bytes()
             except OSError:
                 raise ModelNotFound(model_id) from None
-        data = self.client.get(job_key(model_id, "model")) if is_job_id(model_id) else None
+        data = self.jobs.checkpoint(model_id) if is_job_id(model_id) else None
         if data is None:
             raise ModelNotFound(model_id)
         return data
@@ -100,10 +90,10 @@ class ModelCatalog:
                 return self._example_path(model_id).stat().st_mtime_ns // 1_000_000
             except OSError:
                 raise ModelNotFound(model_id) from None
-        version = self.client.hget(job_key(model_id), "model_version") if is_job_id(model_id) else None
-        if version is None or int(version) == 0:
+        version = self.jobs.model_version(model_id) if is_job_id(model_id) else 0
+        if version == 0:
             raise ModelNotFound(model_id)
-        return int(version)
+        return version
 
     def _example_path(self, model_id: str) -> Path:
         stem = model_id.removeprefix(EXAMPLE_PREFIX)
@@ -117,23 +107,23 @@ class ModelCatalog:
             with path.open("rb") as f:
                 head = f.read(8)
                 header_len = int.from_bytes(head, "little") if len(head) == 8 else 0
-                info = json.loads(read_metadata(head + f.read(min(header_len, _HEADER_LIMIT)))["info"])
+                raw = json.loads(read_metadata(head + f.read(min(header_len, _HEADER_LIMIT)))["info"])
+            info = ModelInfo.from_dict(raw)
             stat = path.stat()
-        except (OSError, ModelFileError, KeyError, ValueError):
+        except (OSError, ModelFileError, KeyError, ValueError, TypeError):
             return None
         return ModelEntry(
-            id=EXAMPLE_PREFIX + path.stem, name=info.get("name") or path.stem, source="example", status="ready",
-            experiment=info.get("experiment"), grid_height=int(info.get("grid_height", 72)),
-            grid_width=int(info.get("grid_width", 72)), iterations=int(info.get("iterations", 0)),
-            loss=info.get("final_loss"), version=stat.st_mtime_ns // 1_000_000, updated_at=stat.st_mtime,
+            id=EXAMPLE_PREFIX + path.stem, name=info.name or path.stem, source="example", status="ready",
+            experiment=info.experiment, grid_height=int(info.grid_height), grid_width=int(info.grid_width),
+            iterations=int(info.iterations), loss=info.final_loss, version=stat.st_mtime_ns // 1_000_000,
+            updated_at=stat.st_mtime,
         )
 
     @staticmethod
     def _job_entry(job: Job) -> ModelEntry:
         return ModelEntry(
-            id=job.id, name=job.name, source="job", status=job.status, experiment=job.options.get("experiment"),
+            id=job.id, name=job.name, source="job", status=job.status, experiment=job.spec.train.experiment,
             grid_height=job.grid_height, grid_width=job.grid_width, iterations=job.checkpoint_iteration or 0,
             loss=job.checkpoint_loss, version=job.model_version,
             updated_at=job.checkpoint_at or job.created_at,
         )
-

@@ -20,6 +20,7 @@ from backend.config import Settings, get_settings
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
+from backend.storage.jobs import JobStore
 from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound
 
 from . import guard
@@ -39,7 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.stream_torch_threads > 0:
         torch.set_num_threads(settings.stream_torch_threads)
     client = connect(settings.redis_url)
-    catalog = ModelCatalog(client, settings.models_dir)
+    catalog = ModelCatalog(JobStore(client), settings.models_dir)
 
     def fetch(model_id: str) -> tuple[bytes, int]:
         version = catalog.get_model_version(model_id)  # first: the bytes are then at least this new

@@ -3,35 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import numpy as np
 import torch
 
-from backend.nca import modelfile
+from backend.nca import JobSpec, modelfile
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import EmbeddedRedis
-from backend.storage.jobs import JobStore, job_key
-from backend.storage.models import publish_checkpoint
+from backend.storage.jobs import CHECKPOINT_CHANNEL, JobStore, job_key
 from backend.stream.app import _on_checkpoint
 from backend.stream.engine import Engine
 from tests.stream.client import watch
 from tests.stream.conftest import StreamServer, random_model
 
 
+def publish(client, job_id: str, version: int, iteration: int, status: str) -> None:
+    """An announcement on the channel by hand (an old, repeated or garbled one)."""
+    message = {"model_id": job_id, "version": version, "iteration": iteration, "status": status}
+    client.publish(CHECKPOINT_CHANNEL, json.dumps(message))
+
+
 def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, redis_server: EmbeddedRedis) -> None:
     client = connect(redis_server.url)
     jobs = JobStore(client)
     job_id, token = uuid.uuid4().hex, "lease-token"
-    jobs.create(job_id, "hot swap", {"experiment": "growing"}, 1000, torch.zeros(4, 32, 36))
+    jobs.create(job_id, JobSpec.from_options({"name": "hot swap", "experiment": "growing", "iterations": 1000}),
+                torch.zeros(4, 32, 36))
     assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
 
     def checkpoint(seed: int, iteration: int, height: int = 32, width: int = 36) -> int:
-        """What the worker does: store the model file (version += 1), then announce it."""
+        """What the worker does: store the model file (version += 1), which the store announces."""
         data = modelfile.to_bytes(random_model(seed, height=height, width=width, iterations=iteration))
-        version = jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
-        publish_checkpoint(client, job_id, version, iteration, "running")
-        return version
+        return jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
 
     assert checkpoint(1, 100) == 1
 
@@ -49,7 +54,7 @@ def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, r
             assert after.step > before.step  # the state carried on: no reset to the seed
             assert not np.array_equal(after.rgba, before.rgba)
             # An old or repeated announcement changes nothing.
-            await asyncio.to_thread(publish_checkpoint, client, job_id, 2, 200, "running")
+            await asyncio.to_thread(publish, client, job_id, 2, 200, "running")
             await v.quiet(0.5)
             assert not [e for e in v.events if e["type"] == "reloaded"]
             # A checkpoint with another grid cannot keep the state: the stream starts over on the new grid.
@@ -78,19 +83,18 @@ def test_a_checkpoint_that_cannot_be_read_does_not_stop_the_hot_swap(server: Str
     client = connect(redis_server.url)
     jobs = JobStore(client)
     job_id, token = uuid.uuid4().hex, "lease-token"
-    jobs.create(job_id, "bad version", {"experiment": "growing"}, 1000, torch.zeros(4, 32, 36))
+    jobs.create(job_id, JobSpec.from_options({"name": "bad version", "experiment": "growing", "iterations": 1000}),
+                torch.zeros(4, 32, 36))
     assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
 
     def checkpoint(seed: int, iteration: int) -> int:
         data = modelfile.to_bytes(random_model(seed, height=32, width=36, iterations=iteration))
-        version = jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
-        publish_checkpoint(client, job_id, version, iteration, "running")
-        return version
+        return jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
 
     def garbled() -> None:
         """A version the catalog cannot parse: reading the checkpoint fails with an unexpected error."""
         client.hset(job_key(job_id), "model_version", "garbled")
-        publish_checkpoint(client, job_id, 99, 150, "running")
+        publish(client, job_id, 99, 150, "running")
 
     checkpoint(1, 100)
 

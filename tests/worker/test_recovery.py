@@ -13,23 +13,25 @@ import torch
 from kombu.exceptions import OperationalError
 
 from backend.config import Settings
+from backend.nca import JobSpec
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import free_port
-from backend.storage.jobs import ACTIVE_KEY, JobStore, new_job_id
-from backend.worker.celery_app import QUEUE, TRAIN_TASK, make_celery
+from backend.storage.jobs import ACTIVE_KEY, JobStore, job_key, new_job_id
+from backend.storage.queue import QUEUE, TRAIN_TASK, make_sender
 from backend.worker.tasks import MAX_WORKERS_LOST, JobRun, Lease
 from tests.conftest import REPO_ROOT
 
 # Recovery as a worker's heartbeat runs it, with the job store on argv[1] and Celery's broker on REDIS_URL.
 RECOVER = """
 import sys
+from backend.config import get_settings
 from backend.storage.connection import connect
-from backend.storage.jobs import JobStore
-from backend.worker import lifecycle, tasks
-store = JobStore(connect(sys.argv[1]))
-tasks.job_store = lambda: store
+from backend.storage.shared import Storage
+from backend.worker import lifecycle
+from backend.worker.celery_app import make_celery
+storage = Storage(connect(sys.argv[1]), get_settings(), make_celery(get_settings()))
 try:
-    print("recovered", sorted(lifecycle.recover_orphans()))
+    print("recovered", sorted(lifecycle.recover_orphans(storage)))
 except Exception as exc:
     print("failed", type(exc).__name__)
 """
@@ -37,7 +39,7 @@ except Exception as exc:
 
 def test_sending_to_an_unreachable_broker_fails_fast() -> None:
     """The API answers 503 for OperationalError; a result backend used to retry ~20 s and raise RuntimeError."""
-    celery = make_celery(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    celery = make_sender(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     started = time.monotonic()
     with pytest.raises(OperationalError):
         celery.send_task(TRAIN_TASK, args=["0" * 32])
@@ -57,7 +59,8 @@ def test_a_failed_resend_keeps_every_recovered_job_for_the_next_round(redis_url:
     store = JobStore(connect(redis_url))
     jobs = sorted(new_job_id() for _ in range(3))
     for job_id in jobs:
-        store.create(job_id, "orphan", {"experiment": "growing"}, 100, torch.rand(4, 12, 12))
+        store.create(job_id, JobSpec.from_options({"name": "orphan", "experiment": "growing", "iterations": 100}),
+                     torch.rand(4, 12, 12))
         assert store.claim(job_id, "gone", 0.05, "cpu", "lost-worker") == "ok"  # a worker that then died
     time.sleep(0.2)  # its leases expire
 
@@ -76,9 +79,11 @@ def test_only_lost_workers_count_towards_giving_up(redis_url: str, tmp_path, los
     """Many shutdowns (deploys) used to fail a job too: the cap counted every start."""
     store = JobStore(connect(redis_url))
     job_id = new_job_id()
-    options = {"experiment": "growing", "iterations": 2, "batch_size": 1, "min_steps": 1, "max_steps": 2}
-    store.create(job_id, "restarted", options, 2, torch.rand(4, 12, 12))
-    store.update(job_id, attempts=3 * MAX_WORKERS_LOST, workers_lost=lost)
+    options = {"name": "restarted", "experiment": "growing", "iterations": 2, "batch_size": 1, "min_steps": 1,
+               "max_steps": 2}
+    store.create(job_id, JobSpec.from_options(options), torch.rand(4, 12, 12))
+    redis.Redis.from_url(redis_url).hset(job_key(job_id), mapping={"attempts": 3 * MAX_WORKERS_LOST,
+                                                                   "workers_lost": lost})  # as if it had happened
     assert store.claim(job_id, "t", 30, "cpu", "w") == "ok"
     settings = Settings(redis_url=redis_url, models_dir=tmp_path)
     with Lease(store, job_id, "t", 30) as lease:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from backend.nca.modelfile import from_bytes
-from backend.storage.workers import live_workers
-from backend.worker.celery_app import TRAIN_TASK
 from tests.conftest import wait_for
 
 
@@ -36,7 +34,7 @@ def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker
     assert any(it <= checkpoint for it, _ in done["loss_history"])  # the history before the kill is kept
     model = from_bytes(client.get(done["links"]["model_file"]).content)
     assert model.info.iterations == 500
-    assert [w["id"] for w in live_workers(client.app.state.redis)] == [done["worker"]]  # the killed one expired
+    assert [w["id"] for w in client.app.state.storage.workers.live()] == [done["worker"]]  # the killed one expired
 
 
 def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, start_worker, redis_url,
@@ -44,7 +42,7 @@ def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, star
     workers = [start_worker(redis_url, worker_models_dir) for _ in range(2)]
     job = submit(iterations=300)
     running = job_waiter(job["id"], lambda j: j["status"] == "running" and j["iteration"] > 0)
-    client.app.state.celery.send_task(TRAIN_TASK, args=[job["id"]])  # as if the broker delivered it again
+    client.app.state.storage.queue.send(job["id"])  # as if the broker delivered it again
     done = job_waiter(job["id"], lambda j: j["status"] == "succeeded", timeout=120)
     assert done["attempts"] == 1 and done["resumed_from"] == [] and done["worker"] == running["worker"]
 
