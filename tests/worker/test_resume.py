@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import redis
 from fastapi.testclient import TestClient
 
 from backend.nca.modelfile import from_bytes
+from backend.storage.queue import UNACKED_INDEX_KEY, UNACKED_KEY
 from tests.conftest import wait_for
 
 
@@ -35,6 +37,11 @@ def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker
     model = from_bytes(client.get(done["links"]["model_file"]).content)
     assert model.info.iterations == 500
     assert [w["id"] for w in client.app.state.storage.workers.live()] == [done["worker"]]  # the killed one expired
+    # The killed worker's Celery message was never acknowledged: recovery dropped it from the broker's
+    # unacked set (it used to stay there until the 2-day visibility timeout, one more per crash).
+    broker = redis.Redis.from_url(redis_url)
+    wait_for(lambda: broker.hlen(UNACKED_KEY) == 0 and broker.zcard(UNACKED_INDEX_KEY) == 0, timeout=30,
+             what="no unacknowledged message left")
 
 
 def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, start_worker, redis_url,
