@@ -8,24 +8,22 @@ request model, the command line its flags; the job store keeps `options()` as JS
 made with `spec.target`, as is. A spec is validated once, when it is built: the value types here,
 the bounds and the rules between fields in the dataclasses' `__post_init__`.
 
-Adding a job option touches: its field (with `option(...)`) in TrainConfig and the trainer code that
-uses it, its field in the form (frontend/index.html), and here SPEC_VERSION + 1 with a migration
-that gives the specs stored before it the option's default.
+Adding a job option touches: its field in TrainConfig, made with `option(..., since=<SPEC_VERSION + 1>)`,
+and the trainer code that uses it (backend/nca/train.py), and its field in the form (frontend/index.html).
+SPEC_VERSION follows (the highest `since`), and specs stored before it get the option's default.
 """
 
 from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from .options import Option, check_bounds, option, option_of
 from .target import TargetOptions
 from .train import TrainConfig
-
-SPEC_VERSION = 2  # of the stored form; 1 was the untyped options dict stored before JobSpec existed
 
 
 class SpecError(ValueError):
@@ -71,8 +69,8 @@ class JobSpec:
         if not 1 <= version <= SPEC_VERSION:
             raise SpecError(f"job spec version {version} is not one this code reads (1 to {SPEC_VERSION})")
         values = dict(options)
-        for step in range(version, SPEC_VERSION):
-            values = MIGRATIONS[step](values)
+        for older in range(version, SPEC_VERSION):
+            values = _migrate(values, older)
         return cls.from_options(values, complete=True)
 
     def pool_megabytes(self) -> float:
@@ -139,11 +137,13 @@ OPTIONS: tuple[OptionField, ...] = (*_collect(JobSpec, "job"), *_collect(TrainCo
                                     *_collect(TargetOptions, "target"))
 OPTION_NAMES = frozenset(opt.name for opt in OPTIONS)
 DEFAULTS: dict[str, Any] = {opt.name: opt.default for opt in OPTIONS}  # damage_count None: the experiment's
+# Of the stored form: the newest option's `since`. 1 was the untyped options dict stored before JobSpec
+# existed; 2 the first typed one.
+SPEC_VERSION = max(2, *(opt.meta.since for opt in OPTIONS))
 
 
-def _from_untyped(values: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 -> 2: the API stored its validated options, some of them null (the default) or absent."""
-    return {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
-
-
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_untyped}  # from version k to k + 1
+def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
+    """A stored spec of `version`, as `version + 1` stores it."""
+    if version == 1:  # the API's validated options, some of them null (the default) or absent
+        return {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
+    return {**{opt.name: opt.default for opt in OPTIONS if opt.meta.since == version + 1}, **values}

@@ -28,6 +28,9 @@ class Option:
     max_length: int | None = None  # for text
     api: bool = True  # False: the command line only; jobs from the HTTP API keep the default
     key: str | None = None  # its name among the job options, when not the field's own (TargetOptions.size)
+    # The stored job-spec version that first has it (backend.nca.jobspec): a new option says the next
+    # version, and specs stored before it get its default when read.
+    since: int = 2
 
 
 def option(default: Any, help: str, **details: Any) -> Any:

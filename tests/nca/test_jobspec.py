@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from backend.nca import jobspec
 from backend.nca.jobspec import DEFAULTS, OPTIONS, SPEC_VERSION, JobSpec, SpecError
 from backend.nca.options import option_of
 from backend.nca.target import TargetError, TargetOptions
@@ -80,3 +81,16 @@ def test_pool_memory_is_estimated_for_a_square_grid() -> None:
     spec = JobSpec.from_options({"experiment": "persistent", "pool_size": 1024, "target_size": 40, "padding": 16})
     assert spec.pool_megabytes() == pytest.approx(1024 * 16 * 72 * 72 * 4 / 2**20)
     assert JobSpec.from_options({"experiment": "growing"}).pool_megabytes() == 0
+
+
+def test_an_option_added_later_gets_its_default_in_specs_stored_before_it(monkeypatch) -> None:
+    """As if fire_rate were new (`option(..., since=3)`): version 2 specs lack it, version 3 ones must have it."""
+    fire_rate = next(o for o in OPTIONS if o.name == "fire_rate")
+    newer = dataclasses.replace(fire_rate, meta=dataclasses.replace(fire_rate.meta, since=3))
+    monkeypatch.setattr(jobspec, "OPTIONS", tuple(newer if o is fire_rate else o for o in OPTIONS))
+    monkeypatch.setattr(jobspec, "SPEC_VERSION", 3)
+    stored = JobSpec().options()
+    del stored["fire_rate"]
+    assert JobSpec.from_stored(stored, 2).train.fire_rate == DEFAULTS["fire_rate"]
+    with pytest.raises(SpecError, match="missing option fire_rate"):
+        JobSpec.from_stored(stored, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,18 +26,25 @@ def publish(client, job_id: str, version: int, iteration: int, status: str) -> N
     client.publish(CHECKPOINT_CHANNEL, json.dumps(message))
 
 
-def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, redis_server: EmbeddedRedis) -> None:
-    client = connect(redis_server.url)
+def training_job(client, name: str) -> tuple[Callable[..., int], str]:
+    """A job claimed by a pretend worker, and what that worker does at a checkpoint: store the model file
+    (version += 1), which the store announces on the channel."""
     jobs = JobStore(client)
     job_id, token = uuid.uuid4().hex, "lease-token"
-    jobs.create(job_id, JobSpec.from_options({"name": "hot swap", "experiment": "growing", "iterations": 1000}),
+    jobs.create(job_id, JobSpec.from_options({"name": name, "experiment": "growing", "iterations": 1000}),
                 torch.zeros(4, 32, 36))
     assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
 
     def checkpoint(seed: int, iteration: int, height: int = 32, width: int = 36) -> int:
-        """What the worker does: store the model file (version += 1), which the store announces."""
         data = modelfile.to_bytes(random_model(seed, height=height, width=width, iterations=iteration))
         return jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
+
+    return checkpoint, job_id
+
+
+def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url)
+    checkpoint, job_id = training_job(client, "hot swap")
 
     assert checkpoint(1, 100) == 1
 
@@ -81,15 +89,7 @@ def test_new_checkpoint_is_swapped_in_and_the_state_kept(server: StreamServer, r
 def test_a_checkpoint_that_cannot_be_read_does_not_stop_the_hot_swap(server: StreamServer,
                                                                        redis_server: EmbeddedRedis) -> None:
     client = connect(redis_server.url)
-    jobs = JobStore(client)
-    job_id, token = uuid.uuid4().hex, "lease-token"
-    jobs.create(job_id, JobSpec.from_options({"name": "bad version", "experiment": "growing", "iterations": 1000}),
-                torch.zeros(4, 32, 36))
-    assert jobs.claim(job_id, token, 60, "cpu", "test") == "ok"
-
-    def checkpoint(seed: int, iteration: int) -> int:
-        data = modelfile.to_bytes(random_model(seed, height=32, width=36, iterations=iteration))
-        return jobs.store_checkpoint(job_id, token, data, iteration, 0.5)
+    checkpoint, job_id = training_job(client, "bad version")
 
     def garbled() -> None:
         """A version the catalog cannot parse: reading the checkpoint fails with an unexpected error."""
