@@ -27,7 +27,7 @@ from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, event, parse_command, parse_params
 from .sessions import Session
-from .transport import ExposeTransport, abort
+from .transport import ExposeTransport, abort, quiet_invalid_text
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up on the client
@@ -36,6 +36,7 @@ CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    quiet_invalid_text()
     if settings.stream_torch_threads > 0:
         torch.set_num_threads(settings.stream_torch_threads)
     client = connect(settings.redis_url)

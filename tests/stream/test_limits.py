@@ -149,3 +149,26 @@ def test_a_client_that_stops_reading_neither_slows_others_nor_stays(server: Stre
             reading.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_text_message_that_is_not_utf8_is_closed_with_1007_and_one_log_line(server: StreamServer) -> None:
+    """uvicorn closes it (rightly) before the app sees it; its ERROR traceback would let any client fill the log."""
+    logged_before = server.log.stat().st_size
+
+    async def scenario() -> int:
+        async with watch(server.url(RANDOM)) as v:
+            await v.event("model")
+            await v.ws.send(b"\xff\xfe{", text=True)  # a text frame whose bytes are not UTF-8
+            return (await v.closed()).code
+
+    assert asyncio.run(scenario()) == protocol.CLOSE_INVALID_TEXT == 1007
+    for _ in range(50):  # the log line may land a moment after the close
+        with server.log.open("rb") as log:
+            log.seek(logged_before)
+            lines = log.read().decode(errors="replace").splitlines()
+        said = [line for line in lines if "UTF-8" in line]
+        if said:
+            break
+        time.sleep(0.05)
+    assert len(said) == 1 and said[0].startswith("INFO:"), said
+    assert not [line for line in lines if "Traceback" in line or line.startswith("ERROR")], lines
