@@ -64,6 +64,8 @@ def test_a_model_the_store_cannot_describe_is_closed_with_1011(server: StreamSer
     ("model=example-random&steps_per_frame=2.5", "steps_per_frame must be an integer"),
     ("model=example-random&steps_per_frame=17", "steps_per_frame must be between 1 and 16"),
     ("model=example-random&angle=nan", "angle must be a finite number"),
+    ("model=example-random&on_checkpoint=restart", "on_checkpoint must be one of regrow, keep, got 'restart'"),
+    ("model=example-random&on_checkpoint=", "on_checkpoint must be one of regrow, keep"),
 ])
 def test_bad_query_parameters_are_closed_with_4400(server: StreamServer, query: str, expected: str) -> None:
     message, code, _ = asyncio.run(refused(f"ws://127.0.0.1:{server.port}/ws/stream?{query}"))
