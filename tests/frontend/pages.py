@@ -12,7 +12,7 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 # Fraction of "painted" (not white) pixels of a canvas inside a box given in fractions of its size.
-# The stream renders cells on white (nca-spec), so empty cells are pure white.
+# The stream renders cells on white (docs/nca-spec.md), so empty cells are pure white.
 PAINTED_FRACTION_JS = """([selector, box]) => {
   const canvas = document.querySelector(selector);
   const [x0, y0, x1, y1] = box;
