@@ -1,4 +1,5 @@
-"""Loaded models and the single ticker that advances every session: one batched step per model.
+"""The engine: models loaded once for their viewers, checkpoints swapped in as jobs write them, and
+the single ticker that advances every session, one batched step per model.
 
 Each tick the ticker (an asyncio task) picks the sessions whose next frame is due, groups them
 by model and angle (the rotation is one scalar per forward pass), and hands the whole plan to
@@ -245,6 +246,18 @@ class Engine:
         return results
 
 
+def _set_status(loaded: LoadedModel, status: str | None) -> None:
+    """A job's new status without a new checkpoint (it finished): every viewer hears of it once.
+
+    A finished job never runs again: a "running" announced before it finished and read after is stale.
+    """
+    if status is None or status == loaded.status or loaded.status in FINISHED:
+        return
+    loaded.status = status
+    for session in loaded.sessions:
+        session.send_event("status", **loaded.checkpoint())
+
+
 def _compute_group(group: _Group) -> tuple[torch.Tensor, list[bytes]]:
     """Edits, one batched step per CA step, then the frames with their headers."""
     _, height, width = group.shape
@@ -301,14 +314,3 @@ def _frames(x: torch.Tensor, headers: list[tuple[int, int]], width: int, height:
     out[:, HEADER.size :] = pixels
     return [row.tobytes() for row in out]
 
-
-def _set_status(loaded: LoadedModel, status: str | None) -> None:
-    """A job's new status without a new checkpoint (it finished): every viewer hears of it once.
-
-    A finished job never runs again: a "running" announced before it finished and read after is stale.
-    """
-    if status is None or status == loaded.status or loaded.status in FINISHED:
-        return
-    loaded.status = status
-    for session in loaded.sessions:
-        session.send_event("status", **loaded.checkpoint())
