@@ -51,6 +51,16 @@ def wait_painted(page, predicate: str, box: tuple[float, float, float, float] = 
     return painted(page, selector, box)
 
 
+def set_range(page, selector: str, value: int) -> None:
+    """Move a slider as a user would (value change plus an input event)."""
+    page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+
+
+def ca_step(page) -> int:
+    """The Watch view's CA step counter."""
+    return int(page.inner_text("#ca-step"))
+
+
 def screenshot(page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

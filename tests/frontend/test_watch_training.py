@@ -15,8 +15,7 @@ from playwright.sync_api import expect
 
 from backend.nca.model import NCA
 from backend.nca.modelfile import ModelFile, ModelInfo
-from tests.frontend.pages import open_app, painted, screenshot, wait_painted
-from tests.frontend.test_watch_view import ca_step, set_range
+from tests.frontend.pages import ca_step, open_app, painted, screenshot, set_range, wait_painted
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 
