@@ -1,4 +1,4 @@
-"""The Growing NCA rule (Mordvintsev et al., Distill 2020), as in ../shared/docs/nca-spec.md.
+"""The Growing NCA rule (Mordvintsev et al., Distill 2020), as in docs/nca-spec.md.
 
 State tensors are NCHW float32: channels 0-2 premultiplied RGB, 3 alpha, 4.. hidden.
 """

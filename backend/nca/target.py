@@ -1,4 +1,4 @@
-"""Target images: load safely, thumbnail to a max side, premultiply, pad (nca-spec "Target")."""
+"""Target images: load safely, thumbnail to a max side, premultiply, pad (docs/nca-spec.md, "The target")."""
 
 from __future__ import annotations
 

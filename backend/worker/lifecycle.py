@@ -33,7 +33,7 @@ def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
             jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
             raise
         log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint "
-                 "(%d stale delivery dropped)", job_id, forgotten)
+                 "(unacknowledged messages dropped: %d)", job_id, forgotten)
     return recovered
 
 

@@ -61,7 +61,7 @@ class TrainingWorker:
         try:
             with Lease(store, job_id, token, lease_seconds) as lease:
                 try:
-                    job = store.get(job_id)
+                    job = until_redis(lambda: store.get(job_id), self.stopping, f"job {job_id}: read")
                 except ValueError as exc:  # a spec this worker cannot read (say, written by a newer version)
                     store.finish(job_id, token, "failed", f"this worker cannot read the job's options: {exc}")
                     return {"job_id": job_id, "status": "failed"}
