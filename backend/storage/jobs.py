@@ -9,7 +9,12 @@ filesystem. Key layout (docs/api.md, "Storage"):
     nca:job:<id>:target      safetensors bytes: the processed target tensor (4, H, W)
     nca:job:<id>:upload      the original upload (only when small)
     nca:job:<id>:model       model file bytes of the latest checkpoint
+    nca:job:<id>:history     sorted set: the training history, iteration -> JSON {iteration, loss, at, version}
+    nca:job:<id>:history:weights  hash: iteration -> the weights-only model file of that checkpoint
     nca:job:<id>:lease       token of the worker training it, with a TTL its heartbeat refreshes
+
+The history holds every checkpoint up to a cap (`NCA_CHECKPOINT_HISTORY`), then is thinned evenly;
+it is written in the same step as the checkpoint, so it always ends with the latest one.
 
 Every change of a job is one method here and one Lua script, so each is atomic: create,
 queue_failed, cancel (API side); claim, refresh_lease, progress, store_checkpoint, finish,
@@ -21,6 +26,7 @@ checkpoint, or stores one, also publishes on CHECKPOINT_CHANNEL in the same step
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -33,6 +39,7 @@ from pydantic import BaseModel, PrivateAttr
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from backend.config import CHECKPOINT_HISTORY
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
 
 from .connection import text
@@ -131,6 +138,15 @@ class Job(BaseModel):
         job = cls.model_validate({**fields, "options": spec.options()})
         job._spec, job._loss_every = spec, loss_every
         return job
+
+
+class Checkpoint(BaseModel):
+    """One checkpoint of a job's training history (its weights are stored beside it)."""
+
+    iteration: int
+    loss: float | None = None
+    at: float  # unix seconds
+    version: int  # the job's model_version when it was written
 
 
 class LossHistory:
@@ -255,13 +271,45 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
-# KEYS: job, lease, model. ARGV: token, model bytes, iteration, loss, now, id.
-_CHECKPOINT = _LUA_HELPERS + """
+# Over the cap, the history drops the checkpoint whose neighbours are closest together (the latest of
+# equals), one at a time: the first and the latest stay, and the gaps between those kept stay within a
+# factor of two of each other (the newest gap aside), so the whole run is covered evenly.
+_THIN_LUA = """
+local function thin(history, weights, cap)
+  if redis.call('ZCARD', history) <= cap then return end
+  local scored = redis.call('ZRANGE', history, 0, -1, 'WITHSCORES')
+  local its = {}
+  for i = 2, #scored, 2 do its[#its + 1] = scored[i] end
+  while #its > cap do
+    local drop, narrowest = nil, nil
+    for i = 2, #its - 1 do
+      local gap = tonumber(its[i + 1]) - tonumber(its[i - 1])
+      if narrowest == nil or gap <= narrowest then drop, narrowest = i, gap end
+    end
+    redis.call('ZREMRANGEBYSCORE', history, its[drop], its[drop])
+    redis.call('HDEL', weights, its[drop])
+    table.remove(its, drop)
+  end
+end
+"""
+
+# KEYS: job, lease, model, history, history weights.
+# ARGV: token, model bytes, iteration, loss ('' for none), now, id, weights bytes, history cap, loss as JSON.
+# The new checkpoint replaces every history entry at its iteration or later: those belong to a run that
+# was lost after them and are being trained again, so the history is always one line ending here.
+_CHECKPOINT = _LUA_HELPERS + _THIN_LUA + """
 if not owns(ARGV[1]) then return -1 end
 redis.call('SET', KEYS[3], ARGV[2])
 local version = redis.call('HINCRBY', KEYS[1], 'model_version', 1)
 redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5],
            'iteration', ARGV[3], 'loss', ARGV[4])
+local later = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf', 'WITHSCORES')
+for i = 2, #later, 2 do redis.call('HDEL', KEYS[5], later[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], ARGV[3], '+inf')
+redis.call('ZADD', KEYS[4], ARGV[3], '{"iteration":' .. ARGV[3] .. ',"loss":' .. ARGV[9] .. ',"at":' .. ARGV[5]
+           .. ',"version":' .. version .. '}')
+redis.call('HSET', KEYS[5], ARGV[3], ARGV[7])
+thin(KEYS[4], KEYS[5], tonumber(ARGV[8]))
 announce(ARGV[6])
 return version
 """
@@ -313,8 +361,11 @@ def _pairs(fields: dict[str, Any]) -> list[Any]:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis):
-        self._client = client
+    def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY):
+        """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2."""
+        if history_cap < 2:
+            raise ValueError("the checkpoint history keeps at least 2 checkpoints (the first and the latest)")
+        self._client, self.history_cap = client, history_cap
         scripts = {"create": _CREATE, "queue_failed": _QUEUE_FAILED, "cancel": _CANCEL, "claim": _CLAIM,
                    "refresh": _REFRESH, "progress": _PROGRESS, "checkpoint": _CHECKPOINT, "finish": _FINISH,
                    "suspend": _SUSPEND, "recover": _RECOVER}
@@ -372,6 +423,19 @@ class JobStore:
         """The model file of the latest checkpoint."""
         return self._client.get(job_key(job_id, "model"))
 
+    def history(self, job_id: str) -> list[Checkpoint]:
+        """The job's checkpoints, oldest first (empty for an unknown job or before the first checkpoint)."""
+        return [Checkpoint.model_validate_json(m) for m in self._client.zrange(job_key(job_id, "history"), 0, -1)]
+
+    def history_entry(self, job_id: str, iteration: int) -> Checkpoint | None:
+        """The history's checkpoint at `iteration`, None if it has none there."""
+        found = self._client.zrangebyscore(job_key(job_id, "history"), iteration, iteration)
+        return Checkpoint.model_validate_json(found[0]) if found else None
+
+    def history_weights(self, job_id: str, iteration: int) -> bytes | None:
+        """The weights-only model file of the history's checkpoint at `iteration`."""
+        return self._client.hget(job_key(job_id, "history:weights"), str(iteration))
+
     def cancel_requested(self, job_id: str) -> bool:
         return text(self._client.hget(job_key(job_id), "cancel_requested")) == "1"
 
@@ -428,10 +492,14 @@ class JobStore:
         return bool(self._run("progress", [job_key(job_id), job_key(job_id, "lease")], [token, *_pairs(fields)]))
 
     def store_checkpoint(self, job_id: str, token: str, model_bytes: bytes, iteration: int,
-                         loss: float | None) -> int:
-        """Store the model file and bump the version in one step; -1 when the lease was lost."""
-        keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "model")]
-        args = [token, model_bytes, iteration, "" if loss is None else loss, time.time(), job_id]
+                         loss: float | None, weights: bytes | None = None) -> int:
+        """Store the model file, add `weights` (its weights-only file; default: `model_bytes`) to the
+        history and bump the version, in one step; the new version, or -1 when the lease was lost."""
+        keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "model"), job_key(job_id, "history"),
+                job_key(job_id, "history:weights")]
+        loss_json = json.dumps(loss) if loss is not None and math.isfinite(loss) else "null"
+        args = [token, model_bytes, int(iteration), "" if loss is None else loss, time.time(), job_id,
+                model_bytes if weights is None else weights, self.history_cap, loss_json]
         return int(self._run("checkpoint", keys, args))
 
     def finish(self, job_id: str, token: str, status: JobStatus, error: str | None = None,

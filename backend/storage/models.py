@@ -1,6 +1,8 @@
 """Every model the stream can play: shipped examples in models/ and the jobs' checkpoints in Redis.
 
 Model ids: `example-<file stem>` for `models/<stem>.safetensors`; a job's model id is its job id.
+Wherever a model id is taken, a reference `<job id>@<iteration>` names one checkpoint of the job's
+training history instead of its latest (`parse_reference`; model ids never contain "@").
 The examples are read from this machine's disk, so they are listed even while Redis is down.
 Each new checkpoint is announced on CHECKPOINT_CHANNEL (by the job store, backend.storage.jobs).
 """
@@ -8,6 +10,7 @@ Each new checkpoint is announced on CHECKPOINT_CHANNEL (by the job store, backen
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,9 +18,10 @@ from pydantic import BaseModel
 
 from backend.nca.modelfile import ModelFileError, ModelInfo, read_metadata
 
-from .jobs import CHECKPOINT_CHANNEL, Job, JobStore, is_job_id
+from .jobs import CHECKPOINT_CHANNEL, Checkpoint, Job, JobStore, is_job_id
 
-__all__ = ["CHECKPOINT_CHANNEL", "EXAMPLE_PREFIX", "ModelCatalog", "ModelEntry", "ModelNotFound"]
+__all__ = ["CHECKPOINT_CHANNEL", "EXAMPLE_PREFIX", "BadReference", "CheckpointNotFound", "ModelCatalog", "ModelEntry",
+           "ModelNotFound", "parse_reference", "reference"]
 
 EXAMPLE_PREFIX = "example-"
 _HEADER_LIMIT = 1_000_000  # bytes of safetensors header read to list an example
@@ -27,6 +31,45 @@ _ENTRY_FIELDS = ("model_version", "checkpoint_iteration", "checkpoint_loss", "ch
 
 class ModelNotFound(KeyError):
     """No model with this id (or the job has no checkpoint yet)."""
+
+
+class CheckpointNotFound(ModelNotFound):
+    """The model exists, but its history has no checkpoint at that iteration; str() says where to look."""
+
+    def __init__(self, model_id: str, iteration: int):
+        super().__init__(model_id)
+        self.model_id, self.iteration = model_id, iteration
+
+    def __str__(self) -> str:
+        if not is_job_id(self.model_id):
+            return f"{self.model_id[:60]!r} has no training history: only a job's checkpoints have an @iteration"
+        return f"no checkpoint at iteration {self.iteration}: GET /api/jobs/{self.model_id}/checkpoints lists them"
+
+
+class BadReference(ValueError):
+    """A model reference that is not `<model id>` or `<job id>@<iteration>`; the message says why."""
+
+
+_ITERATION = re.compile(r"[0-9]{1,10}")
+
+
+def parse_reference(ref: str) -> tuple[str, int | None]:
+    """`<model id>` -> (id, None); `<job id>@<iteration>` -> (id, iteration): one checkpoint of its history."""
+    model_id, at, iteration = ref.partition("@")
+    if not at:
+        return ref, None
+    if not model_id:
+        raise BadReference(f"malformed model reference {ref[:60]!r}: a model id goes before the @ "
+                           "(<job id>@<iteration>)")
+    if not _ITERATION.fullmatch(iteration):
+        raise BadReference(f"malformed model reference {ref[:60]!r}: after the @ goes a checkpoint's iteration, "
+                           "a whole number (<job id>@<iteration>, e.g. @500)")
+    return model_id, int(iteration)
+
+
+def reference(model_id: str, iteration: int | None) -> str:
+    """The reference to a model's latest checkpoint (iteration None) or to one of its history."""
+    return model_id if iteration is None else f"{model_id}@{iteration}"
 
 
 class ModelEntry(BaseModel):
@@ -62,6 +105,13 @@ class ModelCatalog:
         return [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:
+        """`model_id` may be a reference `<job id>@<iteration>` (BadReference if it is malformed)."""
+        model_id, iteration = parse_reference(model_id)
+        if iteration is not None:
+            job, checkpoint = self._history_entry(model_id, iteration)
+            return self._job_entry(job).model_copy(update={
+                "id": reference(model_id, iteration), "iterations": iteration, "loss": checkpoint.loss,
+                "version": checkpoint.version, "updated_at": checkpoint.at})
         if model_id.startswith(EXAMPLE_PREFIX):
             entry = self._example_entry(self._example_path(model_id))
             if entry is None:
@@ -73,6 +123,14 @@ class ModelCatalog:
         return self._job_entry(jobs[0])
 
     def get_model_bytes(self, model_id: str) -> bytes:
+        """The model file; of a reference `<job id>@<iteration>`, that checkpoint's weights-only file."""
+        model_id, iteration = parse_reference(model_id)
+        if iteration is not None:
+            data = self.jobs.history_weights(model_id, iteration) if is_job_id(model_id) else None
+            if data is None:
+                self._history_entry(model_id, iteration)  # says which is missing: the job or its checkpoint
+                raise CheckpointNotFound(model_id, iteration)  # thinned away just now
+            return data
         if model_id.startswith(EXAMPLE_PREFIX):
             path = self._example_path(model_id)
             try:
@@ -85,6 +143,10 @@ class ModelCatalog:
         return data
 
     def get_model_version(self, model_id: str) -> int:
+        """Of a reference `<job id>@<iteration>`: the job's version when that checkpoint was written (fixed)."""
+        model_id, iteration = parse_reference(model_id)
+        if iteration is not None:
+            return self._history_entry(model_id, iteration)[1].version
         if model_id.startswith(EXAMPLE_PREFIX):
             try:
                 return self._example_path(model_id).stat().st_mtime_ns // 1_000_000
@@ -95,6 +157,18 @@ class ModelCatalog:
             raise ModelNotFound(model_id)
         return version
 
+    def _history_entry(self, job_id: str, iteration: int) -> tuple[Job, Checkpoint]:
+        """The job (ModelNotFound if there is none) and its checkpoint at `iteration` (CheckpointNotFound)."""
+        jobs = self.jobs.summaries([job_id], _ENTRY_FIELDS) if is_job_id(job_id) else []
+        if not jobs:
+            if job_id.startswith(EXAMPLE_PREFIX):
+                raise CheckpointNotFound(job_id, iteration)
+            raise ModelNotFound(job_id)
+        checkpoint = self.jobs.history_entry(job_id, iteration)
+        if checkpoint is None:
+            raise CheckpointNotFound(job_id, iteration)
+        return jobs[0], checkpoint
+
     def _example_path(self, model_id: str) -> Path:
         stem = model_id.removeprefix(EXAMPLE_PREFIX)
         if not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):  # NUL: open() raises ValueError
@@ -102,7 +176,10 @@ class ModelCatalog:
         return self.models_dir / f"{stem}.safetensors"
 
     def _example_entry(self, path: Path) -> ModelEntry | None:
-        """Read only the header; a broken file is left out of the list rather than failing it."""
+        """Read only the header; a broken file is left out of the list rather than failing it, and so is
+        a file whose stem has an "@" (its id would read as a reference to a checkpoint)."""
+        if "@" in path.stem:
+            return None
         try:
             with path.open("rb") as f:
                 head = f.read(8)

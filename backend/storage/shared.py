@@ -24,7 +24,7 @@ class Storage:
     def __init__(self, client: redis.Redis, settings: Settings, celery: Celery | None = None):
         """`celery`: the app that sends training messages (a worker passes its own; default: a sender)."""
         self._client = client
-        self.jobs = JobStore(client)
+        self.jobs = JobStore(client, settings.checkpoint_history)
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
         self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client)
         self.workers = Presence(client)

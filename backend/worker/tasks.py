@@ -215,9 +215,11 @@ class JobRun:
             self.unsaved = model_file
 
     def store_checkpoint(self, model_file: ModelFile) -> None:
+        """The whole file (to resume from) and, for the job's history, its weights alone (~35 KB)."""
         data = to_bytes(model_file)
+        weights = to_bytes(ModelFile(model_file.model, model_file.info))  # no target, no optimizer state
         version = self.store.store_checkpoint(self.job.id, self.token, data, model_file.info.iterations,
-                                              model_file.info.final_loss)  # announced to the stream by the store
+                                              model_file.info.final_loss, weights)  # announced by the store
         self.unsaved = None
         if version < 0:
             self.lease.lost.set()

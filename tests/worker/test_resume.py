@@ -36,6 +36,9 @@ def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker
     assert any(it <= checkpoint for it, _ in done["loss_history"])  # the history before the kill is kept
     model = from_bytes(client.get(done["links"]["model_file"]).content)
     assert model.info.iterations == 500
+    history = client.get(done["links"]["checkpoints"]).json()["items"]  # one line through the resume
+    assert [c["iteration"] for c in history] == list(range(25, 501, 25))
+    assert [c["version"] for c in history] == list(range(1, len(history) + 1))
     assert [w["id"] for w in client.app.state.storage.workers.live()] == [done["worker"]]  # the killed one expired
     # The killed worker's Celery message was never acknowledged: recovery dropped it from the broker's
     # unacked set (it used to stay there until the 2-day visibility timeout, one more per crash).
