@@ -7,8 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.nca.jobspec import OPTIONS, OptionField
-from backend.storage.jobs import Job
-from backend.storage.models import ModelEntry
+from backend.storage.jobs import Checkpoint, Job, JobStatus
+from backend.storage.models import ModelEntry, reference
 
 EXPERIMENT_HELP = {
     "growing": "Experiment 1: learns to grow the image from one seed cell (it may not stay stable afterwards).",
@@ -53,6 +53,7 @@ class JobLinks(BaseModel):
     target: str
     model_file: str | None = Field(None, description="null until the first checkpoint")
     preview: str | None = Field(None, description="null until the first checkpoint")
+    checkpoints: str = Field(description="the training history: every checkpoint kept")
 
 
 class JobOut(Job):
@@ -64,8 +65,32 @@ class JobOut(Job):
         has_model = job.model_version > 0
         links = JobLinks(self=base, cancel=f"{base}/cancel", target=f"{base}/target.png",
                          model_file=f"/api/models/{job.id}/file" if has_model else None,
-                         preview=f"{base}/preview.png" if has_model else None)
+                         preview=f"{base}/preview.png" if has_model else None, checkpoints=f"{base}/checkpoints")
         return cls(**job.model_dump(), links=links)
+
+
+class CheckpointLinks(BaseModel):
+    model_file: str = Field(description="its weights-only model file")
+    preview: str = Field(description="grown from the seed, as the job's preview")
+
+
+class CheckpointOut(Checkpoint):
+    model: str = Field(description="`<job id>@<iteration>`: plays it on the stream (`model=`), names it in /api/models")
+    links: CheckpointLinks
+
+    @classmethod
+    def of(cls, job_id: str, checkpoint: Checkpoint) -> CheckpointOut:
+        ref = reference(job_id, checkpoint.iteration)
+        links = CheckpointLinks(model_file=f"/api/models/{ref}/file",
+                                preview=f"/api/jobs/{job_id}/checkpoints/{checkpoint.iteration}/preview.png")
+        return cls(**checkpoint.model_dump(), model=ref, links=links)
+
+
+class CheckpointList(BaseModel):
+    job: str
+    status: JobStatus
+    cap: int = Field(description="checkpoints kept at most (NCA_CHECKPOINT_HISTORY); past it, thinned evenly")
+    items: list[CheckpointOut] = Field(description="oldest first; the last is the latest checkpoint")
 
 
 class JobList(BaseModel):

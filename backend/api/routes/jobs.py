@@ -1,17 +1,19 @@
-"""Training jobs: upload a target image, follow progress, cancel, see the target and a preview."""
+"""Training jobs: upload a target image, follow progress, cancel, see the target, a preview and the
+training history (every checkpoint kept, each with its own preview)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from backend.nca.target import target_to_png
 from backend.storage.jobs import Job, JobNotFound, JobStore
+from backend.storage.models import CheckpointNotFound
 
 from ..deps import JobIdDep, PreviewsDep, SettingsDep, StorageDep, StoreDep
-from ..schemas import ErrorOut, JobList, JobOptions, JobOut
+from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobList, JobOptions, JobOut
 from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES
 from ..submissions import job_spec, read_upload, submit
 
@@ -21,6 +23,8 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "malformed multipart body (e.g. no boundary, more than one file)"},
     415: {"model": ErrorOut, "description": "not a multipart/form-data upload"}}
 Scale = Annotated[int, Query(ge=1, le=16, description="each cell becomes scale x scale pixels")]
+Iteration = Annotated[int, Path(ge=0, le=10**9, description="a checkpoint's training iteration")]
+HISTORY_CACHE = "public, max-age=86400"  # a checkpoint of the history never changes (the page adds its version)
 
 
 @router.post("", status_code=202, response_model=JobOut,
@@ -97,3 +101,25 @@ def preview_png(job_id: JobIdDep, store: StoreDep, previews: PreviewsDep, scale:
         raise HTTPException(404, "the job has no checkpoint yet; a preview exists after its first checkpoint")
     return Response(previews.png(job, data, scale), media_type="image/png",
                     headers={"Cache-Control": "no-store", "X-Model-Version": str(job.model_version)})
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList, responses=ERRORS,
+            summary="The training history: every checkpoint kept (thinned evenly past the cap)")
+def list_checkpoints(job_id: JobIdDep, store: StoreDep) -> CheckpointList:
+    """Oldest first, the latest last; each with its loss, time, model file and preview."""
+    job = get_job_or_404(store, job_id)
+    items = [CheckpointOut.of(job_id, checkpoint) for checkpoint in store.history(job_id)]
+    return CheckpointList(job=job_id, status=job.status, cap=store.history_cap, items=items)
+
+
+@router.get("/{job_id}/checkpoints/{iteration}/preview.png", response_class=Response, responses=PNG,
+            summary="A checkpoint of the history grown from the seed")
+def checkpoint_preview_png(job_id: JobIdDep, iteration: Iteration, store: StoreDep, previews: PreviewsDep,
+                           scale: Scale = 4) -> Response:
+    """As preview.png, for the checkpoint at `iteration`; 404 when the history has none there."""
+    job = get_job_or_404(store, job_id)
+    checkpoint, data = store.history_entry(job_id, iteration), store.history_weights(job_id, iteration)
+    if checkpoint is None or data is None:
+        raise HTTPException(404, str(CheckpointNotFound(job_id, iteration)))
+    return Response(previews.png(job, data, scale, checkpoint.version), media_type="image/png",
+                    headers={"Cache-Control": HISTORY_CACHE, "X-Model-Version": str(checkpoint.version)})
