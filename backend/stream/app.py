@@ -21,7 +21,7 @@ from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.jobs import JobStore
-from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, ModelCatalog, ModelNotFound
+from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, CheckpointNotFound, ModelCatalog, ModelNotFound
 
 from . import guard
 from . import protocol as p
@@ -105,6 +105,8 @@ async def stream(ws: WebSocket) -> None:
     except StreamsFull:
         reason = f"too many streams (max {engine.max_sessions}); try again later"
         return await _refuse(ws, p.CLOSE_TRY_AGAIN_LATER, reason)
+    except CheckpointNotFound as exc:  # model=<job id>@<iteration> of an iteration its history does not have
+        return await _refuse(ws, p.CLOSE_UNKNOWN_MODEL, str(exc))
     except ModelNotFound:
         reason = f"unknown model {params.model!r}: pick one from GET /api/models"
         return await _refuse(ws, p.CLOSE_UNKNOWN_MODEL, reason)

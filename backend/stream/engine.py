@@ -86,7 +86,7 @@ class Engine:
         """A new session on its first (seed) frame; StreamsFull, ModelNotFound or ModelFileError."""
         if len(self.sessions) >= self.max_sessions:
             raise StreamsFull
-        loaded = await self._model(params.model)
+        loaded = await self._model(params.model, params.snapshot)
         if len(self.sessions) >= self.max_sessions:  # others may have joined while the model loaded
             raise StreamsFull
         # Registered with its first session, never without one: a load whose viewer was turned away
@@ -120,18 +120,19 @@ class Engine:
         self._wake.set()
 
     # --- models -------------------------------------------------------------------------------
-    async def _model(self, model_id: str) -> LoadedModel:
+    async def _model(self, model_id: str, snapshot: bool = False) -> LoadedModel:
+        """`snapshot`: `model_id` names one checkpoint of a job's history (`<job id>@<iteration>`)."""
         if (loaded := self.models.get(model_id)) is not None:
             return loaded
         future = self._loading.get(model_id)
         if future is None:  # one load per model however many viewers arrive at once
-            future = asyncio.ensure_future(self._load(model_id))
+            future = asyncio.ensure_future(self._load(model_id, snapshot))
             self._loading[model_id] = future
             future.add_done_callback(lambda _: self._loading.pop(model_id, None))
         return await asyncio.shield(future)
 
-    async def _load(self, model_id: str) -> LoadedModel:
-        return LoadedModel(model_id, *await asyncio.to_thread(self._read, model_id))
+    async def _load(self, model_id: str, snapshot: bool) -> LoadedModel:
+        return LoadedModel(model_id, *await asyncio.to_thread(self._read, model_id), snapshot=snapshot)
 
     def _read(self, model_id: str) -> tuple[NCA, ModelInfo, int, str]:
         data, version, status = self.fetch(model_id)
@@ -145,11 +146,12 @@ class Engine:
         `version` is the announced one (None: look it up); nothing is swapped unless it is newer.
         `status` is the job's status announced with it: a change without a new checkpoint (the job
         finished) is passed on to the viewers as a `status` event. True when a checkpoint was swapped in.
+        A snapshot (one checkpoint of a history) is never swapped: it plays what its viewers chose.
         """
         loaded = self.models.get(model_id)
         if loaded is None and (loading := self._loading.get(model_id)) is not None:
             loaded = await asyncio.shield(loading)  # its reader may have fetched the previous version
-        if loaded is None:
+        if loaded is None or loaded.snapshot:
             return False
         if version is not None and version <= loaded.version:
             _set_status(loaded, status)

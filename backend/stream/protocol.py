@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from backend.storage.models import BadReference, parse_reference, reference
+
 # Binary frame: this header, then width*height*4 bytes RGBA8, row-major, top row first.
 HEADER = struct.Struct("<IIHHI")  # frame number, CA step, width, height, flags
 FLAGS = 0
@@ -87,11 +89,16 @@ def _angle(value: Any) -> float:
 
 @dataclass(frozen=True)
 class StreamParams:
-    model: str
+    model: str  # a model id, or `<job id>@<iteration>`: that checkpoint of the job's history, a fixed snapshot
     fps: float = DEFAULT_FPS
     steps_per_frame: int = DEFAULT_STEPS_PER_FRAME
     angle: float = 0.0
     on_checkpoint: str = DEFAULT_ON_CHECKPOINT  # REGROW or KEEP
+
+    @property
+    def snapshot(self) -> bool:
+        """Whether `model` names one checkpoint of a history: it plays as it is, never swapped."""
+        return parse_reference(self.model)[1] is not None
 
 
 def _parse_query_number(raw: str, name: str) -> float:
@@ -107,8 +114,17 @@ def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
     return raw
 
 
-# Optional query parameters: name -> parser of the raw text into the StreamParams field of that name.
+def _model(raw: str) -> str:
+    """A model id, or `<job id>@<iteration>` written the one way (`@0500` is `@500`)."""
+    try:
+        return reference(*parse_reference(raw.strip()))
+    except BadReference as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+# Query parameters (all optional but `model`): name -> parser of the raw text into the StreamParams field of that name.
 _QUERY_PARSERS: dict[str, Callable[[str], Any]] = {
+    "model": _model,
     "fps": lambda raw: _number(_parse_query_number(raw, "fps"), "fps", *FPS_RANGE),
     "steps_per_frame": lambda raw: _integer(_parse_query_number(raw, "steps_per_frame"), "steps_per_frame",
                                             *STEPS_PER_FRAME_RANGE),
@@ -122,8 +138,7 @@ def parse_params(query: Mapping[str, str]) -> StreamParams:
     model = query.get("model", "").strip()
     if not model:
         raise ProtocolError("the model query parameter is required: /ws/stream?model=<model id>")
-    options = {name: parse(query[name]) for name, parse in _QUERY_PARSERS.items() if name in query}
-    return StreamParams(model, **options)
+    return StreamParams(**{name: parse(query[name]) for name, parse in _QUERY_PARSERS.items() if name in query})
 
 
 @dataclass(frozen=True)

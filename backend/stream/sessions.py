@@ -72,6 +72,7 @@ class LoadedModel:
     info: ModelInfo
     version: int
     status: str  # "ready" for an example, else the job's status (queued, running, succeeded, ...)
+    snapshot: bool = False  # one checkpoint of a job's history (`<job id>@<iteration>`): never swapped
     sessions: set[Session] = field(default_factory=set)
 
     @property
@@ -88,7 +89,8 @@ class LoadedModel:
         i = self.info
         return {"id": self.id, "name": i.name, "experiment": i.experiment, "source": i.source,
                 "width": i.grid_width, "height": i.grid_height, "channels": i.channels, "hidden": i.hidden,
-                "iterations": i.iterations, "loss": i.final_loss, "version": self.version, "status": self.status}
+                "iterations": i.iterations, "iteration": i.iterations, "loss": i.final_loss, "version": self.version,
+                "status": self.status, "snapshot": self.snapshot}
 
     def checkpoint(self) -> dict:
         """The `reloaded` and `status` events' fields: which checkpoint plays, and how the job stands."""
