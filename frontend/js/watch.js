@@ -4,6 +4,7 @@
 import { listModels } from './api.js';
 import { deviceSide, drawCells } from './pixels.js';
 import { StreamClient, streamBase } from './stream.js';
+import { initTimeline, splitRef } from './timeline.js';
 
 const CANVAS_SIDE = 576; // CSS pixels when the layout gives no width (hidden view)
 const STATE_TEXT = {
@@ -45,12 +46,18 @@ export function initWatch(config) {
   });
   const send = (command) => client && client.send(command);
   const say = (text) => { statusLine.textContent = text; };
+  // The job's checkpoints: a slider that plays any of them (`<job id>@<iteration>`; the latest live).
+  const timeline = initTimeline(select.closest('.field'), (ref) => {
+    history.replaceState(null, '', `#watch/${encodeURIComponent(ref)}`);
+    connect(ref);
+  });
 
   function connect(id) {
     if (client) client.close();
     modelId = id;
     latest = null;
     frameTimes = [];
+    timeline.follow(id);
     if (!id) return;
     setPaused(false);
     client = new StreamClient(base, params, { onFrame, onEvent, onState });
@@ -76,7 +83,7 @@ export function initWatch(config) {
       case 'model':
         modelDetails = event;
         showModel();
-        if (TRAINING.includes(event.status)) {
+        if (TRAINING.includes(event.status) && !event.snapshot) {
           say(event.on_checkpoint === 'keep'
             ? 'Still training: each new checkpoint is swapped in and the cells carry on with it.'
             : 'Still training: each new checkpoint regrows the pattern from the seed with it.');
@@ -86,6 +93,7 @@ export function initWatch(config) {
         modelDetails = { ...modelDetails, ...event, id: event.model };
         showModel();
         say(describeReload(event));
+        timeline.refresh();
         break;
       case 'status': // the job finished (or was requeued) without a new checkpoint
         modelDetails = { ...modelDetails, ...event, id: event.model };
@@ -257,9 +265,9 @@ export function initWatch(config) {
       say('No models yet: train one, or put example model files in models/.');
       return;
     }
-    const pick = models.some((m) => m.id === wanted) ? wanted
-      : (models.some((m) => m.id === modelId) ? modelId : models[0].id);
-    select.value = pick;
+    const listedRef = (ref) => ref && models.some((m) => m.id === splitRef(ref).id); // a model or its checkpoint
+    const pick = listedRef(wanted) ? wanted : (listedRef(modelId) ? modelId : models[0].id);
+    select.value = splitRef(pick).id;
     if (pick !== modelId || !client) connect(pick);
   }
 
@@ -273,6 +281,7 @@ export function initWatch(config) {
       visible = false;
       if (client) client.close();
       client = null;
+      timeline.hide();
     },
   };
 }
