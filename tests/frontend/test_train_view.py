@@ -119,7 +119,8 @@ def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
     job_id = card.get_attribute("data-job-id")
     card.locator("[data-action=watch]").click()
     expect(page.locator("#model-select")).to_have_value(job_id)
-    expect(page.locator("#watch-status")).to_contain_text("Regrown from the seed with the checkpoint at iteration", timeout=30_000)
+    regrown = "Regrown from the seed with the checkpoint at iteration"
+    expect(page.locator("#watch-status")).to_contain_text(regrown, timeout=30_000)
     page.go_back()
     expect(page.locator("#view-jobs")).to_be_visible()
 
