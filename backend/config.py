@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     checkpoint_every: int = 100  # training iterations between checkpoints
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # decoded width x height; more is refused as a decompression bomb
+    cutout_seconds: float = 10.0  # time limit of a photo's subject cut-out; past it the whole image is used
     max_iterations: int = 20_000
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from backend.nca import EXPERIMENTS, TrainConfig
 from backend.nca.model import CHANNELS
-from backend.nca.target import MAX_PADDING, MAX_TARGET_SIZE, MIN_TARGET_SIZE, TARGET_PADDING, TARGET_SIZE
+from backend.nca.target import MAX_PADDING, MAX_TARGET_SIZE, MIN_TARGET_SIZE, TARGET_PADDING, TARGET_SIZE, Background
 from backend.storage.jobs import Job
 from backend.storage.models import ModelEntry
 
@@ -33,7 +33,12 @@ class JobOptions(BaseModel):
     target_size: int = Field(TARGET_SIZE, ge=MIN_TARGET_SIZE, le=MAX_TARGET_SIZE,
                              description="longer side of the target in cells")
     padding: int = Field(TARGET_PADDING, ge=0, le=MAX_PADDING, description="empty cells around the target")
-    key_background: bool = Field(False, description="make the border colour transparent (for opaque images)")
+    background: Background = Field("auto", description="what happens to the image's background: `cutout` cuts "
+                                   "the subject out and crops to it, `key` makes the border colour transparent, "
+                                   "`keep` leaves the image as it is; `auto`: `cutout` for an image without a "
+                                   "transparent background, else `keep`")
+    key_background: bool = Field(False, description="deprecated: true is the old way to say background=key",
+                                 json_schema_extra={"deprecated": True})
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="default: a random seed, recorded in the job")
     batch_size: int = Field(_CORE["batch_size"], ge=1, le=64)
     pool_size: int = Field(_CORE["pool_size"], ge=1, le=4096)
@@ -55,6 +60,10 @@ class JobOptions(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> JobOptions:
+        if self.key_background:  # clients from before `background` (and the jobs they stored) keep working
+            if "background" in self.model_fields_set and self.background != "key":
+                raise ValueError("key_background=true means background=key: send only background")
+            self.background = "key"
         if self.min_steps >= self.max_steps:
             raise ValueError("min_steps must be below max_steps")
         uses_pool = bool(EXPERIMENTS[self.experiment]["use_pool"])

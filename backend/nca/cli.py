@@ -14,7 +14,7 @@ from . import modelfile
 from .distill import DistillFormatError, import_distill
 from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
-from .target import TARGET_PADDING, TARGET_SIZE, TargetError, TargetOptions, load_target
+from .target import BACKGROUNDS, TARGET_PADDING, TARGET_SIZE, TargetError, TargetOptions, process_target
 from .train import EXPERIMENTS, PRESETS, Progress, TrainConfig, Trainer, TrainingFailed
 
 
@@ -29,8 +29,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "iterations (a recognisable pattern in minutes on a CPU)")
     p.add_argument("--size", type=int, help=f"max side of the target in cells (paper: {TARGET_SIZE})")
     p.add_argument("--padding", type=int, help=f"empty cells around the target (paper: {TARGET_PADDING})")
-    p.add_argument("--key-background", action="store_true",
-                   help="make the border colour transparent (for images without alpha)")
+    p.add_argument("--background", choices=BACKGROUNDS, default="auto",
+                   help="cutout: cut the subject out and crop to it; key: make the border colour transparent; "
+                        "keep: the image as it is; auto (default): cutout for an image without a transparent "
+                        "background, else keep")
+    p.add_argument("--key-background", dest="background", action="store_const", const="key",
+                   help="the same as --background key (kept for old scripts)")
     for name in ("iterations", "batch_size", "pool_size", "min_steps", "max_steps", "lr_decay_at",
                  "damage_count", "channels", "hidden", "seed", "checkpoint_every"):
         p.add_argument("--" + name.replace("_", "-"), type=int, help=f"(paper: {getattr(defaults, name)})")
@@ -59,8 +63,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, value in {"size": TARGET_SIZE, "padding": TARGET_PADDING, **PRESETS[args.preset]}.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    options = TargetOptions(args.size, args.padding, args.key_background)
-    target = load_target(args.image, options)
+    processed = process_target(args.image, TargetOptions(size=args.size, padding=args.padding,
+                                                         background=args.background))
+    target = processed.target
+    print(f"target: {target.shape[2]}x{target.shape[1]} cells, background {processed.background}, "
+          f"{processed.filled:.1%} of the grid to fill", file=sys.stderr)
+    if processed.warning:
+        print(f"warning: {processed.warning}", file=sys.stderr)
     config = TrainConfig.from_dict(vars(args))
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None

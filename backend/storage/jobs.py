@@ -222,13 +222,13 @@ class JobStore:
     # --- API side -------------------------------------------------------------------------
 
     def create(self, job_id: str, name: str, options: dict[str, Any], total: int, target: torch.Tensor,
-               upload: bytes | None = None) -> Job:
+               upload: bytes | None = None, warning: str | None = None) -> Job:
         now = time.time()
         _, height, width = target.shape
         record = {
             "id": job_id, "name": name, "status": "queued", "iteration": 0, "total": total,
             "created_at": now, "options": json.dumps(options), "grid_height": height, "grid_width": width,
-            "model_version": 0, "loss_history": "[]", "loss_every": 1, "resumed_from": "[]",
+            "model_version": 0, "loss_history": "[]", "loss_every": 1, "resumed_from": "[]", "warning": warning or "",
         }
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(job_key(job_id, "target"), tensor_to_bytes(target))

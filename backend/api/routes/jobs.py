@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from backend.config import Settings
 from backend.nca.modelfile import from_bytes
 from backend.nca.render import growth_frames, png_bytes
-from backend.nca.target import TargetOptions, load_target, target_to_png
+from backend.nca.target import TargetOptions, process_target, target_to_png
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import JobNotFound, JobStore, new_job_id
 from backend.storage.models import publish_checkpoint
@@ -36,6 +36,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "malformed multipart body (e.g. no boundary, more than one file)"},
     415: {"model": ErrorOut, "description": "not a multipart/form-data upload"}}
+# The body of an upload (POST /api/jobs, POST /api/targets/preview), for the OpenAPI description.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary"},
+                   "options": {"type": "string", "description": "JSON object of JobOptions"},
+                   **JobOptions.model_json_schema()["properties"]}}}}}}
 PREVIEW_SEED = 0  # the preview is the same picture for the same checkpoint
 Scale = Annotated[int, Query(ge=1, le=16, description="each cell becomes scale x scale pixels")]
 
@@ -55,6 +61,11 @@ def parse_options(raw: dict[str, Any], settings: Settings) -> JobOptions:
         return JobOptions.model_validate(raw, context=context)
     except ValidationError as exc:
         raise HTTPException(422, f"invalid options: {validation_message(exc)}") from None
+
+
+def target_options(options: JobOptions, settings: Settings) -> TargetOptions:
+    return TargetOptions(size=options.target_size, padding=options.padding, background=options.background,
+                         cutout_seconds=settings.cutout_seconds)
 
 
 async def read_upload(request: Request, settings: Settings) -> tuple[bytes, str, dict[str, Any]]:
@@ -90,12 +101,7 @@ async def read_upload(request: Request, settings: Settings) -> tuple[bytes, str,
 
 @router.post("", status_code=202, response_model=JobOut,
              responses={**ERRORS, **UPLOAD_ERRORS, **TOKEN_RESPONSES, **QUOTA_RESPONSES},
-             dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training",
-             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                 "type": "object", "required": ["image"],
-                 "properties": {"image": {"type": "string", "format": "binary"},
-                                "options": {"type": "string", "description": "JSON object of JobOptions"},
-                                **JobOptions.model_json_schema()["properties"]}}}}}})
+             dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training", openapi_extra=UPLOAD_BODY)
 async def create_job(request: Request, response: Response, settings: SettingsDep, store: StoreDep,
                      celery: CeleryDep) -> JobOut:
     """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location."""
@@ -107,12 +113,12 @@ async def create_job(request: Request, response: Response, settings: SettingsDep
         options.checkpoint_every = settings.checkpoint_every
     if options.name is None or not options.name.strip():  # a blank name would leave the job unnamed in lists
         options.name = PurePath(filename).stem[:80] or "image"
-    target_options = TargetOptions(options.target_size, options.padding, options.key_background)
-    target = await run_in_threadpool(load_target, data, target_options, settings.max_image_pixels)  # TargetError: 422
+    processed = await run_in_threadpool(process_target, data, target_options(options, settings),
+                                        settings.max_image_pixels)  # TargetError: 422
     job_id = new_job_id()
     upload = data if len(data) <= settings.max_stored_upload_bytes else None
     job = await run_in_threadpool(store.create, job_id, options.name, options.model_dump(), options.iterations,
-                                  target, upload)
+                                  processed.target, upload, processed.warning)
     try:
         await run_in_threadpool(celery.send_task, TRAIN_TASK, args=[job_id])
     except Exception:
