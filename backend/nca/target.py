@@ -177,7 +177,7 @@ def cut_out_subject(img: Image.Image, seconds: float = CUTOUT_SECONDS) -> Image.
     pad = max(1, round(0.02 * max(h, w)))  # crop to the subject, keeping its soft edge
     box = (max(xs.min() - pad, 0), max(ys.min() - pad, 0), min(xs.max() + 1 + pad, w), min(ys.max() + 1 + pad, h))
     sx, sy = img.width / w, img.height / h  # back to the original's pixels, for full detail in the crop
-    crop = img.convert("RGB").crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)))
+    crop = img.crop((round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))).convert("RGB")
     crop.thumbnail((CUTOUT_OUTPUT_SIDE, CUTOUT_OUTPUT_SIDE), Image.LANCZOS)
     alpha = cv2.resize(alpha[box[1]:box[3], box[0]:box[2]], crop.size, interpolation=cv2.INTER_LINEAR)
     in_time()

@@ -25,6 +25,7 @@ class TargetPreview(BaseModel):
                                  "GET /api/jobs/{id}/target.png gives once a job is created from the same upload")
     grid_width: int = Field(description="cells, padding included")
     grid_height: int
+    padding: int = Field(description="empty cells on every side (the image part is the grid less twice this)")
     filled: float = Field(description="share of the grid's cells the pattern has to fill (alpha above 0.1)")
     background: Literal["cutout", "key", "keep"] = Field(description="what was done to the background")
     clear_background: bool = Field(description="the image came with a transparent background")
@@ -44,5 +45,5 @@ async def preview_target(request: Request, settings: SettingsDep) -> TargetPrevi
     png = await run_in_threadpool(target_to_png, processed.target)
     _, height, width = processed.target.shape
     return TargetPreview(png=base64.b64encode(png).decode("ascii"), grid_width=width, grid_height=height,
-                         filled=round(processed.filled, 4), background=processed.background,
+                         padding=options.padding, filled=round(processed.filled, 4), background=processed.background,
                          clear_background=processed.clear_background, warning=processed.warning)
