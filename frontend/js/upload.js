@@ -14,8 +14,7 @@ const PREVIEW_SIDE = 288; // CSS pixels
 const PREVIEW_DELAY_MS = 300; // typing a size: ask the server once the typing pauses
 const PREVIEW_FIELDS = ['target_size', 'padding', 'background']; // the options that shape the target
 const BACKGROUND_DONE = {
-  cutout: 'The subject was cut out of your photo and cropped to: the model grows a shape on empty cells. '
-    + 'Choose “Keep the whole image” to train on all of it.',
+  cutout: 'The subject was cut out of your photo; “Keep the whole image” turns this off.',
   key: 'Pixels close to the border colour became empty.',
   keep: 'Your image already has a transparent background: it is used as it is.',
 };

@@ -57,8 +57,8 @@ def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
     """An opaque photo: the subject is cut out by default (the server's own processing, shown as it
     will be trained), with a one-line explanation, a warning when the cut-out is turned off, and the
     job then trains on exactly what was shown."""
-    photo = tmp_path / "toy.jpg"
-    synthetic_photo().save(photo, quality=92)
+    photo = tmp_path / "toy.png"  # an opaque PNG (tests/nca/test_target.py cuts a JPEG)
+    synthetic_photo().save(photo)
     open_app(page, "train")
     page.set_input_files("#image-input", str(photo))
     caption = page.locator("#preview-caption")
@@ -72,7 +72,7 @@ def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
 
     def server_preview(**fields) -> dict:
         response = httpx.post(f"{stack.api_url}/api/targets/preview", timeout=30, data=fields,
-                              files={"image": ("toy.jpg", photo.read_bytes(), "image/jpeg")})
+                              files={"image": ("toy.png", photo.read_bytes(), "image/png")})
         assert response.status_code == 200, response.text
         return response.json()
 
