@@ -40,7 +40,7 @@ export function initUpload(config, onCreated) {
   const defaultHint = hint.textContent;
   let file = null;
   let bitmap = null; // the chosen image, decoded here for the "before" picture
-  let preview = null; // the server's latest answer for it: {answer, image, padding}, or {error}
+  let preview = null; // the server's latest answer for it: {answer, image}, or {error, final}
   let choice = 0; // counts preview requests: an older answer must not win
   let pending = null; // the preview request in flight, aborted when a newer one starts
   let timer = null;
@@ -66,6 +66,8 @@ export function initUpload(config, onCreated) {
 
   async function useFile(chosen) {
     showError('');
+    pending?.abort(); // an answer about the previous file is of no use now
+    choice += 1;
     file = chosen;
     bitmap?.close(); // a decoded photo can hold hundreds of MB: free it now, not at some later GC
     bitmap = null;
@@ -74,7 +76,7 @@ export function initUpload(config, onCreated) {
     if (chosen && config.max_upload_bytes && chosen.size > config.max_upload_bytes) {
       const limit = `This file is ${formatBytes(chosen.size)}; the limit is ${formatBytes(config.max_upload_bytes)}.`;
       showError(limit);
-      preview = { error: limit };
+      preview = { error: limit, final: true }; // no point asking the server
     } else if (chosen) {
       requestPreview();
     }
@@ -101,7 +103,8 @@ export function initUpload(config, onCreated) {
     pending?.abort();
     const controller = new AbortController();
     pending = controller;
-    const mine = ++choice;
+    choice += 1;
+    const mine = choice;
     previewBox.setAttribute('aria-busy', 'true');
     let next;
     try {
@@ -118,9 +121,7 @@ export function initUpload(config, onCreated) {
 
   function schedulePreview() {
     clearTimeout(timer);
-    if (file && !(preview?.error && preview.error.startsWith('This file is'))) {
-      timer = setTimeout(requestPreview, PREVIEW_DELAY_MS);
-    }
+    if (file && !preview?.final) timer = setTimeout(requestPreview, PREVIEW_DELAY_MS);
   }
 
   /** Both pictures, the caption, the server's warning and the background hint, from the current state. */

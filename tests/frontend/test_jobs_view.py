@@ -66,3 +66,17 @@ def test_cancel_asks_after_a_minute_and_every_note_follows_the_job(page, stack):
     expect(page.locator("#view-jobs")).not_to_contain_text("Cancel requested")
     expect(card.locator(".job-numbers")).to_contain_text(re.compile(r"trained \d+s on cpu"))
     screenshot(page, "jobs-finished")
+
+
+def test_a_lost_connection_is_reported_only_while_it_lasts(page, stack):
+    job = start_job(stack, "polled disc")
+    open_app(page, "jobs")
+    expect(page.locator(".job", has_text="polled disc").locator(".badge")).to_have_text(re.compile("queued|running"))
+    status = page.locator("#jobs-status")
+    stack.api.stop()
+    try:
+        expect(status).to_contain_text(f"Lost touch with job {job['id'][:8]}", timeout=20_000)
+    finally:
+        stack.api.start()
+    expect(status).to_have_text("", timeout=30_000)  # the next poll that gets through clears it
+    assert httpx.post(f"{stack.api_url}/api/jobs/{job['id']}/cancel", timeout=10).status_code in (200, 202)
