@@ -126,7 +126,6 @@ export function initUpload(config, onCreated) {
 
   /** Both pictures, the caption, the server's warning and the background hint, from the current state. */
   function render() {
-    previewBox.classList.toggle('empty', !file);
     before.closest('figure').hidden = !bitmap;
     if (bitmap) drawPhoto(before, bitmap, deviceSide(before, PREVIEW_SIDE / 2));
     after.closest('figure').hidden = !preview?.image;
@@ -162,6 +161,7 @@ export function initUpload(config, onCreated) {
     field.addEventListener(field.tagName === 'SELECT' ? 'change' : 'input', schedulePreview);
   }
   window.addEventListener('resize', () => { if (file) render(); });
+  render();
 
   // Drag and drop anywhere on the drop zone; the dropped file also becomes the input's file.
   for (const type of ['dragenter', 'dragover']) {

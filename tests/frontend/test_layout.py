@@ -47,7 +47,7 @@ def test_views_fit_a_phone(phone, view, some_job):
     screenshot(phone, f"{view}-phone")
 
 
-def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack):
+def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack, tmp_path):
     open_app(page, "train")
     page.keyboard.press("Tab")  # first stop: the site title link
     page.keyboard.press("Tab")  # then the Train tab in the navigation
@@ -63,7 +63,12 @@ def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack):
       .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
       .map((el) => el.id || el.outerHTML.slice(0, 60))""")
     assert unlabelled == []
-    # A picture-only canvas is an image to assistive tech (a bare canvas's label is not announced).
+    # A picture-only canvas is an image to assistive tech (a bare canvas's label is not announced);
+    # the preview's two appear once there is an image to show.
+    photo = tmp_path / "toy.png"
+    synthetic_photo().save(photo)
+    page.set_input_files("#image-input", str(photo))
+    expect(page.get_by_role("img", name="Your image, before")).to_have_count(1)
     expect(page.get_by_role("img", name="Processed target on its padded grid")).to_have_count(1)
     # Status and error lines are live regions, so changes are announced.
     for selector in ["#upload-error", "#upload-status", "#jobs-status", "#watch-status"]:
