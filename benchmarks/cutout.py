@@ -1,6 +1,7 @@
 """Photos with and without the subject cut-out: share of the grid kept and the grown PSNR.
 
     .venv/bin/python benchmarks/cutout.py astronaut.png chelsea.png coffee.png --out-dir docs/cutout
+    .venv/bin/python benchmarks/cutout.py *.png --targets-only --backgrounds cutout,key,keep   # no training
 
 For each photo, the target at the `preview` preset's size (24 cells, padding 6) with `cutout` and
 with `keep` (the whole photo), then a model trained on each (the preset's recipe, `regenerating`,
@@ -39,6 +40,17 @@ def psnr(x: torch.Tensor, target: torch.Tensor) -> list[float]:
     """PSNR (dB) of each state's RGB on white against the target's."""
     mse = (to_rgb(x) - to_rgb(target[None])).pow(2).mean(dim=(1, 2, 3))
     return [10 * math.log10(1.0 / max(float(m), 1e-12)) for m in mse]
+
+
+def targets_only(photo: Path, backgrounds: list[str]) -> None:
+    """The grid share each background treatment leaves, and the CPU time of the processing."""
+    img = open_image(photo)
+    for background in backgrounds:
+        start = time.process_time()
+        processed = prepare_target(img, TargetOptions(int(PREVIEW["size"]), int(PREVIEW["padding"]), background))
+        _, h, w = processed.target.shape
+        print(f"| {photo.stem} | {img.width}x{img.height} | {background} -> {processed.background} | {w}x{h} "
+              f"| {processed.filled:.1%} | {time.process_time() - start:.2f} | {processed.warning or ''} |", flush=True)
 
 
 def run(photo: Path, background: str, args: argparse.Namespace) -> dict:
@@ -83,10 +95,16 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="growth runs per model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, help="write the pictures here")
+    parser.add_argument("--targets-only", action="store_true", help="only the targets: grid share, CPU time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
+    if args.targets_only:
+        print("| photo | pixels | background | grid | grid filled | CPU s | warning |\n|---|---|---|---|---:|---:|---|")
+        for photo in args.photos:
+            targets_only(photo, args.backgrounds.split(","))
+        return
     print("| photo | background | grid | grid filled | cut-out s | iterations | wall s | CPU s | load avg "
           "| PSNR at 48 steps (sd) | PSNR at 200 |", flush=True)
     print("|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|", flush=True)

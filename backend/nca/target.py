@@ -49,7 +49,8 @@ CUTOUT_MIN_SUBJECT = 0.02  # a smaller cut-out (share of the picture) means no s
 CUTOUT_MAX_SUBJECT = 0.97  # a bigger one means there was no background to remove
 CUTOUT_HOLE = 0.05  # holes in the subject smaller than this share of it are filled (a glint, an eye)
 CLEAR_BACKGROUND = 0.5  # an image whose border is at least this transparent already has a clear background
-WEAK_KEY = 0.1  # keying that clears less of the picture than this did not find a plain background
+KEY_WORK_SIDE = 1024  # keying runs on a copy at most this big (the target is at most 128 cells wide)
+WEAK_KEY = 0.25  # keying that empties less of an opaque picture's cells did not find a plain background
 
 
 class TargetError(ValueError):
@@ -211,11 +212,15 @@ def remove_background(img: Image.Image, options: TargetOptions, clear: bool) -> 
             return img, "keep", (f"{exc}, so the whole image is used: the pattern has to fill the rectangle. "
                                  "Crop the photo around its subject or give it a transparent background.")
     if background == "key":
+        img = img.copy()
+        img.thumbnail((KEY_WORK_SIDE, KEY_WORK_SIDE), Image.LANCZOS)  # a 40-megapixel photo took 9 s of CPU
         keyed = key_out_background(img)
-        cleared = float((np.asarray(keyed.getchannel("A")) < 128).mean())
+        cells = keyed.copy()  # judged at the target's size: keyed specks of a busy background do not count
+        cells.thumbnail((options.size, options.size), Image.LANCZOS)
+        cleared = float((np.asarray(cells.getchannel("A")) <= 255 * ALIVE_THRESHOLD).mean())
         warning = None
         if not clear and cleared < WEAK_KEY:
-            warning = (f"making the border colour transparent cleared only {cleared:.0%} of the image: its "
+            warning = (f"making the border colour transparent emptied only {cleared:.0%} of the image: its "
                        "background is not one plain colour. Cut out the subject instead.")
         return keyed, "key", warning
     warning = None if clear else ("the image has no transparent background, so the pattern has to fill the whole "
