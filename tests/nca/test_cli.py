@@ -56,7 +56,7 @@ def test_train_then_grow_gif_and_strip(disc_image, tmp_path):
 @pytest.mark.parametrize(("flags", "background", "warning"), [
     ([], "cutout", None),  # the default: a photo's subject is cut out
     (["--background", "keep"], "keep", "no transparent background"),
-    (["--key-background"], "key", None),  # the old flag still works
+    (["--key-background"], "key", "not one plain colour"),  # the old flag still works, and a busy photo warns
 ])
 def test_train_treats_a_photos_background(tmp_path, flags, background, warning):
     image, out = tmp_path / "photo.jpg", tmp_path / "photo.safetensors"
