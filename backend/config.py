@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 10 * 1024 * 1024
     # Decoded width x height; more is refused as a decompression bomb. None: the core's MAX_IMAGE_PIXELS (40 million).
     max_image_pixels: int | None = None
+    cutout_seconds: float = 10.0  # time limit of a photo's subject cut-out; past it the whole image is used
     max_iterations: int = 20_000
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,31 @@ def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+# The subject of synthetic_photo(): an ellipse (left, top, right, bottom) in a 240 x 180 picture.
+PHOTO_SIZE = (240, 180)
+PHOTO_SUBJECT = (70, 40, 170, 150)
+
+
+def synthetic_photo() -> Image.Image:
+    """An opaque "photo": a shaded orange subject with two dark eyes on a busy, textured background
+    (green and blue noise with grey stripes), as a phone picture of a thing on a table would be."""
+    width, height = PHOTO_SIZE
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 90, (height, width, 1))
+    ys, xs = np.mgrid[0:height, 0:width]
+    stripes = ((xs + ys) // 12 % 2)[..., None] * np.array([50, 50, 50])
+    background = np.clip(np.array([30, 110, 90]) + noise * np.array([0.3, 1.0, 0.8]) + stripes, 0, 255)
+    img = Image.fromarray(background.astype(np.uint8), "RGB").filter(ImageFilter.GaussianBlur(1))
+    subject = Image.new("L", PHOTO_SIZE, 0)
+    ImageDraw.Draw(subject).ellipse(PHOTO_SUBJECT, fill=255)
+    shade = np.clip(np.array([235, 130, 30]) * (1.1 - 0.3 * (ys[..., None] - 40) / 110), 0, 255)
+    img.paste(Image.fromarray(shade.astype(np.uint8), "RGB"), (0, 0), subject)
+    draw = ImageDraw.Draw(img)
+    for cx in (100, 140):
+        draw.ellipse((cx - 7, 75, cx + 7, 89), fill=(40, 25, 20))
+    return img
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:

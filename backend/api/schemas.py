@@ -41,9 +41,15 @@ class _RequestOptions(BaseModel):
 # Every job option the HTTP API takes (backend.nca.jobspec.OPTIONS with `api`): types, bounds and
 # defaults are checked here so that errors name the field; the rules between options run when the
 # spec is built. `iterations` is also capped by the server's NCA_MAX_ITERATIONS.
+# Request fields that are no job option any more, kept so that older clients keep working
+# (backend/api/submissions.py turns them into today's options).
+LEGACY_FIELDS: dict[str, Any] = {
+    "key_background": (bool, Field(False, description="deprecated: true is the old way to say background=key",
+                                   json_schema_extra={"deprecated": True})),
+}
 JobOptions = create_model(
     "JobOptions", __base__=_RequestOptions, __doc__="Training options; each has a default.",
-    **{opt.name: _request_field(opt) for opt in OPTIONS if opt.meta.api},
+    **{opt.name: _request_field(opt) for opt in OPTIONS if opt.meta.api}, **LEGACY_FIELDS,
 )
 
 

@@ -1,7 +1,8 @@
 """Access and quotas for the HTTP API: the optional bearer token and the cap on active jobs.
 
-- `NCA_ACCESS_TOKEN` set: creating and cancelling jobs need `Authorization: Bearer <token>` (401
-  otherwise); everything else stays open, a job being found by its unguessable id. Unset: open.
+- `NCA_ACCESS_TOKEN` set: creating and cancelling jobs, and previewing an upload's target, need
+  `Authorization: Bearer <token>` (401 otherwise); everything else stays open, a job being found by its
+  unguessable id. Unset: open.
 - Active (queued or running) jobs are capped overall and per client; over a cap an upload gets 429
   with `Retry-After` before its body is even read. A client is the remote address (uvicorn takes
   it from `X-Forwarded-For` when the proxy is trusted: `--forwarded-allow-ips`).

@@ -8,6 +8,7 @@ the request model's types and bounds, then the spec's own rules, then this serve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -20,14 +21,23 @@ from starlette.datastructures import UploadFile
 
 from backend.config import Settings
 from backend.nca.jobspec import JobSpec
-from backend.nca.target import load_target
+from backend.nca.target import ProcessedTarget, TargetOptions, process_target
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, new_job_id
 from backend.storage.shared import Storage
 
-from .schemas import JobOptions
+from .schemas import ErrorOut, JobOptions
 
 MAX_FORM_FIELDS = 64
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "malformed multipart body (e.g. no boundary, more than one file)"},
+    415: {"model": ErrorOut, "description": "not a multipart/form-data upload"}}
+# The body of an upload (POST /api/jobs, POST /api/targets/preview), for the OpenAPI description.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary"},
+                   "options": {"type": "string", "description": "JSON object of JobOptions"},
+                   **JobOptions.model_json_schema()["properties"]}}}}}}
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,11 @@ def job_spec(upload: Upload, settings: Settings) -> JobSpec:
     except ValidationError as exc:
         raise HTTPException(422, f"invalid options: {validation_message(exc)}") from None
     options = request.model_dump()
+    if options.pop("key_background"):  # clients from before `background` keep working
+        if "background" in request.model_fields_set and options["background"] != "key":
+            raise HTTPException(422, "invalid options: key_background=true means background=key: send only "
+                                     "background")
+        options["background"] = "key"
     if "iterations" not in request.model_fields_set:  # the default, within this server's cap (as GET /api/config says)
         options["iterations"] = min(options["iterations"], settings.max_iterations)
     if options["seed"] is None:
@@ -110,12 +125,22 @@ def job_spec(upload: Upload, settings: Settings) -> JobSpec:
     return spec
 
 
+def target_options(spec: JobSpec, settings: Settings) -> TargetOptions:
+    """The spec's target options with this server's time limit for a cut-out."""
+    return dataclasses.replace(spec.target, cutout_seconds=settings.cutout_seconds)
+
+
+def process_upload(upload: Upload, spec: JobSpec, settings: Settings) -> ProcessedTarget:
+    """The target the upload becomes (TargetError: 422). Blocking (a cut-out can take seconds): run it in a thread."""
+    return process_target(upload.image, target_options(spec, settings), settings.max_image_pixels)
+
+
 def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec) -> Job:
     """Process the image (TargetError: 422), store the job and send its message. Blocking: run it in a thread."""
-    target = load_target(upload.image, spec.target, settings.max_image_pixels)
+    processed = process_upload(upload, spec, settings)
     job_id = new_job_id()
     stored_upload = upload.image if len(upload.image) <= settings.max_stored_upload_bytes else None
-    job = storage.jobs.create(job_id, spec, target, stored_upload)
+    job = storage.jobs.create(job_id, spec, processed.target, stored_upload, processed.warning)
     try:
         storage.queue.send(job_id)
     except Exception:

@@ -17,7 +17,7 @@ from .distill import DistillFormatError, import_distill
 from .jobspec import OPTIONS, JobSpec, OptionField
 from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
-from .target import TargetError, load_target
+from .target import TargetError, process_target
 from .train import PRESETS, Progress, Trainer, TrainingFailed
 
 
@@ -32,6 +32,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         if opt.part != "job":
             _add_option(p, opt)
+    p.add_argument("--key-background", dest="background", action="store_const", const="key",
+                   help="the same as --background key (kept for old scripts)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs (loss, growth video) here")
@@ -70,7 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     given = {opt.name: value for opt in OPTIONS if (value := getattr(args, opt.name, None)) is not None}
     spec = JobSpec.from_options({**PRESETS[args.preset], **given, "name": args.image.stem[:80]})
-    target = load_target(args.image, spec.target)
+    processed = process_target(args.image, spec.target)
+    target = processed.target
+    print(f"target: {target.shape[2]}x{target.shape[1]} cells, background {processed.background}, "
+          f"{processed.filled:.1%} of the grid to fill", file=sys.stderr)
+    if processed.warning:
+        print(f"warning: {processed.warning}", file=sys.stderr)
     config = spec.train
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None

@@ -145,5 +145,8 @@ SPEC_VERSION = max(2, *(opt.meta.since for opt in OPTIONS))
 def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
     """A stored spec of `version`, as `version + 1` stores it."""
     if version == 1:  # the API's validated options, some of them null (the default) or absent
-        return {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
-    return {**{opt.name: opt.default for opt in OPTIONS if opt.meta.since == version + 1}, **values}
+        return {**DEFAULTS, "key_background": False, **{k: v for k, v in values.items() if v is not None}}
+    values = {**{opt.name: opt.default for opt in OPTIONS if opt.meta.since == version + 1}, **values}
+    if version == 2 and "key_background" in values:  # 3: `background` (auto, cutout, key, keep) replaces it
+        values["background"] = "key" if values.pop("key_background") else "keep"  # what it trained on then
+    return values

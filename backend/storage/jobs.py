@@ -441,14 +441,17 @@ class JobStore:
 
     # --- API side ---------------------------------------------------------------------------
 
-    def create(self, job_id: str, spec: JobSpec, target: torch.Tensor, upload: bytes | None = None) -> Job:
-        """A queued job training `spec` on `target` (4, H, W); `upload` is kept when given."""
+    def create(self, job_id: str, spec: JobSpec, target: torch.Tensor, upload: bytes | None = None,
+               warning: str | None = None) -> Job:
+        """A queued job training `spec` on `target` (4, H, W); `upload` is kept when given; `warning` says
+        something the user should know about the target (e.g. its cut-out fell back to the whole image)."""
         now = time.time()
         _, height, width = target.shape
         record = {
             "id": job_id, "name": spec.name, "status": "queued", "iteration": 0, "total": spec.train.iterations,
             "created_at": now, "options": spec.options(), "spec_version": SPEC_VERSION, "grid_height": height,
             "grid_width": width, "model_version": 0, "loss_history": [], "loss_every": 1, "resumed_from": [],
+            "warning": warning,
         }
         keys = [job_key(job_id), job_key(job_id, "target"), job_key(job_id, "upload"), JOBS_KEY]
         if not self._run("create", keys, [job_id, now, tensor_to_bytes(target), upload or b"", *_pairs(record)]):

@@ -43,3 +43,5 @@ export const listCheckpoints = (id) => request(`/api/jobs/${encodeURIComponent(i
 export const cancelJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
 /** `form` is a FormData with the `image` file and the training options as fields. */
 export const createJob = (form) => request('/api/jobs', { method: 'POST', body: form });
+/** The target an upload becomes (same body as createJob); `signal` aborts a preview that is no longer wanted. */
+export const previewTarget = (form, signal) => request('/api/targets/preview', { method: 'POST', body: form, signal });

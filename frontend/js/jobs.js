@@ -10,6 +10,7 @@ const POLL_MS = 1000;
 const HIDDEN_POLL_MS = 15000;
 const PAGE_SIZE = 20;
 const PREVIEW_MS = 10000; // the server grows a preview per request: not on every poll
+const CONFIRM_AFTER_S = 60; // cancelling a job that has trained longer than this asks first
 
 /** `onWatch(modelId)` opens the Watch view on a job's model. */
 export function initJobs(onWatch) {
@@ -17,33 +18,46 @@ export function initJobs(onWatch) {
   const empty = document.getElementById('jobs-empty');
   const statusLine = document.getElementById('jobs-status');
   const more = document.getElementById('more-jobs');
-  const cards = new Map(); // job id -> {element, job}
+  const cards = new Map(); // job id -> {element, job, message}; message: the last action's failure
+  const lost = new Map(); // job id -> why its last poll failed
   let timer = null;
   let nextPage = null;
+
+  // The line above the list says only what is true now: a message belongs to its source and goes with it.
+  function setStatus(text, source) {
+    statusLine.textContent = text;
+    statusLine.dataset.source = text ? source : '';
+  }
+  function clearStatus(source) {
+    if (statusLine.dataset.source === source) setStatus('', '');
+  }
 
   function upsert(job) {
     let card = cards.get(job.id);
     if (!card) {
-      card = { element: createCard(job, onWatch, cancel), job };
+      const current = () => cards.get(job.id).job;
+      card = { element: createCard(job, { onWatch, onCancel: cancel, current }), job, message: '' };
       // Newest first, wherever the job came from (this page, a refresh, an older page).
       const createdAt = (id) => cards.get(id)?.job.created_at ?? 0;
       const older = [...list.children].find((el) => createdAt(el.dataset.jobId) < (job.created_at ?? 0));
       list.insertBefore(card.element, older ?? null);
       cards.set(job.id, card);
     }
+    if (card.job.status !== job.status || card.job.cancel_requested !== job.cancel_requested) card.message = '';
     card.job = job;
-    updateCard(card.element, job);
+    updateCard(card.element, job, card.message);
     showStrip(card.element, job, onWatch); // its checkpoints grown from the seed
     empty.hidden = cards.size > 0;
   }
 
   async function cancel(id) {
+    const card = cards.get(id);
     try {
       upsert(await cancelJob(id));
-      statusLine.textContent = 'Cancel requested; the job stops after its current iteration.';
     } catch (error) {
-      statusLine.textContent = `Could not cancel: ${error.message}`;
-      cards.get(id).element.querySelector('[data-action="cancel"]').disabled = false;
+      card.message = `Could not cancel: ${error.message}`;
+      updateCard(card.element, card.job, card.message);
+      card.element.querySelector('[data-action="cancel"]').disabled = false;
     }
     schedule(0);
   }
@@ -54,10 +68,15 @@ export function initJobs(onWatch) {
     await Promise.all(active.map(async (card) => {
       try {
         upsert(await getJob(card.job.id));
+        lost.delete(card.job.id);
       } catch (error) {
-        statusLine.textContent = `Lost touch with job ${shortId(card.job.id)}: ${error.message}`;
+        lost.set(card.job.id, error.message);
       }
     }));
+    for (const id of lost.keys()) if (!ACTIVE.has(cards.get(id)?.job.status)) lost.delete(id);
+    const [id, why] = lost.entries().next().value ?? [];
+    if (id) setStatus(`Lost touch with job ${shortId(id)}: ${why}`, 'poll');
+    else clearStatus('poll');
     schedule();
   }
 
@@ -77,10 +96,10 @@ export function initJobs(onWatch) {
       for (const job of page.items) upsert(job);
       nextPage = nextOffset(page);
       more.hidden = nextPage === null;
-      statusLine.textContent = '';
+      clearStatus('list');
       empty.hidden = cards.size > 0;
     } catch (error) {
-      statusLine.textContent = `Could not load jobs: ${error.message}`;
+      setStatus(`Could not load jobs: ${error.message}`, 'list');
     }
     schedule(0);
   }
@@ -91,8 +110,9 @@ export function initJobs(onWatch) {
       for (const job of page.items) upsert(job);
       nextPage = nextOffset(page);
       more.hidden = nextPage === null;
+      clearStatus('list');
     } catch (error) {
-      statusLine.textContent = `Could not load older jobs: ${error.message}`;
+      setStatus(`Could not load older jobs: ${error.message}`, 'list');
     }
     schedule(0);
   });
@@ -119,7 +139,13 @@ function nextOffset(page) {
 
 // --- rendering ---------------------------------------------------------------------------------
 
-function createCard(job, onWatch, cancel) {
+/** How long a job has trained so far (or in all, once finished), in seconds, from the server's times. */
+function trainedSeconds(job) {
+  if (!job.started_at) return 0;
+  return (job.finished_at ?? Date.now() / 1000) - job.started_at;
+}
+
+function createCard(job, { onWatch, onCancel, current }) {
   const li = document.createElement('li');
   li.className = 'job card';
   li.dataset.jobId = job.id;
@@ -137,6 +163,7 @@ function createCard(job, onWatch, cancel) {
       <p class="job-meta hint"></p>
       <progress max="1" value="0"></progress>
       <p class="job-numbers"></p>
+      <p class="job-note" role="status" aria-live="polite"></p>
       <p class="job-error error" role="alert" hidden></p>
       <p class="job-warning hint" hidden></p>
       <div class="job-actions">
@@ -144,17 +171,39 @@ function createCard(job, onWatch, cancel) {
         <button type="button" data-action="cancel">Cancel</button>
         <a data-action="download" class="button" download>Download model</a>
       </div>
+      <div class="job-confirm" role="group" aria-label="Confirm cancelling" hidden>
+        <p></p>
+        <button type="button" class="danger" data-action="confirm-cancel">Stop training</button>
+        <button type="button" data-action="keep-training">Keep training</button>
+      </div>
     </div>
     <canvas class="loss-chart" role="img" aria-label="Loss over iterations, log scale"></canvas>`;
+  const cancelButton = li.querySelector('[data-action="cancel"]');
+  const confirm = li.querySelector('.job-confirm');
+  const stop = () => {
+    confirm.hidden = true;
+    cancelButton.disabled = true;
+    onCancel(li.dataset.jobId);
+  };
   li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(li.dataset.jobId));
-  li.querySelector('[data-action="cancel"]').addEventListener('click', (event) => {
-    event.currentTarget.disabled = true;
-    cancel(li.dataset.jobId);
+  cancelButton.addEventListener('click', () => {
+    const seconds = trainedSeconds(current());
+    if (seconds <= CONFIRM_AFTER_S) return stop(); // a misclick costs at most a minute: no question
+    confirm.querySelector('p').textContent = `It has trained for ${formatDuration(seconds)}. Stop it now? `
+      + 'Its last checkpoint is kept.';
+    confirm.hidden = false;
+    confirm.querySelector('[data-action="confirm-cancel"]').focus();
+  });
+  li.querySelector('[data-action="confirm-cancel"]').addEventListener('click', stop);
+  li.querySelector('[data-action="keep-training"]').addEventListener('click', () => {
+    confirm.hidden = true;
+    cancelButton.focus();
   });
   return li;
 }
 
-function updateCard(li, job) {
+/** Everything on a card follows the job record; `message` is the last failed action's, if any. */
+function updateCard(li, job, message = '') {
   const { total } = job;
   const iteration = job.iteration ?? 0;
   const active = ACTIVE.has(job.status);
@@ -170,7 +219,7 @@ function updateCard(li, job) {
   badge.dataset.status = job.status;
   const resumed = job.resumed_from?.length
     ? `resumed from iteration ${job.resumed_from[job.resumed_from.length - 1]} after a worker was lost` : '';
-  li.querySelector('.job-meta').textContent = [job.options.experiment, job.device && `on ${job.device}`,
+  li.querySelector('.job-meta').textContent = [job.options.experiment, active && job.device && `on ${job.device}`,
     job.created_at && `submitted ${formatTime(job.created_at)}`, resumed].filter(Boolean).join(' · ');
 
   const progress = li.querySelector('progress');
@@ -183,7 +232,14 @@ function updateCard(li, job) {
   if (job.loss != null) numbers.push(`loss ${Number(job.loss).toExponential(2)}`);
   if (active && rate) numbers.push(`${rate.toFixed(rate < 10 ? 2 : 1)} it/s`);
   if (job.status === 'running' && job.eta_seconds != null) numbers.push(`ETA ${formatDuration(job.eta_seconds)}`);
+  if (!active && job.started_at && job.finished_at) {
+    numbers.push(`trained ${formatDuration(trainedSeconds(job))}${job.device ? ` on ${job.device}` : ''}`);
+  } else if (job.status === 'cancelled' && !job.started_at) {
+    numbers.push('cancelled before it started');
+  }
   li.querySelector('.job-numbers').textContent = numbers.join(' · ');
+  li.querySelector('.job-note').textContent = active && job.cancel_requested
+    ? 'Cancel requested: it stops after its current iteration and keeps its last checkpoint.' : message;
 
   const error = li.querySelector('.job-error');
   error.textContent = job.error || '';
@@ -195,6 +251,7 @@ function updateCard(li, job) {
   const cancelButton = li.querySelector('[data-action="cancel"]');
   cancelButton.hidden = !active;
   cancelButton.disabled = Boolean(job.cancel_requested);
+  if (!active || job.cancel_requested) li.querySelector('.job-confirm').hidden = true; // nothing left to confirm
   const modelUrl = job.links.model_file; // set from the first checkpoint on
   const hasModel = Boolean(modelUrl);
   const download = li.querySelector('[data-action="download"]');

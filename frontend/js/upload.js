@@ -1,8 +1,8 @@
-// The Train view: pick or drop an image, preview the processed target, choose options, submit.
+// The Train view: pick or drop an image, see it before and after processing, choose options, submit.
 
-import { createJob, setAccessToken } from './api.js';
-import { drawCells, deviceSide } from './pixels.js';
-import { isEmptyTarget, prepareTarget, targetImageData } from './target.js';
+import { createJob, previewTarget, setAccessToken } from './api.js';
+import { deviceSide, drawCells } from './pixels.js';
+import { drawPhoto, frameImage, targetOnWhite } from './target.js';
 
 const FALLBACK_EXPERIMENTS = {
   growing: 'Learns to grow the image from one cell; what happens after that is not trained.',
@@ -11,6 +11,13 @@ const FALLBACK_EXPERIMENTS = {
 };
 const DEFAULT_EXPERIMENT = 'regenerating';
 const PREVIEW_SIDE = 288; // CSS pixels
+const PREVIEW_DELAY_MS = 300; // typing a size: ask the server once the typing pauses
+const PREVIEW_FIELDS = ['target_size', 'padding', 'background']; // the options that shape the target
+const BACKGROUND_DONE = {
+  cutout: 'The subject was cut out of your photo; “Keep the whole image” turns this off.',
+  key: 'Pixels close to the border colour became empty.',
+  keep: 'Your image already has a transparent background: it is used as it is.',
+};
 
 /**
  * Wire up the form. `config` is GET /api/config; `onCreated(job)` runs after a job is accepted.
@@ -23,11 +30,20 @@ export function initUpload(config, onCreated) {
   const errorBox = document.getElementById('upload-error');
   const statusLine = document.getElementById('upload-status');
   const submit = document.getElementById('submit-job');
-  const previewCanvas = document.getElementById('target-preview');
+  const previewBox = document.querySelector('.preview');
+  const before = document.getElementById('original-preview');
+  const after = document.getElementById('target-preview');
+  const frame = document.getElementById('image-frame');
   const caption = document.getElementById('preview-caption');
+  const note = document.getElementById('preview-note');
+  const hint = document.getElementById('background-hint');
+  const defaultHint = hint.textContent;
   let file = null;
-  let bitmap = null;
-  let choice = 0; // counts file choices: a slow decode of an older choice must not win
+  let bitmap = null; // the chosen image, decoded here for the "before" picture
+  let preview = null; // the server's latest answer for it: {answer, image}, or {error, final}
+  let choice = 0; // counts preview requests: an older answer must not win
+  let pending = null; // the preview request in flight, aborted when a newer one starts
+  let timer = null;
 
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
   applyDefaults(form, config.defaults || {});
@@ -40,6 +56,7 @@ export function initUpload(config, onCreated) {
   tokenInput.addEventListener('input', () => {
     setAccessToken(tokenInput.value);
     localStorage.setItem('nca-access-token', tokenInput.value.trim()); // asked once, kept for later visits
+    if (preview?.error) schedulePreview(); // refused for want of the token: try again with it
   });
 
   const showError = (message) => {
@@ -48,57 +65,103 @@ export function initUpload(config, onCreated) {
   };
 
   async function useFile(chosen) {
-    const mine = ++choice;
     showError('');
+    pending?.abort(); // an answer about the previous file is of no use now
+    choice += 1;
     file = chosen;
     bitmap?.close(); // a decoded photo can hold hundreds of MB: free it now, not at some later GC
     bitmap = null;
+    preview = null;
     fileName.textContent = chosen ? `${chosen.name} (${formatBytes(chosen.size)})` : '';
-    if (!chosen) return renderPreview();
-    if (config.max_upload_bytes && chosen.size > config.max_upload_bytes) {
-      showError(`This file is ${formatBytes(chosen.size)}; the limit is ${formatBytes(config.max_upload_bytes)}.`);
+    if (chosen && config.max_upload_bytes && chosen.size > config.max_upload_bytes) {
+      const limit = `This file is ${formatBytes(chosen.size)}; the limit is ${formatBytes(config.max_upload_bytes)}.`;
+      showError(limit);
+      preview = { error: limit, final: true }; // no point asking the server
+    } else if (chosen) {
+      requestPreview();
     }
+    render();
+    if (!chosen) return;
     let decoded = null;
     try {
       decoded = await createImageBitmap(chosen);
     } catch {
-      // Not decodable here; the server has the final word and will say what is wrong.
-      caption.textContent = 'Your browser cannot preview this file. You can still upload it; the server checks it.';
+      decoded = null; // not decodable here; the server has the final word and its preview says so
     }
-    if (mine !== choice) {
+    if (file !== chosen) {
       decoded?.close();
       return;
     }
     bitmap = decoded;
-    renderPreview();
+    render();
   }
 
-  function renderPreview() {
-    const ctx = previewCanvas.getContext('2d');
-    previewCanvas.closest('.preview').classList.toggle('empty', !bitmap);
-    if (!bitmap) {
-      ctx.clearRect(0, 0, previewCanvas.width, previewCanvas.height);
-      return;
+  /** Ask the server what the file becomes with the current options; the latest request wins. */
+  async function requestPreview() {
+    clearTimeout(timer);
+    if (!file) return;
+    pending?.abort();
+    const controller = new AbortController();
+    pending = controller;
+    choice += 1;
+    const mine = choice;
+    previewBox.setAttribute('aria-busy', 'true');
+    let next;
+    try {
+      const answer = await previewTarget(previewData(form, file), controller.signal);
+      next = { answer, image: await targetOnWhite(answer.png) };
+    } catch (error) {
+      next = { error: error.message };
     }
-    const options = {
-      size: fieldInt(form.elements.target_size),
-      padding: fieldInt(form.elements.padding),
-      keyBackground: form.elements.key_background.checked,
-    };
-    const target = prepareTarget(bitmap, options);
-    const scale = drawCells(previewCanvas, targetImageData(target), deviceSide(previewCanvas, PREVIEW_SIDE));
-    outlineTarget(previewCanvas, target, options.padding, scale);
-    caption.textContent = `The image becomes ${target.cellsW}×${target.cellsH} cells on a `
-      + `${target.width}×${target.height} grid: the dashed line frames the image, the empty border around it `
-      + 'is room to grow into.'
-      + (isEmptyTarget(target) ? ' It is almost fully transparent: there would be nothing to grow.' : '');
+    if (mine !== choice) return; // a newer request (or file) took over
+    previewBox.removeAttribute('aria-busy');
+    preview = next;
+    render();
+  }
+
+  function schedulePreview() {
+    clearTimeout(timer);
+    if (file && !preview?.final) timer = setTimeout(requestPreview, PREVIEW_DELAY_MS);
+  }
+
+  /** Both pictures, the caption, the server's warning and the background hint, from the current state. */
+  function render() {
+    before.closest('figure').hidden = !bitmap;
+    if (bitmap) drawPhoto(before, bitmap, deviceSide(before, PREVIEW_SIDE / 2));
+    after.closest('figure').hidden = !preview?.image;
+    let text = 'Choose an image to see the target: downscaled, on white, with the empty border the pattern '
+      + 'grows into.';
+    let warning = '';
+    hint.textContent = defaultHint;
+    if (file && !preview) {
+      text = 'Preparing the target…';
+    } else if (preview?.error) {
+      text = 'The server cannot prepare this image:';
+      warning = preview.error;
+    } else if (preview) {
+      const { image, answer } = preview;
+      const { padding } = answer;
+      drawCells(after, image, deviceSide(after, PREVIEW_SIDE));
+      frameImage(frame, answer);
+      text = `The image becomes ${answer.grid_width - 2 * padding}×${answer.grid_height - 2 * padding} cells on a `
+        + `${answer.grid_width}×${answer.grid_height} grid, and the pattern fills ${formatShare(answer.filled)} `
+        + 'of it: the dashed line frames the image, the empty border around it is room to grow into.';
+      warning = answer.warning || '';
+      if (!warning) hint.textContent = BACKGROUND_DONE[answer.background];
+    }
+    caption.textContent = text;
+    note.textContent = warning && warning[0].toUpperCase() + warning.slice(1);
+    note.dataset.kind = preview?.error ? 'error' : 'warning';
+    note.hidden = !warning;
   }
 
   input.addEventListener('change', () => useFile(input.files[0] || null));
-  for (const name of ['target_size', 'padding', 'key_background']) {
-    form.elements[name].addEventListener('input', renderPreview);
+  for (const name of PREVIEW_FIELDS) {
+    const field = form.elements[name];
+    field.addEventListener(field.tagName === 'SELECT' ? 'change' : 'input', schedulePreview);
   }
-  window.addEventListener('resize', renderPreview);
+  window.addEventListener('resize', () => { if (file) render(); });
+  render();
 
   // Drag and drop anywhere on the drop zone; the dropped file also becomes the input's file.
   for (const type of ['dragenter', 'dragover']) {
@@ -189,6 +252,17 @@ function applyLimits(form, limits) {
   }
 }
 
+/** What the preview needs: the image and the options that shape the target (nothing else to validate). */
+function previewData(form, file) {
+  const data = new FormData();
+  data.append('image', file, file.name);
+  for (const name of PREVIEW_FIELDS) {
+    const value = form.elements[name].value.trim();
+    if (value !== '') data.append(name, value);
+  }
+  return data;
+}
+
 /** The upload as multipart: the image plus every filled-in option as a form field. */
 function formData(form, file) {
   const data = new FormData();
@@ -202,23 +276,15 @@ function formData(form, file) {
   return data;
 }
 
-/** A thin frame around the image part, so the padding the pattern grows into is visible. */
-function outlineTarget(canvas, target, padding, scale) {
-  if (!padding) return;
-  const ctx = canvas.getContext('2d');
-  ctx.save();
-  ctx.strokeStyle = 'rgba(37, 99, 235, 0.55)';
-  ctx.setLineDash([4, 4]);
-  ctx.lineWidth = 1;
-  ctx.strokeRect(padding * scale + 0.5, padding * scale + 0.5, target.cellsW * scale - 1, target.cellsH * scale - 1);
-  ctx.restore();
-}
-
 /** A number field's value held within its min/max (the server's limits); its default if unreadable. */
 function fieldInt(field) {
   const n = Number.parseInt(field.value, 10);
   const value = Number.isFinite(n) ? n : Number.parseInt(field.defaultValue, 10);
   return Math.min(Math.max(value, Number(field.min)), Number(field.max));
+}
+
+function formatShare(share) {
+  return `${(share * 100).toFixed(1)} %`;
 }
 
 function formatBytes(bytes) {

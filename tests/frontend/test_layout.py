@@ -8,6 +8,7 @@ from playwright.sync_api import expect
 
 from tests.conftest import png_image
 from tests.frontend.pages import PHONE, open_app, screenshot
+from tests.helpers import synthetic_photo
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_views_fit_a_phone(phone, view, some_job):
     screenshot(phone, f"{view}-phone")
 
 
-def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack):
+def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack, tmp_path):
     open_app(page, "train")
     page.keyboard.press("Tab")  # first stop: the site title link
     page.keyboard.press("Tab")  # then the Train tab in the navigation
@@ -62,8 +63,52 @@ def test_keyboard_focus_is_visible_and_controls_are_labelled(page, stack):
       .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
       .map((el) => el.id || el.outerHTML.slice(0, 60))""")
     assert unlabelled == []
-    # A picture-only canvas is an image to assistive tech (a bare canvas's label is not announced).
+    # A picture-only canvas is an image to assistive tech (a bare canvas's label is not announced);
+    # the preview's two appear once there is an image to show.
+    photo = tmp_path / "toy.png"
+    synthetic_photo().save(photo)
+    page.set_input_files("#image-input", str(photo))
+    expect(page.get_by_role("img", name="Your image, before")).to_have_count(1)
     expect(page.get_by_role("img", name="Processed target on its padded grid")).to_have_count(1)
     # Status and error lines are live regions, so changes are announced.
     for selector in ["#upload-error", "#upload-status", "#jobs-status", "#watch-status"]:
         assert page.get_attribute(selector, "aria-live") in ("polite", "assertive")
+
+
+def boxes(page, *selectors: str) -> list[dict]:
+    return [page.locator(selector).first.bounding_box() for selector in selectors]
+
+
+def test_on_a_phone_the_preview_is_right_under_the_file_input(phone, tmp_path):
+    photo = tmp_path / "toy.png"
+    synthetic_photo().save(photo)
+    open_app(phone, "train")
+    phone.set_input_files("#image-input", str(photo))
+    expect(phone.locator("#preview-caption")).to_contain_text("cells on a")
+    drop, preview, experiments = boxes(phone, "#drop-zone", ".preview", ".experiments")
+    assert 0 <= preview["y"] - (drop["y"] + drop["height"]) <= 32  # nothing in between
+    assert preview["y"] + preview["height"] <= experiments["y"]  # the form's options come after it
+    original, target = boxes(phone, "#original-preview", "#target-preview")
+    assert original["width"] > 100 and target["width"] > 100  # before and after side by side, both readable
+    assert abs(original["y"] - target["y"]) < 2
+    screenshot(phone, "train-photo-phone")
+
+
+def test_on_a_wide_screen_the_preview_is_beside_the_form(page, stack):
+    open_app(page, "train")
+    drop, preview, options = boxes(page, "#drop-zone", ".preview", ".options")
+    assert preview["x"] >= drop["x"] + drop["width"] and abs(preview["y"] - drop["y"]) < 2
+    assert options["y"] > drop["y"] + drop["height"] and options["x"] == drop["x"]
+
+
+def test_every_option_says_what_it_does(page, stack):
+    """Each field of the form, Advanced ones included, has a one-line explanation tied to it."""
+    open_app(page, "train")
+    page.click("details.advanced summary")
+    hints = page.evaluate("""() => [...document.querySelectorAll('#upload-form input, #upload-form select')]
+      .filter((el) => el.offsetParent !== null && !['file', 'radio', 'password'].includes(el.type))
+      .map((el) => [el.id, document.getElementById(el.getAttribute('aria-describedby'))?.textContent ?? ''])
+      .map(([id, text]) => [id, text.replace(/\\s+/g, ' ').trim()])""")
+    assert len(hints) >= 12
+    assert [name for name, hint in hints if not hint] == []
+    assert all(len(hint) < 110 for _, hint in hints), hints  # a line, not a paragraph

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 
@@ -14,6 +15,7 @@ from backend.nca import modelfile
 from backend.storage.embedded_redis import free_port
 from tests.frontend.conftest import Server
 from tests.frontend.pages import open_app, screenshot
+from tests.helpers import synthetic_photo
 
 # Tiny training options (through the advanced fields) so the job finishes in seconds on CPU.
 TINY = {"#target-size": "8", "#iterations": "30", "#padding": "4", "#batch-size": "4", "#pool-size": "8",
@@ -44,6 +46,72 @@ def on_white(png: bytes) -> np.ndarray:
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
+def cell_centres(pixels: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """One pixel per cell (its centre) of a canvas that shows `grid` upscaled by a whole number."""
+    scale = pixels.shape[0] // grid.shape[0]
+    assert pixels.shape[:2] == (grid.shape[0] * scale, grid.shape[1] * scale)
+    return pixels[scale // 2::scale, scale // 2::scale, :3].astype(int)
+
+
+def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
+    """An opaque photo: the subject is cut out by default (the server's own processing, shown as it
+    will be trained), with a one-line explanation, a warning when the cut-out is turned off, and the
+    job then trains on exactly what was shown."""
+    photo = tmp_path / "toy.png"  # an opaque PNG (tests/nca/test_target.py cuts a JPEG)
+    synthetic_photo().save(photo)
+    open_app(page, "train")
+    page.set_input_files("#image-input", str(photo))
+    caption = page.locator("#preview-caption")
+    expect(caption).to_contain_text("cells on a")
+    expect(page.locator("#original-preview")).to_be_visible()  # before
+    expect(page.locator("#target-preview")).to_be_visible()  # after
+    expect(page.locator("#background")).to_have_value("auto")
+    expect(page.locator("#background-hint")).to_contain_text("cut out of your photo")
+    expect(page.locator("#preview-note")).to_be_hidden()
+    screenshot(page, "train-photo")
+
+    def server_preview(**fields) -> dict:
+        response = httpx.post(f"{stack.api_url}/api/targets/preview", timeout=30, data=fields,
+                              files={"image": ("toy.png", photo.read_bytes(), "image/png")})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    expected = server_preview(target_size="40", padding="16", background="auto")
+    grid = on_white(base64.b64decode(expected["png"]))
+    assert grid.shape[:2] == (expected["grid_height"], expected["grid_width"])
+    assert np.abs(cell_centres(preview_cells(page), grid) - grid).max() <= 2  # the page draws the server's target
+    assert f"{expected['filled'] * 100:.1f} %" in caption.inner_text()
+    p = 16
+    assert (grid[p, p] == 255).all() and (grid[p, -p - 1] == 255).all()  # corners of the image part: cut away
+    centre = grid[grid.shape[0] // 2, grid.shape[1] // 2]
+    assert centre[0] > 150 > centre[2]  # the orange subject
+
+    page.select_option("#background", "keep")  # the way to turn it off
+    note = page.locator("#preview-note")
+    expect(note).to_contain_text("no transparent background")
+    kept = server_preview(target_size="40", padding="16", background="keep")
+    assert kept["filled"] > expected["filled"]
+    expect(caption).to_contain_text(f"fills {kept['filled'] * 100:.1f} %")
+    whole = on_white(base64.b64decode(kept["png"]))
+    expect(page.locator("#target-preview")).to_have_js_property("width", preview_cells(page).shape[1])
+    assert np.abs(cell_centres(preview_cells(page), whole) - whole).max() <= 2
+
+    page.select_option("#background", "auto")
+    page.click("details.advanced summary")
+    for selector, value in TINY.items():
+        page.fill(selector, value)
+    expect(caption).to_contain_text(re.compile(r"on a (\d+×16|16×\d+) grid"))  # 8 cells + 2 x 4 of padding
+    expect(note).to_be_hidden()
+    shown = preview_cells(page)
+    page.click("#submit-job")
+    expect(page).to_have_url(re.compile(r"#jobs$"))
+    card = page.locator(".job", has_text="toy").first
+    job_id = card.get_attribute("data-job-id")
+    stored = on_white(httpx.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
+    assert np.abs(cell_centres(shown, stored) - stored).max() <= 2  # trained on what was shown
+    expect(card.locator(".badge")).to_have_text("succeeded", timeout=120_000)
+
+
 def test_upload_trains_to_success(page, stack, tmp_path):
     image = tmp_path / "apple.png"
     heart_png(image)
@@ -56,7 +124,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     for selector, value in TINY.items():
         page.fill(selector, value)  # `fill` fires input events: the preview follows
     expect(page.locator("#preview-caption")).to_contain_text("8×8 cells on a 16×16 grid")
-    preview = preview_cells(page)[..., :3]
+    preview = preview_cells(page)
 
     page.click("#submit-job")
     expect(page.locator("#upload-error")).to_be_hidden()
@@ -66,15 +134,13 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     job_id = card.get_attribute("data-job-id")
     assert page.evaluate("() => { const p = document.querySelector('.job progress'); return p.value === p.max; }")
     expect(card.locator(".job-numbers")).to_contain_text("30 / 30 it")
+    expect(card.locator(".job-numbers")).to_contain_text(re.compile(r"trained \d+s on cpu"))  # wall time, device
     expect(card.locator("[data-action=cancel]")).to_be_hidden()
     # The server's processed target is shown, and the browser's preview agreed with it.
     expect(card.locator("img.job-target")).to_have_js_property("naturalWidth", 16)
     expect(card.locator("img.job-preview")).to_have_js_property("naturalWidth", 16)  # the grown model
     server_target = on_white(httpx.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
-    scale = preview.shape[0] // server_target.shape[0]
-    assert preview.shape[:2] == (server_target.shape[0] * scale, server_target.shape[1] * scale)
-    cells = preview[scale // 2::scale, scale // 2::scale].astype(int)
-    assert np.abs(cells - server_target.astype(int)).mean() < 12, "the preview differs from the server's target"
+    assert np.abs(cell_centres(preview, server_target) - server_target).max() <= 2, "the preview is not the target"
 
     # The loss chart has a curve (painted pixels) and the model file downloads and loads.
     expect(card.locator(".job-numbers")).to_contain_text("loss")
@@ -157,22 +223,6 @@ def test_invalid_upload_shows_the_api_message(page, stack):
     expect(error).to_have_text(message)
     expect(page).to_have_url(f"{stack.api_url}/#train")  # stays on the form
     screenshot(page, "train-error")
-
-
-def test_preview_sizes_match_pillow_thumbnail(page, stack):
-    """The browser's target size follows Pillow's Image.thumbnail (used by the core) exactly."""
-    sizes = [(100, 30), (30, 100), (20, 10), (41, 40), (1000, 999), (333, 7), (64, 64), (57, 200)]
-    expected = []
-    for width, height in sizes:
-        img = Image.new("RGB", (width, height))
-        img.thumbnail((40, 40))
-        expected.append(list(img.size))
-    open_app(page, "train")
-    got = page.evaluate("""async (sizes) => {
-      const { thumbnailSize } = await import('/js/target.js');
-      return sizes.map(([w, h]) => thumbnailSize(w, h, 40));
-    }""", sizes)
-    assert got == expected
 
 
 def test_access_token_for_a_protected_server(page, stack, tmp_path):

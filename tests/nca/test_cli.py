@@ -10,6 +10,7 @@ from PIL import Image
 
 from backend.nca import modelfile
 from tests.conftest import DISTILL_MODELS, REPO_ROOT
+from tests.helpers import synthetic_photo
 
 
 def nca(*args: str) -> subprocess.CompletedProcess:
@@ -50,6 +51,23 @@ def test_train_then_grow_gif_and_strip(disc_image, tmp_path):
                "--damage-at", "2", "--angle", "45").returncode == 0
     with Image.open(strip) as img:
         assert img.size == (16 * 2 * 3, 11 * 2)
+
+
+@pytest.mark.parametrize(("flags", "background", "warning"), [
+    ([], "cutout", None),  # the default: a photo's subject is cut out
+    (["--background", "keep"], "keep", "no transparent background"),
+    (["--key-background"], "key", "not one plain colour"),  # the old flag still works, and a busy photo warns
+])
+def test_train_treats_a_photos_background(tmp_path, flags, background, warning):
+    image, out = tmp_path / "photo.jpg", tmp_path / "photo.safetensors"
+    synthetic_photo().save(image)
+    result = nca("train", str(image), "--out", str(out), "--experiment", "growing", "--size", "16", "--padding", "2",
+                 "--iterations", "1", "--batch-size", "1", "--min-steps", "2", "--max-steps", "3", *flags)
+    assert result.returncode == 0, result.stderr
+    assert f"background {background}" in result.stderr
+    assert (warning in result.stderr) if warning else "warning" not in result.stderr
+    alpha = modelfile.load(out).target[3, 2:-2, 2:-2]  # inside the padding
+    assert (alpha.min() < 1) == (background != "keep")  # only "keep" leaves the whole rectangle opaque
 
 
 def test_grow_frames_are_the_exact_rendered_grid(tmp_path):

@@ -19,9 +19,9 @@ def test_every_option_field_is_a_job_option_and_round_trips_through_json() -> No
                 for f in dataclasses.fields(cls) if option_of(f)}
     assert {o.name for o in OPTIONS} == declared  # nothing listed by hand: new fields flow through
     spec = JobSpec.from_options({"name": "heart", "experiment": "growing", "iterations": 300, "target_size": 24,
-                                 "fire_rate": 1, "key_background": True})
+                                 "fire_rate": 1, "background": "key"})
     train, target = spec.train, spec.target
-    assert (train.iterations, train.fire_rate, target.size, target.key_background) == (300, 1.0, 24, True)
+    assert (train.iterations, train.fire_rate, target.size, target.background) == (300, 1.0, 24, "key")
     stored = json.loads(json.dumps(spec.options()))
     assert JobSpec.from_stored(stored, SPEC_VERSION) == spec
     assert stored["damage_count"] == 0  # resolved from the experiment, so the record says what trains
@@ -31,7 +31,8 @@ def test_every_option_field_is_a_job_option_and_round_trips_through_json() -> No
     ({"colour": "red"}, ["unknown option colour", "the options are"]),
     ({"iterations": "300"}, ["iterations must be an integer"]),
     ({"iterations": True}, ["iterations must be an integer"]),
-    ({"key_background": 1}, ["key_background must be true or false"]),
+    ({"background": "magic"}, ["background must be 'auto' or 'cutout'"]),
+    ({"key_background": True}, ["unknown option key_background"]),
     ({"experiment": "dancing"}, ["experiment must be 'growing' or"]),
     ({"iterations": 0}, ["iterations must be at least 1"]),
     ({"lr": 0}, ["lr must be above 0"]),
@@ -67,6 +68,10 @@ def test_old_untyped_records_are_migrated() -> None:
     spec = JobSpec.from_stored(old, 1)
     assert (spec.name, spec.train.experiment, spec.train.seed, spec.target.padding) == ("heart", "growing", 7, 6)
     assert spec.train.checkpoint_every == DEFAULTS["checkpoint_every"] and spec.train.damage_count == 0
+    assert spec.target.background == "keep"  # what the image was trained on before `background` existed
+    assert JobSpec.from_stored({**old, "key_background": True}, 1).target.background == "key"
+    v2 = {**{k: v for k, v in JobSpec().options().items() if k != "background"}, "key_background": True}
+    assert JobSpec.from_stored(v2, 2).target.background == "key"
     with pytest.raises(SpecError, match="unknown option colour"):
         JobSpec.from_stored({**old, "colour": "red"}, 1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..deps import SettingsDep
-from ..schemas import EXPERIMENT_HELP, ConfigOut, JobOptions
+from ..schemas import EXPERIMENT_HELP, LEGACY_FIELDS, ConfigOut, JobOptions
 
 router = APIRouter(prefix="/api", tags=["config"])
 
@@ -24,7 +24,7 @@ def option_limits(max_iterations: int) -> dict[str, dict[str, float]]:
 
 @router.get("/config", response_model=ConfigOut, summary="Settings the frontend uses")
 def config(settings: SettingsDep) -> ConfigOut:
-    defaults = JobOptions().model_dump()
+    defaults = JobOptions().model_dump(exclude=set(LEGACY_FIELDS))  # a form offers today's options only
     defaults["checkpoint_every"] = settings.checkpoint_every
     defaults["iterations"] = min(defaults["iterations"], settings.max_iterations)
     return ConfigOut(

@@ -13,15 +13,12 @@ from backend.storage.jobs import Job, JobNotFound, JobStore
 from backend.storage.models import CheckpointNotFound
 
 from ..deps import JobIdDep, PreviewsDep, SettingsDep, StorageDep, StoreDep
-from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobList, JobOptions, JobOut
+from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobList, JobOut
 from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES
-from ..submissions import job_spec, read_upload, submit
+from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, job_spec, read_upload, submit
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 413, 422, 503)}
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut, "description": "malformed multipart body (e.g. no boundary, more than one file)"},
-    415: {"model": ErrorOut, "description": "not a multipart/form-data upload"}}
 Scale = Annotated[int, Query(ge=1, le=16, description="each cell becomes scale x scale pixels")]
 Iteration = Annotated[int, Path(ge=0, le=10**9, description="a checkpoint's training iteration")]
 HISTORY_CACHE = "public, max-age=86400"  # a checkpoint of the history never changes (the page adds its version)
@@ -29,12 +26,7 @@ HISTORY_CACHE = "public, max-age=86400"  # a checkpoint of the history never cha
 
 @router.post("", status_code=202, response_model=JobOut,
              responses={**ERRORS, **UPLOAD_ERRORS, **TOKEN_RESPONSES, **QUOTA_RESPONSES},
-             dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training",
-             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-                 "type": "object", "required": ["image"],
-                 "properties": {"image": {"type": "string", "format": "binary"},
-                                "options": {"type": "string", "description": "JSON object of JobOptions"},
-                                **JobOptions.model_json_schema()["properties"]}}}}}})
+             dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training", openapi_extra=UPLOAD_BODY)
 async def create_job(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> JobOut:
     """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location."""
     upload = await read_upload(request, settings.max_upload_bytes)
