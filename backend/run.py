@@ -115,6 +115,7 @@ def proxy_service(settings: Settings, caddy: str = "caddy") -> Service:
         "NCA_PROXY_API_ADDRESSES": f"{local_address(settings.api_host)}:{settings.api_port}",
         "NCA_PROXY_STREAM_ADDRESSES": f"{local_address(settings.stream_host)}:{settings.stream_port}",
         "NCA_FRONTEND_DIR": str(settings.frontend_dir), "XDG_DATA_HOME": state, "XDG_CONFIG_HOME": state,
+        "NCA_PROXY_LOG_LEVEL": "ERROR",  # its startup chatter (JSON) would bury the "Open ..." line
     }
     command = [caddy, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
     return Service("proxy", command, settings.proxy_host, settings.proxy_port, env)
