@@ -13,6 +13,9 @@
 #      and a stream replica killed mid-stream (`docker kill`) -> its viewer reconnects through the proxy
 #      (backoff as frontend/js/stream.js) and plays again.
 #   P4 R defaults to /tmp/compose-check-proxy, so it does not share a folder with the original.
+#   P5 NCA_TORCH_THREADS=1 and NCA_STREAM_TORCH_THREADS=1 (docs/deploy.md's advice for a CPU-only host: split
+#      the cores): on the shared 2-core VM, two-thread workers next to other work trained at 0.04-0.1 it/s and
+#      the original's 200- and 300-iteration jobs ran past job_poll's 15 minutes. (Override with the variables.)
 #
 # Builds and runs `docker compose up` (CPU variant) of a checkout on this machine from scratch, then checks it.
 # Runs as root on Debian bookworm; reaches only Debian apt, PyPI and npm (no container registry, no PyTorch wheel index).
@@ -181,6 +184,7 @@ services:
 EOF
 export COMPOSE_FILE=docker-compose.yml:docker-compose.cpu.yml:docker-compose.envfix.yml
 export NCA_PROXY_PORT=$PROXY_PORT
+export NCA_TORCH_THREADS=${NCA_TORCH_THREADS:-1} NCA_STREAM_TORCH_THREADS=${NCA_STREAM_TORCH_THREADS:-1}  # P5
 API=http://127.0.0.1:$PROXY_PORT
 WS=ws://127.0.0.1:$PROXY_PORT
 
