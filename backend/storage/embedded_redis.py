@@ -50,8 +50,12 @@ def redis_server_binary() -> str:
 
 
 def start_redis(port: int | None = None, data_dir: str | Path | None = None, appendonly: bool = True,
-                timeout: float = 15.0) -> EmbeddedRedis:
-    """Start redis-server on 127.0.0.1 and wait until it answers PING."""
+                timeout: float = 15.0, own_session: bool = False) -> EmbeddedRedis:
+    """Start redis-server on 127.0.0.1 and wait until it answers PING.
+
+    `own_session`: out of the caller's process group, so a terminal's Ctrl-C does not reach it and the
+    caller can stop it last, after the services that use it (`python -m backend.run`).
+    """
     port = port or free_port()
     data_dir = Path(data_dir or tempfile.mkdtemp(prefix="nca-redis-"))
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +64,8 @@ def start_redis(port: int | None = None, data_dir: str | Path | None = None, app
         "--appendonly", "yes" if appendonly else "no", "--save", "", "--protected-mode", "yes",
         "--logfile", str(data_dir / "redis.log"),
     ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=own_session)
     server = EmbeddedRedis(port, data_dir, process)
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout

@@ -103,7 +103,10 @@ class Job(BaseModel):
     checkpoint_at: float | None = None
     attempts: int = 0  # times a worker started it (more than 1 after a worker loss or shutdown)
     workers_lost: int = 0  # times its worker vanished mid-run (crash, kill -9); shutdowns do not count
-    resumed_from: list[int] = []  # checkpoint iterations this job was resumed from after a worker loss
+    resumed_from: list[int] = []  # checkpoint iterations this job was resumed from (after a stop or a worker loss)
+    # Why its last run ended before the job did: "stop" (its worker was shut down and gave it back at a
+    # checkpoint: Ctrl-C, a deploy) or "worker_lost" (the worker vanished: a crash, kill -9).
+    interrupted_by: Literal["stop", "worker_lost"] | None = None
     cancel_requested: bool = False
     _spec: JobSpec = PrivateAttr()
     _loss_every: int = PrivateAttr(1)
@@ -126,7 +129,7 @@ class Job(BaseModel):
                 fields[name] = json.loads(fields[name])
         fields["cancel_requested"] = fields.get("cancel_requested") == "1"
         for name in ("loss", "iterations_per_second", "eta_seconds", "started_at", "finished_at", "error", "warning",
-                     "device", "worker", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at"):
+                     "device", "worker", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at", "interrupted_by"):
             if fields.get(name) == "":
                 fields[name] = None
         version = int(fields.get("spec_version") or 1)
@@ -328,7 +331,8 @@ return 1
 # KEYS: job, lease. ARGV: token, id. The worker is shutting down: back to the queue, recovery resends it.
 _SUSPEND = _LUA_HELPERS + """
 if not owns(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '',
+           'interrupted_by', 'stop')
 redis.call('DEL', KEYS[2])
 announce(ARGV[2])
 return 1
@@ -345,7 +349,10 @@ local lease_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_ms') or '0') or 0
 if st == 'running' and tonumber(ARGV[2]) < lease_ms then return 0 end
 if redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
 if not st or {_TERMINAL_LUA} then return 0 end
-if st == 'running' then redis.call('HINCRBY', KEYS[1], 'workers_lost', 1) end
+if st == 'running' then
+  redis.call('HINCRBY', KEYS[1], 'workers_lost', 1)
+  redis.call('HSET', KEYS[1], 'interrupted_by', 'worker_lost')
+end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '')
 announce(ARGV[1])
 return 1

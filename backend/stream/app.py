@@ -22,6 +22,7 @@ from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.jobs import JobStore
 from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, CheckpointNotFound, ModelCatalog, ModelNotFound
+from backend.storage.stream_clients import StreamSlots
 
 from . import guard
 from . import protocol as p
@@ -52,14 +53,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         return data, version, status
 
     engine = Engine(fetch, pick_device(settings.device), settings.stream_max_sessions)
+    slots_client = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+    slots = StreamSlots(slots_client, settings.stream_max_sessions_per_client)
     app.state.engine, app.state.settings, app.state.checkpoints = engine, settings, "connecting"
-    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(follow_checkpoints(app, settings.redis_url))]
+    app.state.client_slots = slots
+    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(follow_checkpoints(app, settings.redis_url)),
+             asyncio.create_task(slots.keep_renewing())]
     try:
         yield
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(*guard.STORE_ERRORS):  # slots of streams cut by the shutdown
+            await slots.give_back_all()
+        await slots_client.aclose()
         client.close()
 
 
@@ -92,10 +100,17 @@ def _summary(values: Iterable[float]) -> dict[str, float] | None:
 
 @service.websocket("/ws/stream")
 async def stream(ws: WebSocket) -> None:
+    try:
+        await _stream(ws)
+    finally:
+        await guard.release(ws, ws.app.state.client_slots)  # the slot guard.admit took for the client
+
+
+async def _stream(ws: WebSocket) -> None:
     await ws.accept()
     engine: Engine = ws.app.state.engine
     settings: Settings = ws.app.state.settings
-    if (refusal := guard.admit(ws, engine, settings)) is not None:  # origin, streams per client
+    if (refusal := await guard.admit(ws, ws.app.state.client_slots, settings)) is not None:  # origin, per client
         return await _refuse(ws, *refusal)
     try:
         params = parse_params(ws.query_params)
@@ -117,9 +132,6 @@ async def stream(ws: WebSocket) -> None:
     except Exception:  # e.g. a garbled version in the store: still a documented close, not a dropped connection
         log.exception("could not open a stream of model %s", params.model)
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} could not be loaded")
-    if (refusal := guard.opened(ws, engine, session, settings)) is not None:  # streams per client
-        engine.close(session)
-        return await _refuse(ws, *refusal)
     try:
         session.send_event("model", **session.model.describe(), on_checkpoint=session.on_checkpoint)
         session.send_state()

@@ -5,7 +5,10 @@
   foreign site cannot make its visitors' browsers watch (and load) our streams. Clients that send
   no Origin (scripts, the `websockets` library) are not browsers and are let through. Close 4403.
 - At most `stream_max_sessions_per_client` streams per remote address (close 1013, as for the
-  overall cap).
+  overall cap), counted in Redis (backend/storage/stream_clients.py) so the cap holds across every
+  stream replica; behind the proxy the address is the client's (X-Forwarded-For, trusted from the
+  proxy only). With Redis unreachable the stream is let in uncounted (the per-replica
+  `stream_max_sessions` still applies).
 - A client message bigger than `stream_max_message_bytes` closes the stream with 1009; under
   uvicorn the websocket parser itself is told the limit, so a huge message is refused before it is
   buffered.
@@ -16,28 +19,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import redis
 from fastapi import WebSocket
 from starlette.types import Message
 
 from backend.config import Settings
+from backend.storage.stream_clients import StreamSlots
 
 from . import protocol as p
-from .engine import Engine
 from .protocol import ProtocolError
-from .sessions import Session
 from .transport import SCOPE_KEY
 
 FLOOD_WINDOW = 10.0  # seconds over which ignored commands are counted
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 SCOPE_LIMITER = "nca.command_limiter"
+SCOPE_SLOT = "nca.client_slot"
+STORE_ERRORS = (redis.RedisError, OSError)
 
-_owners: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()  # session -> remote address
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,29 +91,31 @@ def client_host(ws: WebSocket) -> str:
     return ws.client.host if ws.client else "unknown"
 
 
-def admit(ws: WebSocket, engine: Engine, settings: Settings) -> tuple[int, str] | None:
-    """Before the stream opens: (close code, reason) to refuse it, else None (and its limits are set)."""
+async def admit(ws: WebSocket, slots: StreamSlots, settings: Settings) -> tuple[int, str] | None:
+    """Before the stream opens: (close code, reason) to refuse it, else None (its limits are set and it holds
+    one of its address's slots until `release`)."""
     origin = ws.headers.get("origin")
     if not origin_allowed(origin, ws.headers.get("host"), settings):
         return p.CLOSE_FORBIDDEN_ORIGIN, f"origin {origin[:60]} may not open streams here (NCA_STREAM_ALLOWED_ORIGINS)"
-    if _streams_from(client_host(ws), engine) >= settings.stream_max_sessions_per_client:
-        return _too_many_from_client(settings)
+    try:
+        slot = await slots.take(client_host(ws))
+    except STORE_ERRORS as exc:
+        log.warning("streams per client not counted (Redis unavailable: %s)", exc)
+    else:
+        if slot is None:
+            return _too_many_from_client(settings)
+        ws.scope[SCOPE_SLOT] = slot
     ws.scope[SCOPE_LIMITER] = CommandLimiter(settings.stream_command_rate, settings.stream_command_burst)
     _limit_parser(ws, settings.stream_max_message_bytes)
     return None
 
 
-def opened(ws: WebSocket, engine: Engine, session: Session, settings: Settings) -> tuple[int, str] | None:
-    """The stream is open: count it as its address's. (close code, reason) if streams from that address
-    opened meanwhile make it one too many (admit cannot count those still waiting for their model to load)."""
-    host = _owners[session] = client_host(ws)
-    if _streams_from(host, engine) > settings.stream_max_sessions_per_client:
-        return _too_many_from_client(settings)
-    return None
-
-
-def _streams_from(host: str, engine: Engine) -> int:
-    return sum(1 for session in engine.sessions if _owners.get(session) == host)
+async def release(ws: WebSocket, slots: StreamSlots) -> None:
+    """The stream ended: its slot goes back (if Redis is unreachable, it lapses by itself)."""
+    slot = ws.scope.pop(SCOPE_SLOT, None)
+    if slot is not None:
+        with contextlib.suppress(*STORE_ERRORS):
+            await slots.give_back(slot)
 
 
 def _too_many_from_client(settings: Settings) -> tuple[int, str]:

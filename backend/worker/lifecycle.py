@@ -15,7 +15,7 @@ from celery import Celery, signals
 
 from backend.storage.shared import Storage
 
-from .tasks import TrainingWorker
+from .tasks import INTERRUPTIONS, TrainingWorker
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
         except Exception:
             jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
             raise
-        log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint "
-                 "(unacknowledged messages dropped: %d)", job_id, forgotten)
+        log.info("job %s: re-queued to resume from its checkpoint %s (unacknowledged messages dropped: %d)", job_id,
+                 INTERRUPTIONS.get(jobs.get(job_id).interrupted_by, ""), forgotten)
     return recovered
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_WORKERS_LOST = 20  # a job whose worker keeps dying (e.g. killed for memory) fails instead of looping
 REDIS_RETRY_SECONDS = 1.0  # while Redis is down at the start or end of a run
 T = TypeVar("T")
+INTERRUPTIONS = {"stop": "after a stop", "worker_lost": "after its worker was lost"}  # Job.interrupted_by, in words
 
 
 class TrainingWorker:
@@ -156,7 +157,8 @@ class JobRun:
         resumed_from = job.resumed_from
         if resume is not None:
             resumed_from = [*resumed_from, start]
-            log.info("job %s: resuming from the checkpoint at iteration %d", job.id, start)
+            log.info("job %s: resuming from the checkpoint at iteration %d %s", job.id, start,
+                     INTERRUPTIONS.get(job.interrupted_by, ""))
         trainer = Trainer(self.store.target(job.id), spec.train, self.device, resume=resume, name=spec.name,
                           target_size=spec.target.size, padding=spec.target.padding)
         if not self.store.progress(job.id, self.token, trainer.iteration, self.history, resumed_from=resumed_from):

@@ -11,6 +11,8 @@ const HIDDEN_POLL_MS = 15000;
 const PAGE_SIZE = 20;
 const PREVIEW_MS = 10000; // the server grows a preview per request: not on every poll
 const CONFIRM_AFTER_S = 60; // cancelling a job that has trained longer than this asks first
+// Why a job's last run ended early (job.interrupted_by): a normal stop is not a crash.
+const RESUMED_AFTER = { stop: 'after a stop', worker_lost: 'after its worker was lost' };
 
 /** `onWatch(modelId)` opens the Watch view on a job's model. */
 export function initJobs(onWatch) {
@@ -217,8 +219,9 @@ function updateCard(li, job, message = '') {
   const badge = li.querySelector('[data-role="status"]');
   badge.textContent = job.status;
   badge.dataset.status = job.status;
-  const resumed = job.resumed_from?.length
-    ? `resumed from iteration ${job.resumed_from[job.resumed_from.length - 1]} after a worker was lost` : '';
+  const lastResume = job.resumed_from?.[job.resumed_from.length - 1];
+  const resumed = lastResume === undefined ? ''
+    : [`resumed from iteration ${lastResume}`, RESUMED_AFTER[job.interrupted_by]].filter(Boolean).join(' ');
   li.querySelector('.job-meta').textContent = [job.options.experiment, active && job.device && `on ${job.device}`,
     job.created_at && `submitted ${formatTime(job.created_at)}`, resumed].filter(Boolean).join(' · ');
 

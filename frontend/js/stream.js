@@ -27,16 +27,12 @@ export function decodeFrame(buffer) {
   return { frame, step, width, height, flags, pixels };
 }
 
-/** ws(s)://host:port of the stream service, as GET /api/config says (or derived from the page). */
+/** ws(s)://host[:port][/path] of the stream service: GET /api/config's stream_url, else the page's own origin. */
 export function streamBase(config, location = window.location) {
-  if (config.stream_url) {
-    const url = new URL(config.stream_url, location.href);
-    if (url.protocol === 'http:') url.protocol = 'ws:';
-    if (url.protocol === 'https:') url.protocol = 'wss:';
-    return url.href.replace(/\/$/, '');
-  }
-  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  return `${scheme}://${location.hostname}:${config.stream_port || 8001}`;
+  const url = new URL(config.stream_url || '/', location.href);
+  if (url.protocol === 'http:') url.protocol = 'ws:';
+  if (url.protocol === 'https:') url.protocol = 'wss:';
+  return url.href.replace(/\/$/, '');
 }
 
 /**

@@ -20,7 +20,9 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 CPU_OVERRIDE_FILE = REPO_ROOT / "docker-compose.cpu.yml"
 REDIS_PRIVATE_FILE = REPO_ROOT / "docker-compose.redis-private.yml"
 REMOTE_WORKER_FILE = REPO_ROOT / "docker-compose.worker.yml"
-ALL_FILES = (COMPOSE_FILE, CPU_OVERRIDE_FILE, REDIS_PRIVATE_FILE, REMOTE_WORKER_FILE)
+TLS_OVERRIDE_FILE = REPO_ROOT / "docker-compose.tls.yml"
+ALL_FILES = (COMPOSE_FILE, CPU_OVERRIDE_FILE, REDIS_PRIVATE_FILE, REMOTE_WORKER_FILE, TLS_OVERRIDE_FILE)
+CADDYFILE = REPO_ROOT / "deploy" / "Caddyfile"  # the proxy's configuration, in compose and natively
 
 # Compose replaces these values instead of appending to them (compose-spec "merge" rules).
 _REPLACED_SEQUENCES = {"command", "entrypoint", "test"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,11 +15,13 @@ from jsonschema import Draft7Validator
 from backend.config import Settings
 from tests.deploy.compose_model import (
     ALL_FILES,
+    CADDYFILE,
     COMPOSE_FILE,
     CPU_OVERRIDE_FILE,
     REDIS_PRIVATE_FILE,
     REMOTE_WORKER_FILE,
     REPO_ROOT,
+    TLS_OVERRIDE_FILE,
     Reset,
     command_argv,
     extend,
@@ -32,8 +36,10 @@ from tests.deploy.compose_model import (
 COMPOSE_SCHEMA = REPO_ROOT.parent / "shared" / "reference" / "compose-spec.json"
 # What a host sets for the files that refuse to start without it (`${VAR:?message}`).
 REQUIRED_HOST_ENV = {"REDIS_PASSWORD": "0123abcd", "REDIS_BIND_IP": "10.0.0.1",
-                     "REDIS_URL": "redis://:0123abcd@10.0.0.1:6379/0"}
+                     "REDIS_URL": "redis://:0123abcd@10.0.0.1:6379/0", "NCA_DOMAIN": "nca.example.org"}
 PYTHON_SERVICES = ("api", "worker", "stream")
+BEHIND_PROXY = ("api", "stream")  # what the proxy forwards to
+CADDYFILE_IN_CONTAINER = "/etc/caddy/Caddyfile"
 
 # The service commands every part of the project agrees on (python -m backend.run, compose, tests).
 CONTRACT_COMMANDS = {
@@ -41,6 +47,7 @@ CONTRACT_COMMANDS = {
     "worker": "celery -A backend.worker.celery_app worker --pool=solo --concurrency=1 --prefetch-multiplier=1 "
               "--loglevel=INFO",
     "stream": "uvicorn backend.stream.app:app --host 0.0.0.0 --port 8001",
+    "proxy": f"caddy run --config {CADDYFILE_IN_CONTAINER} --adapter caddyfile",
 }
 
 
@@ -94,7 +101,7 @@ def test_the_schema_check_rejects_a_broken_file(schema_validator, compose) -> No
 
 
 def test_services_and_their_commands_are_the_contract(compose) -> None:
-    assert set(compose["services"]) == {"redis", "api", "worker", "stream"}
+    assert set(compose["services"]) == {"proxy", "redis", "api", "worker", "stream"}
     for name, command in CONTRACT_COMMANDS.items():
         assert command_argv(compose["services"][name]) == shlex.split(command), name
 
@@ -113,22 +120,91 @@ def test_backend_run_starts_the_same_commands(compose) -> None:
         assert local == deployed, service.name
 
 
-def test_python_services_share_one_image_built_from_the_dockerfile(compose) -> None:
-    services = compose["services"]
+def test_backend_run_starts_the_compose_proxy_with_the_same_caddyfile(compose) -> None:
+    """One proxy configuration: compose mounts deploy/Caddyfile where its command reads it, and
+    `python -m backend.run` runs the same command on the same file."""
+    from backend.run import proxy_service
+
+    proxy = compose["services"]["proxy"]
+    mounts = {target: source for source, target, *_ in (volume.split(":") for volume in proxy["volumes"])}
+    assert (REPO_ROOT / mounts[CADDYFILE_IN_CONTAINER]).resolve() == CADDYFILE
+    assert (REPO_ROOT / mounts["/srv/frontend"]).resolve() == REPO_ROOT / "frontend", "the Caddyfile's default root"
+    local = proxy_service(Settings(), caddy="caddy")
+    argv = local.command
+    assert argv[argv.index("--config") + 1] == str(CADDYFILE)
+    argv[argv.index("--config") + 1] = CADDYFILE_IN_CONTAINER
+    assert argv == command_argv(proxy)
+    assert local.env["NCA_PROXY_UPSTREAMS"] == "list" and "NCA_PROXY_UPSTREAMS" not in proxy["environment"]
+
+
+def _adapt(env: dict[str, str]) -> dict:
+    """deploy/Caddyfile as Caddy itself reads it with these variables (`caddy adapt`: parse, no listening)."""
+    from backend.run import caddy_binary
+
+    result = subprocess.run([caddy_binary(), "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _proxy_handlers(config: dict) -> list[dict]:
+    found = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            if value.get("handler") == "reverse_proxy":
+                found.append(value)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(config)
+    return found
+
+
+def test_the_caddyfile_finds_replicas_by_dns_in_compose_and_by_address_natively(compose) -> None:
+    """Compose's environment: every address of the service names `api` and `stream` (so --scale works);
+    backend.run's: its fixed addresses. The stream route never buffers."""
+    from backend.run import proxy_service
+
+    in_compose = _proxy_handlers(_adapt(resolved_environment(compose["services"]["proxy"])))
+    assert sorted((h["dynamic_upstreams"]["name"], h["dynamic_upstreams"]["port"]) for h in in_compose) == \
+        [("api", "8000"), ("stream", "8001")]
+    assert all(h["dynamic_upstreams"]["source"] == "a" and h["dynamic_upstreams"]["refresh"] <= 5e9
+               for h in in_compose)
+    local = proxy_service(Settings(api_port=8101, stream_port=8102))
+    natively = _proxy_handlers(_adapt({**local.env, "PATH": "/usr/bin:/bin"}))
+    assert sorted(u["dial"] for h in natively for u in h["upstreams"]) == ["127.0.0.1:8101", "127.0.0.1:8102"]
+    stream_route = next(h for h in natively if h["upstreams"][0]["dial"].endswith(":8102"))
+    assert stream_route["flush_interval"] == -1
+
+
+@pytest.mark.parametrize("variant", ["compose", "cpu_compose"])
+def test_python_services_share_one_image_built_once_from_the_dockerfile(variant, request) -> None:
+    """Only the worker builds; api and stream run its image and never pull that name from a registry
+    (so one build exports one image, not three identical ones)."""
+    services = request.getfixturevalue(variant)["services"]
     images = {services[name]["image"] for name in PYTHON_SERVICES}
     assert len(images) == 1
-    for name in PYTHON_SERVICES:
-        build = services[name]["build"]
-        assert build["context"] == "."
-        assert not build.get("dockerfile") or build["dockerfile"] == "Dockerfile"
+    assert [name for name, service in services.items() if "build" in service] == ["worker"]
+    build = services["worker"]["build"]
+    assert build["context"] == "."
+    assert not build.get("dockerfile") or build["dockerfile"] == "Dockerfile"
+    for name in BEHIND_PROXY:
+        assert services[name]["pull_policy"] == "never", name
     assert services["redis"]["image"] == "redis:7"
+    assert services["proxy"]["image"] == "caddy:2"
 
 
 def test_every_service_has_a_healthcheck_without_curl(compose) -> None:
     for name, service in compose["services"].items():
         test = service.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
-        assert "curl" not in " ".join(test) and "wget" not in " ".join(test), f"{name}: slim images have no curl/wget"
+        if name in PYTHON_SERVICES:
+            assert "curl" not in " ".join(test) and "wget" not in " ".join(test), f"{name}: slim images have neither"
+    assert compose["services"]["proxy"]["healthcheck"]["test"][1] == "wget"  # busybox's, in the caddy image
     assert "redis-cli ping" in " ".join(compose["services"]["redis"]["healthcheck"]["test"])
     assert "/api/health" in " ".join(compose["services"]["api"]["healthcheck"]["test"])
     assert "/health" in " ".join(compose["services"]["stream"]["healthcheck"]["test"])
@@ -140,11 +216,31 @@ def test_python_services_wait_for_a_healthy_redis(compose) -> None:
         assert depends_on["redis"]["condition"] == "service_healthy", name
 
 
-def test_ports_only_on_api_and_stream(compose) -> None:
-    published = {name: service.get("ports", []) for name, service in compose["services"].items() if "ports" in service}
-    assert set(published) == {"api", "stream"}
-    assert published["api"] == ["8000:8000"]
-    assert published["stream"] == ["8001:8001"]
+@pytest.mark.parametrize("variant", ["compose", "cpu_compose"])
+def test_only_the_proxy_publishes_a_port(variant, request) -> None:
+    """One origin: the page, the API and the stream all go through the proxy's one port, so api and stream
+    can scale (a published host port would collide) and nothing reaches them past the proxy."""
+    services = request.getfixturevalue(variant)["services"]
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy": ["8000:80"]}
+    assert not any("expose" in service or "network_mode" in service for service in services.values())
+
+
+def test_the_api_and_stream_trust_forwarded_addresses_only_from_the_proxy(compose) -> None:
+    """uvicorn takes the client address from X-Forwarded-For only when the connection comes from
+    FORWARDED_ALLOW_IPS: that must be exactly the proxy's fixed address, which no other container can get."""
+    for host_env in ({}, {"NCA_PROXY_ADDRESS": "10.9.8.2", "NCA_SUBNET": "10.9.8.0/24",
+                          "NCA_SUBNET_DYNAMIC_RANGE": "10.9.8.128/25"}):
+        configured = interpolate(strip_tags(load(COMPOSE_FILE)), host_env)
+        proxy_address = configured["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+        for name in BEHIND_PROXY:
+            assert resolved_environment(configured["services"][name])["FORWARDED_ALLOW_IPS"] == proxy_address, name
+        (pool,) = configured["networks"]["default"]["ipam"]["config"]
+        address, subnet, dynamic = (ipaddress.ip_address(proxy_address), ipaddress.ip_network(pool["subnet"]),
+                                    ipaddress.ip_network(pool["ip_range"]))
+        assert address in subnet and dynamic.subnet_of(subnet)
+        assert address not in dynamic, "another container could be given the proxy's address"
+        assert address != next(subnet.hosts()), "the first address is the network's gateway"
 
 
 def test_worker_scales_and_reserves_one_nvidia_gpu(compose) -> None:
@@ -163,9 +259,9 @@ def test_cpu_override_drops_only_the_gpu_reservation(compose, cpu_compose) -> No
     assert isinstance(override["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"], Reset)
     worker = cpu_compose["services"]["worker"]
     assert "devices" not in worker.get("deploy", {}).get("resources", {}).get("reservations", {})
+    assert worker["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     for name in PYTHON_SERVICES:
         merged, base = cpu_compose["services"][name], compose["services"][name]
-        assert merged["build"]["args"]["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
         assert merged["image"] != base["image"], "the CPU image must not overwrite the CUDA image's tag"
         assert command_argv(merged) == command_argv(base)
         assert merged["environment"] == base["environment"]
@@ -192,6 +288,8 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         assert environment, name
         for variable, value in environment.items():
             defaults = variable_defaults(str(value))
+            if variable == "FORWARDED_ALLOW_IPS":  # uvicorn's own variable: the proxy's address (test above)
+                continue
             assert str(value) == f"${{{variable}:-{defaults.get(variable, '')}}}", (
                 f"{name}: {variable} should be `${{{variable}:-default}}` so it can be set from the host")
             if variable.startswith("NCA_"):
@@ -204,12 +302,25 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
 
 def test_environment_is_interpolated_from_the_host(compose) -> None:
     """Setting a variable on the host reaches the service (and a host port moves the published port)."""
-    host_env = {"NCA_CHECKPOINT_EVERY": "25", "NCA_API_PORT": "9000", "REDIS_URL": "redis://10.0.0.5:6379/1"}
+    host_env = {"NCA_CHECKPOINT_EVERY": "25", "NCA_PROXY_PORT": "9000", "REDIS_URL": "redis://10.0.0.5:6379/1"}
     configured = interpolate(strip_tags(load(COMPOSE_FILE)), host_env)
     worker_env = resolved_environment(configured["services"]["worker"])
     assert worker_env["NCA_CHECKPOINT_EVERY"] == "25"
     assert worker_env["REDIS_URL"] == "redis://10.0.0.5:6379/1"
-    assert configured["services"]["api"]["ports"] == ["9000:8000"]
+    assert configured["services"]["proxy"]["ports"] == ["9000:80"]
+
+
+def test_tls_override_publishes_80_and_443_for_a_required_domain(compose) -> None:
+    raw = merge(load(COMPOSE_FILE), load(TLS_OVERRIDE_FILE))
+    with pytest.raises(KeyError, match="NCA_DOMAIN"):
+        interpolate(raw, {})
+    proxy = interpolate(raw, {"NCA_DOMAIN": "nca.example.org"})["services"]["proxy"]
+    assert proxy["ports"] == ["80:80", "443:443", "443:443/udp"], "replaced, not added to the HTTP port"
+    assert proxy["environment"]["NCA_SITE_ADDRESS"] == "nca.example.org"
+    config = _adapt(resolved_environment(proxy))  # Caddy turns a domain into HTTPS on 443 with a redirect on 80
+    servers = config["apps"]["http"]["servers"]
+    assert any(listen.endswith(":443") for server in servers.values() for listen in server["listen"])
+    assert "/data" in {volume.split(":")[1] for volume in proxy["volumes"]}, "certificates must survive restarts"
 
 
 def test_private_redis_override_requires_a_password_and_a_private_address(compose) -> None:

@@ -1,11 +1,11 @@
 """The stack answers when each compose service runs its own `command` with its own `environment`.
 
 No Docker engine runs here, so this reads docker-compose.yml and starts api, worker and stream natively,
-as a host would: the compose file is interpolated with the host variables REDIS_URL (a local Redis, a
-database of its own), NCA_API_PORT and NCA_STREAM_PORT (free ports); each command then listens on
-127.0.0.1 at its published port instead of 0.0.0.0 at the container port. Nothing else is changed: the
-commands, their arguments and every other variable are the compose file's. The services' own healthcheck
-commands are run too. Then a tiny job is trained through the API and the stream plays its model.
+as a host would: the compose file is interpolated with the host variable REDIS_URL (a local Redis, a
+database of its own); api and stream then listen on 127.0.0.1 at free ports instead of 0.0.0.0 at their
+container ports. Nothing else is changed: the commands, their arguments and every other variable are the
+compose file's. The services' own healthcheck commands are run too. Then a tiny job is trained through
+the API and the stream plays its model. (The proxy in front of them, with replicas: test_proxy.py.)
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ TINY_JOB = {"experiment": "growing", "iterations": 12, "target_size": 8, "paddin
 class Stack:
     compose: dict
     env: dict[str, dict[str, str]]  # each service's environment, as the container would see it
-    ports: dict[str, int]  # published host port of api and stream
+    ports: dict[str, int]  # where api and stream listen here (in compose: their container ports)
     logs: dict[str, Path]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -71,28 +71,26 @@ class Stack:
         assert test[0] == "CMD", f"{name}: expected an exec-form healthcheck"
         argv = [sys.executable if arg == "python" else arg for arg in test[1:]]
         if name in self.ports:
-            container_port = _published(self.compose["services"][name])[1]
+            container_port = _container_port(self.compose["services"][name])
             argv = [arg.replace(f"127.0.0.1:{container_port}/", f"127.0.0.1:{self.ports[name]}/") for arg in argv]
         env = {**self.env[name], **env_overrides}
         return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 
-def _published(service: dict) -> tuple[int, int]:
-    """(host port, container port) of the service's single published port."""
-    host, container = str(service["ports"][0]).split(":")[-2:]
-    return int(host), int(container)
+def _container_port(service: dict) -> int:
+    """The port the service's command listens on in its container (what the proxy and healthcheck use)."""
+    argv = command_argv(service)
+    return int(argv[argv.index("--port") + 1])
 
 
-def native_argv(service: dict) -> list[str]:
-    """The compose command, listening on loopback at the published port; executables from this venv."""
+def native_argv(service: dict, port: int | None) -> list[str]:
+    """The compose command, listening on loopback at `port`; executables from this venv."""
     argv = command_argv(service)
     bin_dir = Path(sys.executable).parent
     if (bin_dir / argv[0]).exists():
         argv[0] = str(bin_dir / argv[0])
-    if "ports" in service:
-        host_port, container_port = _published(service)
-        assert argv[argv.index("--port") + 1] == str(container_port), "the command must listen on the published port"
-        argv[argv.index("--port") + 1] = str(host_port)
+    if port is not None:
+        argv[argv.index("--port") + 1] = str(port)
         argv[argv.index("--host") + 1] = "127.0.0.1"
     return argv
 
@@ -125,22 +123,22 @@ def _wait(what: str, check, stack: Stack, timeout: float = START_TIMEOUT):
 
 @pytest.fixture(scope="module")
 def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    host_env = {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{STACK_DB}",
-                "NCA_API_PORT": str(free_port()), "NCA_STREAM_PORT": str(free_port())}
+    host_env = {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{STACK_DB}"}
     compose = interpolate(strip_tags(load(COMPOSE_FILE)), host_env)
     services = compose["services"]
     base = _base_environment()
     logs_dir = tmp_path_factory.mktemp("stack-logs")
     stack = Stack(compose=compose,
                   env={name: {**base, **resolved_environment(services[name])} for name in SERVICES},
-                  ports={name: _published(services[name])[0] for name in ("api", "stream")},
+                  ports={name: free_port() for name in ("api", "stream")},
                   logs={name: logs_dir / f"{name}.log" for name in SERVICES})
     assert stack.env["worker"]["REDIS_URL"] == host_env["REDIS_URL"]
     try:
         for name in SERVICES:
             with stack.logs[name].open("wb") as log:
                 stack.processes[name] = subprocess.Popen(
-                    native_argv(services[name]), cwd=REPO_ROOT, env=stack.env[name], stdin=subprocess.DEVNULL,
+                    native_argv(services[name], stack.ports.get(name)), cwd=REPO_ROOT, env=stack.env[name],
+                    stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT)
         yield stack
     finally:
@@ -163,7 +161,7 @@ def test_api_and_stream_answer_and_their_healthchecks_pass(stack: Stack) -> None
     page = httpx.get(f"{stack.api}/", timeout=10)
     assert page.status_code == 200 and "<html" in page.text.lower(), "the API serves the frontend at /"
     config = httpx.get(f"{stack.api}/api/config", timeout=10).json()
-    assert config["stream_port"] == stack.ports["stream"], "browsers must be sent to the published stream port"
+    assert config["stream_url"] is None, "browsers use the page's own origin: the proxy routes /ws/stream"
 
 
 def test_worker_heartbeat_reaches_the_api_and_its_healthcheck(stack: Stack) -> None:

@@ -72,8 +72,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         **os.environ, **SERVICE_ENV,
         "REDIS_URL": redis.url,
         "NCA_MODELS_DIR": str(models_dir),
-        "NCA_STREAM_PORT": str(stream_port),
-        "NCA_PUBLIC_STREAM_URL": "",  # the page derives ws://127.0.0.1:<stream port>
+        # A split deployment (no proxy in front): the page is told where the stream is. Through the proxy
+        # the page uses its own origin (tests/deploy/test_proxy.py).
+        "NCA_PUBLIC_STREAM_URL": f"ws://127.0.0.1:{stream_port}",
         "NCA_CHECKPOINT_EVERY": "10",
         "NCA_DEVICE": "cpu",
     }

@@ -99,18 +99,19 @@ def test_hidden_tab_pauses_the_stream(page, stack, example_id):
 
 
 def test_stream_address_comes_from_the_api_config(page, stack):
-    """Same host as the page on the configured port by default; a public URL (reverse proxy) wins."""
+    """NCA_PUBLIC_STREAM_URL when set (a split deployment, as this stack is); else the page's own origin."""
     open_app(page, "train")
     config = page.evaluate("() => fetch('/api/config').then((r) => r.json())")
-    assert config["stream_port"] == stack.stream_port
+    assert config["stream_url"] == f"ws://127.0.0.1:{stack.stream_port}"
     addresses = page.evaluate("""async (config) => {
       const { streamBase } = await import('/js/stream.js');
-      return [streamBase(config),
+      return [streamBase(config), streamBase({ ...config, stream_url: null }),
               streamBase({ ...config, stream_url: 'https://nca.example.org/stream/' }),
               streamBase({ ...config, stream_url: '/stream' })];
     }""", config)
-    assert addresses == [f"ws://127.0.0.1:{stack.stream_port}", "wss://nca.example.org/stream",
-                         f"ws://127.0.0.1:{stack.api_url.rsplit(':', 1)[1]}/stream"]
+    page_origin = stack.api_url.removeprefix("http://")
+    assert addresses == [f"ws://127.0.0.1:{stack.stream_port}", f"ws://{page_origin}", "wss://nca.example.org/stream",
+                         f"ws://{page_origin}/stream"]
 
 
 def test_watch_reconnects_when_the_stream_restarts(page, stack, example_id):

@@ -73,7 +73,8 @@ def test_expired_lease_is_recovered_once(store: JobStore) -> None:
     time.sleep(0.4)
     assert store.recover_orphans() == [job_id]
     assert store.recover_orphans() == []  # only one recoverer re-sends it
-    assert store.get(job_id).status == "queued" and store.get(job_id).workers_lost == 1
+    job = store.get(job_id)
+    assert (job.status, job.workers_lost, job.interrupted_by) == ("queued", 1, "worker_lost")
     assert store.claim(job_id, "b", 5, "cpu", "w2") == "ok"
     assert store.refresh_lease(job_id, "b", 5) and not store.refresh_lease(job_id, "a", 5)
 
@@ -84,7 +85,9 @@ def test_suspended_job_is_resent_by_recovery(store: JobStore) -> None:
     assert store.suspend(job_id, "a")
     assert store.get(job_id).status == "queued"
     assert store.recover_orphans() == [job_id]
-    assert store.get(job_id).workers_lost == 0  # a shutdown is not a lost worker (it never fails the job)
+    job = store.get(job_id)
+    assert job.workers_lost == 0  # a shutdown is not a lost worker (it never fails the job)
+    assert job.interrupted_by == "stop"  # what the job card says ("resumed ... after a stop")
 
 
 def test_cancel_queued_running_and_finished(store: JobStore) -> None:

@@ -28,7 +28,7 @@ def config(settings: SettingsDep) -> ConfigOut:
     defaults["checkpoint_every"] = settings.checkpoint_every
     defaults["iterations"] = min(defaults["iterations"], settings.max_iterations)
     return ConfigOut(
-        stream_url=settings.public_stream_url or None, stream_port=settings.stream_port,
+        stream_url=settings.public_stream_url or None,
         max_upload_bytes=settings.max_upload_bytes, max_iterations=settings.max_iterations,
         experiments=EXPERIMENT_HELP, defaults=defaults, limits=option_limits(settings.max_iterations),
         auth_required=bool(settings.access_token),
