@@ -12,6 +12,8 @@ from backend.config import Settings
 from backend.storage.jobs import JobStore, is_job_id
 from backend.storage.models import ModelCatalog
 
+from .renders import Renders
+
 
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
@@ -29,6 +31,10 @@ def _catalog(request: Request) -> ModelCatalog:
     return request.app.state.catalog
 
 
+def _renders(request: Request) -> Renders:
+    return request.app.state.renders
+
+
 def _celery(request: Request) -> Celery:
     return request.app.state.celery
 
@@ -44,4 +50,5 @@ RedisDep = Annotated[redis.Redis, Depends(_redis)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 CatalogDep = Annotated[ModelCatalog, Depends(_catalog)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
+RendersDep = Annotated[Renders, Depends(_renders)]
 JobIdDep = Annotated[str, Depends(_job_id)]

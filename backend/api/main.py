@@ -21,6 +21,7 @@ from backend.storage.jobs import JobStore
 from backend.storage.models import ModelCatalog
 from backend.worker.celery_app import make_celery
 
+from .renders import Renders
 from .routes import config, health, jobs, models
 from .schemas import ErrorOut
 from .upload_limit import UploadLimitMiddleware
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings, app.state.redis = settings, client
     app.state.store, app.state.catalog = JobStore(client), ModelCatalog(client, settings.models_dir)
     app.state.celery = make_celery(settings)
+    app.state.renders = Renders()  # videos, cards, exports: computed off the event loop, cached
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
