@@ -24,6 +24,7 @@ from .modelfile import ModelFile
 PLAYER_DIR = Path(__file__).resolve().parents[2] / "frontend" / "player"
 _CA_IMPORT = re.compile(r"^import \{[^}]*\} from '\./ca\.js';\n", re.MULTILINE)
 _SLOT = re.compile(r"\{\{([A-Z_]+)\}\}")
+_TEMPLATE_NOTE = re.compile(r"<!--template.*?-->\n", re.DOTALL)
 
 
 def _floats(t: torch.Tensor) -> str:
@@ -64,7 +65,7 @@ def _csp_hash(text: str) -> str:
 
 def player_html(mf: ModelFile, assets: Path = PLAYER_DIR) -> str:
     """One self-contained HTML page that plays `mf` in the browser (WebGL2, else plain JavaScript)."""
-    template = (assets / "player.html").read_text()
+    template = _TEMPLATE_NOTE.sub("", (assets / "player.html").read_text())
     ca_js, page_js = (assets / "ca.js").read_text(), (assets / "player.js").read_text()
     if not _CA_IMPORT.search(page_js):
         raise RuntimeError("player.js must import from './ca.js' on one line (the builder inlines it)")

@@ -78,11 +78,28 @@ function seedState(width, height, channels) {
   return x;
 }
 
-// --- Plain JavaScript ------------------------------------------------------------------------
+/** One pass of a separable dilation: a cell is set when some cell within `reach` along the row
+ *  (`horizontal`) or the column is set in `src`; outside the grid counts as unset (zero padding). */
+function dilateLine(src, W, H, reach, horizontal) {
+  const out = new Uint8Array(W * H);
+  for (let y = 0; y < H; y++) {
+    for (let x = 0; x < W; x++) {
+      let any = 0;
+      for (let d = -reach; d <= reach && !any; d++) {
+        const xd = horizontal ? x + d : x;
+        const yd = horizontal ? y : y + d;
+        if (xd >= 0 && xd < W && yd >= 0 && yd < H) any = src[yd * W + xd];
+      }
+      out[y * W + x] = any;
+    }
+  }
+  return out;
+}
 
-class CpuCA {
-  constructor(canvas, model) {
-    this.backend = 'js';
+/** What both implementations share: the model, the grid, and a canvas of one pixel per cell. */
+class GridCA {
+  constructor(canvas, model, backend) {
+    this.backend = backend;
     this.reason = '';
     this.model = model;
     this.width = model.grid[1];
@@ -90,6 +107,14 @@ class CpuCA {
     this.C = model.channels;
     canvas.width = this.width;
     canvas.height = this.height;
+  }
+}
+
+// --- Plain JavaScript ------------------------------------------------------------------------
+
+class CpuCA extends GridCA {
+  constructor(canvas, model) {
+    super(canvas, model, 'js');
     this.ctx = canvas.getContext('2d');
     this.image = this.ctx.createImageData(this.width, this.height);
     this.hiddenBuf = new Float32Array(model.hidden);
@@ -107,29 +132,7 @@ class CpuCA {
     const { width: W, height: H, C } = this;
     const live = new Uint8Array(W * H);
     for (let i = 0; i < W * H; i++) live[i] = x[i * C + 3] > ALIVE ? 1 : 0;
-    const rows = new Uint8Array(W * H);
-    for (let y = 0; y < H; y++) {
-      for (let xx = 0; xx < W; xx++) {
-        let any = 0;
-        for (let d = -reach; d <= reach && !any; d++) {
-          const xd = xx + d;
-          if (xd >= 0 && xd < W) any = live[y * W + xd];
-        }
-        rows[y * W + xx] = any;
-      }
-    }
-    const out = new Uint8Array(W * H);
-    for (let y = 0; y < H; y++) {
-      for (let xx = 0; xx < W; xx++) {
-        let any = 0;
-        for (let d = -reach; d <= reach && !any; d++) {
-          const yd = y + d;
-          if (yd >= 0 && yd < H) any = rows[yd * W + xx];
-        }
-        out[y * W + xx] = any;
-      }
-    }
-    return out;
+    return dilateLine(dilateLine(live, W, H, reach, true), W, H, reach, false);
   }
 
   step(angle = 0) {
@@ -236,6 +239,12 @@ bool aliveNear(sampler2DArray s, ivec2 p, int reach) {
 }
 `;
 
+// A pass that writes a state writes its four layers at once (channels 0-3, 4-7, 8-11, 12-15).
+const STATE_OUTPUTS = `layout(location = 0) out vec4 o0;
+layout(location = 1) out vec4 o1;
+layout(location = 2) out vec4 o2;
+layout(location = 3) out vec4 o3;`;
+
 // Texture row y holds grid row y (as the core's tensors), so the Sobel filters read as in model.py.
 const UPDATE = `${HEADER}
 uniform sampler2DArray state;
@@ -244,10 +253,7 @@ uniform sampler2D w2;  // texel (g, j): weights of hidden unit j into channels 4
 uniform vec2 rot;      // cos, sin of the rotation angle
 uniform uint stepSeed;
 uniform float fireRate;
-layout(location = 0) out vec4 o0;
-layout(location = 1) out vec4 o1;
-layout(location = 2) out vec4 o2;
-layout(location = 3) out vec4 o3;
+${STATE_OUTPUTS}
 
 uint hash(uvec3 v) {  // pcg3d (Jarzynski & Olano 2020)
   v = v * 1664525u + 1013904223u;
@@ -291,10 +297,7 @@ void main() {
 const MASK = `${HEADER}
 uniform sampler2DArray before;
 uniform sampler2DArray updated;
-layout(location = 0) out vec4 o0;
-layout(location = 1) out vec4 o1;
-layout(location = 2) out vec4 o2;
-layout(location = 3) out vec4 o3;
+${STATE_OUTPUTS}
 void main() {
   ivec2 p = ivec2(gl_FragCoord.xy);
   float keep = aliveNear(before, p, 1) && aliveNear(updated, p, 1) ? 1.0 : 0.0;
@@ -307,10 +310,7 @@ uniform sampler2DArray state;
 uniform int mode;  // 1: erase the disc, 2: plant a seed at the centre
 uniform vec2 centre;
 uniform float radius;
-layout(location = 0) out vec4 o0;
-layout(location = 1) out vec4 o1;
-layout(location = 2) out vec4 o2;
-layout(location = 3) out vec4 o3;
+${STATE_OUTPUTS}
 void main() {
   ivec2 p = ivec2(gl_FragCoord.xy);
   vec4 x0 = cell(state, p, 0), x1 = cell(state, p, 1), x2 = cell(state, p, 2), x3 = cell(state, p, 3);
@@ -330,16 +330,9 @@ void main() {
   colour = vec4(clamp(1.0 - alpha + x.rgb, 0.0, 1.0), 1.0);  // premultiplied RGB on white (to_rgb)
 }`;
 
-class WebGLCA {
+class WebGLCA extends GridCA {
   constructor(canvas, model) {
-    this.backend = 'webgl2';
-    this.reason = '';
-    this.model = model;
-    this.width = model.grid[1];
-    this.height = model.grid[0];
-    this.C = model.channels;
-    canvas.width = this.width;
-    canvas.height = this.height;
+    super(canvas, model, 'webgl2');
     const gl = canvas.getContext('webgl2', {
       antialias: false, depth: false, stencil: false, alpha: false, preserveDrawingBuffer: true,
     });

@@ -2,7 +2,7 @@
 // from the JSON block the builder (backend/nca/player.py) embeds; nothing is fetched.
 //
 // For scripts and tests, `window.ncaPlayer` drives it: step(n), reset(seed), erase(x, y, r),
-// plant(x, y), pause(), play(), setAngle(degrees), stats(); `backend` says which path runs
+// plant(x, y), pause(), play(), setAngle(degrees), stats(), state(); `backend` says which path runs
 // ('webgl2' or 'js', also in <html data-backend>), `reason` why WebGL2 was not used.
 
 import { createCA, decodeModel } from './ca.js';
@@ -144,6 +144,7 @@ window.ncaPlayer = {
   erase: (x, y, r) => { ca.erase(x, y, r); show(); },
   plant: (x, y) => { ca.plant(x, y); show(); },
   stats,
+  state: () => Array.from(ca.readState()), // H*W*C floats, row by row, channels last
 };
 reset(seed);
 document.documentElement.dataset.ready = 'true';
