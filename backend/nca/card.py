@@ -44,8 +44,6 @@ VERDICTS = ("fails", "grows", "persists", "regrows")  # each one includes the on
 GOALS = {"growing": "grows", "persistent": "persists", "regenerating": "regrows"}  # the experiment's aim
 
 
-
-
 @dataclass
 class Check:
     steps: int  # CA steps after the seed when measured

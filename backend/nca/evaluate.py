@@ -2,7 +2,7 @@
 
 The building blocks of the model card (`card.py`) and of the Distill export's quantisation report
 (`distill.py`). Everything is measured on the RGB composited on white (what a viewer sees):
-PSNR = 10 log10(1 / MSE) over the whole grid, the mean over several stochastic runs.
+PSNR = 10 log10(1 / MSE) over the whole grid, of the mean squared error of several stochastic runs.
 
 The reference picture is the target stored in the model file. A model without one (the Distill
 article's models are weights only) is compared with itself: the mean picture of a separate batch of
@@ -151,6 +151,7 @@ class Growth:
 
 def growth(model: NCA, mf: ModelFile, ref: Reference, steps: int, runs: int = RUNS,
            generator: torch.Generator | None = None) -> Growth:
+    """`runs` runs of `model` (the float one or its 8-bit copy) from the seed on `mf`'s grid."""
     early = round(steps * 0.75)
     x = make_seed(mf.info.grid_height, mf.info.grid_width, model.channels, batch=runs)
     x_early = grow(model, x, early, generator=generator)
@@ -177,7 +178,7 @@ def grows_enough(g: Growth, ref: Reference, t: Thresholds = THRESHOLDS) -> bool:
 
 def grow(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """`model.grow` on the CPU copy of the model's device; keeps going whatever the values become."""
+    """`model.grow` on the model's device, the result back on the CPU; keeps going whatever the values become."""
     device = next(model.parameters()).device
     return model.grow(x.to(device), steps, angle, generator=generator).cpu()
 

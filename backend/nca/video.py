@@ -28,6 +28,7 @@ DEFAULT_STEPS = 300
 DEFAULT_SCALE = 4
 FRAME_MS = 40  # 25 frames per second
 VIDEO_SEED = 0  # the same model gives the same video
+MP4_MIN_SCALE = 2  # pixels per cell in an MP4 at least (H.264's yuv420p halves the colour resolution)
 
 
 class VideoLimitError(ValueError):
@@ -90,9 +91,11 @@ def encode(frames: Sequence[np.ndarray], fmt: str, scale: int = DEFAULT_SCALE, f
 
 
 def _encode_mp4(frames: Sequence[np.ndarray], buf: io.BytesIO, scale: int, frame_ms: int) -> None:
-    """H.264 in MP4, yuv420p (what browsers and phones play); an odd side gets one white pixel row/column."""
+    """H.264 in MP4, yuv420p (what browsers and phones play). yuv420p keeps colour at half resolution, so
+    a cell is at least 2 x 2 pixels (one colour sample each); an odd side gets one white row/column."""
     import av  # only the MP4 path needs PyAV
 
+    scale = max(scale, MP4_MIN_SCALE)
     h, w = frames[0].shape[0] * scale, frames[0].shape[1] * scale
     even_h, even_w = h + h % 2, w + w % 2
     # A real file: "faststart" (the index first, so a browser plays while it downloads) rewrites it at the end.

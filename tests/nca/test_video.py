@@ -7,7 +7,15 @@ import torch
 from backend.nca import modelfile
 from backend.nca.modelfile import ModelFile, ModelInfo
 from backend.nca.render import growth_frames
-from backend.nca.video import LIMITS, VideoLimitError, decode_frames, encode, regrowth_frames, render_video
+from backend.nca.video import (
+    LIMITS,
+    MP4_MIN_SCALE,
+    VideoLimitError,
+    decode_frames,
+    encode,
+    regrowth_frames,
+    render_video,
+)
 from tests.conftest import REPO_ROOT
 from tests.nca.test_render import growing_model
 
@@ -20,14 +28,16 @@ def test_each_format_decodes_to_the_frames_it_was_given(fmt, height, width, scal
     frames = growth_frames(growing_model(), height, width, 12, generator=torch.Generator().manual_seed(0))
     decoded = decode_frames(encode(frames, fmt, scale=scale), fmt)
     assert len(decoded) == len(frames) == 13
+    if fmt == "mp4":  # H.264 (yuv420p): cells of at least 2 x 2 pixels, even sides (one white row/column added)
+        scale = max(scale, MP4_MIN_SCALE)
     h, w = height * scale, width * scale
-    if fmt == "mp4":  # H.264 in yuv420p needs even sides: one white row/column is added
-        h, w = h + h % 2, w + w % 2
-    assert decoded[0].shape == (h, w, 3)
+    assert decoded[0].shape == (h + h % 2, w + w % 2, 3) if fmt == "mp4" else (h, w, 3)
     want = np.repeat(np.repeat(frames[-1], scale, 0), scale, 1)
-    got = decoded[-1][:height * scale, :width * scale].astype(int)
-    tolerance = {"gif": 8, "webp": 0, "mp4": 40}[fmt]  # GIF: a 256-colour palette; MP4: lossy, subsampled chroma
-    assert np.abs(got - want).mean() <= tolerance / 4 and (np.abs(got - want).max() <= tolerance or fmt == "mp4")
+    error = np.abs(decoded[-1][:h, :w].astype(int) - want)
+    if fmt == "mp4":  # lossy: close on average (this noisy test pattern ~7; a shipped model's frames ~1)
+        assert error.mean() < 10
+    else:  # WebP is lossless; GIF has a 256-colour palette for this handful of colours
+        assert error.max() <= {"gif": 8, "webp": 0}[fmt]
 
 
 def test_the_video_grows_is_cut_and_regrows():
@@ -35,8 +45,8 @@ def test_the_video_grows_is_cut_and_regrows():
     frames = regrowth_frames(mf, 150)
     painted = [(f < 200).any(axis=-1).mean() for f in frames]
     assert len(frames) == 151 and painted[0] < 0.01
-    assert painted[50] < painted[49] * 0.85  # the centre cut, after a third of the steps
-    assert painted[150] > painted[50] * 1.1 and abs(painted[150] - painted[49]) < 0.05  # regrown
+    assert painted[51] < painted[50] * 0.85  # the centre cut, after a third of the steps (shown from step 51)
+    assert painted[150] > painted[51] * 1.1 and abs(painted[150] - painted[50]) < 0.05  # regrown
 
 
 def test_limits_are_named_in_the_error():
