@@ -14,7 +14,8 @@ It ends in one word, fitted to the experiment the model was trained for: `grows`
 `regrows` or `fails`. The thresholds come from the article's 31 reference models, the shipped
 examples and deliberately broken models (`scripts/card_evidence.py`; the figures are in
 docs/model-format.md). A pure function of the model file: the API, the CLI and (later) the worker
-call it; on 2 cores it takes a few seconds (docs/benchmarks.md).
+call it. It takes 6 s (36 x 36) to 12 s (72 x 72) with one torch thread on the 2-core development
+VM (docs/benchmarks.md); use one thread, two are slower for these small batches.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def judge(m: Measurements, t: Thresholds = THRESHOLDS) -> dict[str, bool]:
         check.extra.update(kept_after_cut=round(kept_cut, 3), kept_regrown=round(regrown, 3),
                            kept_uncut=round(kept_twin, 3))
         check.score = round(evaluate.recovered(regrown, kept_cut, kept_twin), 3)
-        check.passed = grows and check.score >= t.regrow_recovered
+        check.passed = grows and (check.score >= t.regrow_recovered or regrown >= t.regrow_kept)
     for angle in ANGLES:
         check = c[f"angle_{angle:g}"]
         check.score = round(evaluate.kept(check.error, growth.error, blank), 3)

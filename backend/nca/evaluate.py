@@ -98,7 +98,8 @@ class Thresholds:
     min_alive: float = 0.005  # later, fewer live cells than this fraction of the grid: it died
     persist_kept: float = 0.6  # at 1000 and 2000 steps, at least this share of the grown quality is kept...
     persist_alive_ratio: float = 1.5  # ...and the live area stays within this factor of the grown one
-    regrow_recovered: float = 0.5  # 200 steps after a cut, at least this share of the damage is repaired
+    regrow_recovered: float = 0.5  # 200 steps after a cut, at least this share of the damage is repaired,
+    regrow_kept: float = 0.85  # or the pattern is back to this share of its grown quality (whole, a cell off)
     rotate_kept: float = 0.6  # turned growth keeps this share of the unturned growth's quality
 
 
