@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,15 +91,26 @@ async def model_bytes(catalog: ModelCatalog, model_id: str) -> bytes:
 
 
 async def computed(renders: Renders, catalog: ModelCatalog, model_id: str, kind: str,
-                   compute: Callable[[ModelFile], Any], **params: Any) -> tuple[Any, str]:
-    """`compute(model file)` for the model's current bytes, cached per (kind, model digest, params).
+                   compute: Callable[[ModelFile], Any], data: bytes | None = None, **params: Any) -> tuple[Any, str]:
+    """`compute(model file)` for the model's current bytes (`data` if the caller has read them already),
+    cached per (kind, model digest, params).
 
     Returns (result, model digest). 404 for an unknown model, 422 for a stored file that cannot be read.
     """
-    data = await model_bytes(catalog, model_id)
+    data = data if data is not None else await model_bytes(catalog, model_id)
     digest = model_digest(data)
     try:
         value = await renders.get((kind, digest, tuple(sorted(params.items()))), lambda: compute(from_bytes(data)))
     except ModelFileError as exc:
         raise unreadable(model_id, exc) from None
     return value, digest
+
+
+async def stored_card(catalog: ModelCatalog, model_id: str, digest: str) -> dict | None:
+    """A shipped example's stored card, if there is one and it is this model file's (same SHA-256)."""
+    raw = await run_in_threadpool(catalog.get_stored_card, model_id)
+    try:
+        card = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return card if isinstance(card, dict) and (card.get("model") or {}).get("sha256") == digest else None

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from backend.nca.card import model_card
 from backend.nca.distill import export_distill
-from backend.nca.modelfile import ModelFile, ModelFileError, from_bytes
+from backend.nca.modelfile import ModelFile
 from backend.nca.player import player_html
 from backend.nca.video import DEFAULT_SCALE, DEFAULT_STEPS, VideoLimitError, render_video
 from backend.nca.video import FORMATS as VIDEO_FORMATS
@@ -21,7 +19,7 @@ from backend.nca.video import LIMITS as VIDEO_LIMITS
 from backend.storage.models import ModelNotFound
 
 from ..deps import CatalogDep, RendersDep
-from ..renders import computed, model_bytes, model_digest, unreadable
+from ..renders import computed, model_bytes, model_digest, stored_card
 from ..schemas import ErrorOut, ModelOut
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -97,7 +95,7 @@ def _distill(mf: ModelFile) -> tuple:
     return layers, report, mf.info.name, mf.info.experiment
 
 
-@router.get("/{model_id}/player.html", response_class=HTMLResponse, summary="A one-file web player",
+@router.get("/{model_id}/player.html", response_class=Response, summary="A one-file web player",
             responses={200: {"content": {"text/html": {}}}, **EXPORT_ERRORS})
 async def player(model_id: str, catalog: CatalogDep, renders: RendersDep) -> Response:
     """One self-contained HTML file (weights inside, no network) that runs the model in the browser:
@@ -132,14 +130,9 @@ async def card(model_id: str, catalog: CatalogDep, renders: RendersDep) -> JSONR
     (seconds) and cached for this model version. `X-Card-Source` says which."""
     data = await model_bytes(catalog, model_id)
     digest = model_digest(data)
-    stored = await run_in_threadpool(catalog.get_stored_card, model_id)
-    if stored is not None:
-        with contextlib.suppress(ValueError):
-            found = json.loads(stored)
-            if isinstance(found, dict) and found.get("model", {}).get("sha256") == digest:
-                return JSONResponse(found, headers={"X-Card-Source": "stored", "Cache-Control": "no-store"})
-    try:
-        result = await renders.get(("card", digest), lambda: model_card(from_bytes(data), model_sha256=digest))
-    except ModelFileError as exc:
-        raise unreadable(model_id, exc) from None
+    found = await stored_card(catalog, model_id, digest)
+    if found is not None:
+        return JSONResponse(found, headers={"X-Card-Source": "stored", "Cache-Control": "no-store"})
+    result, _ = await computed(renders, catalog, model_id, "card", lambda mf: model_card(mf, model_sha256=digest),
+                               data=data)
     return JSONResponse(result, headers={"X-Card-Source": "computed", "Cache-Control": "no-store"})
