@@ -2,7 +2,9 @@
 
 It grows a shipped model from the seed, is erased and regrows, and its statistics after N steps match
 the Python core's (alive fraction and mean colour over several runs: the random fire masks differ,
-so single runs cannot be compared cell by cell). Screenshots go to artifacts/screenshots/player-*.png.
+so single runs cannot be compared cell by cell; with fire rate 1 they can, exactly). Debian's headless
+chromium runs WebGL2 on SwiftShader; without its software rasterizer it has none, and the player falls
+back by itself. Screenshots go to artifacts/screenshots/player-*.png.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from backend.nca.evaluate import alive_fraction, pictures
 from backend.nca.model import make_seed
 from backend.nca.player import player_html
 from tests.conftest import wait_for
+from tests.frontend.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.frontend.pages import SCREENSHOTS
 from tests.helpers import REPO_ROOT
 
@@ -164,6 +167,24 @@ def test_with_every_cell_firing_the_player_computes_the_cores_states(browser, tm
         assert not problems, problems
     finally:
         context.close()
+
+
+def test_without_webgl2_the_player_falls_back_to_javascript_by_itself(browser, player_file, core):
+    """Chromium without its software rasterizer (SwiftShader) has no WebGL2 at all: the player says so
+    and runs the plain JavaScript path without being asked."""
+    no_webgl = browser.browser_type.launch(executable_path=str(CHROMIUM),
+                                           args=[*CHROMIUM_ARGS, "--disable-software-rasterizer"])
+    try:
+        context, page, problems = open_player(no_webgl, player_file)
+        assert page.evaluate("document.documentElement.dataset.backend") == "js"
+        assert page.evaluate("document.documentElement.dataset.backendReason") == "this browser has no WebGL2"
+        assert "plain JavaScript (this browser has no WebGL2)" in page.locator("#backend").inner_text()
+        alive = statistics.mean(page.evaluate(f"ncaPlayer.reset({seed}); ncaPlayer.step({STEPS}); "
+                                              "ncaPlayer.stats().alive") for seed in range(1, RUNS + 1))
+        assert abs(alive - core["alive"]) < ALIVE_TOLERANCE and not problems, problems
+        context.close()
+    finally:
+        no_webgl.close()
 
 
 def test_a_hostile_model_name_is_shown_as_text_and_runs_no_script(browser, tmp_path):
