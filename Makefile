@@ -1,4 +1,5 @@
-# The two set-up commands: `make run` (the whole service, embedded Redis) and `make test`.
+# The two set-up commands: `make run` (the whole service, embedded Redis) and `make test`
+# (ruff, the import layers in .importlinter, then pytest).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,10 +18,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py

@@ -9,6 +9,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Checkpoints kept per job in its training history (weights only, ~35 KB each: ~1.7 MB per job at most).
+CHECKPOINT_HISTORY = 50
 
 
 class Settings(BaseSettings):
@@ -28,8 +30,12 @@ class Settings(BaseSettings):
     public_stream_url: str = ""
 
     checkpoint_every: int = 100  # training iterations between checkpoints
+    # Checkpoints kept in a job's history (its timeline); beyond it the history is thinned evenly, the first
+    # and the latest always kept. At least 2.
+    checkpoint_history: int = Field(CHECKPOINT_HISTORY, ge=2)
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # decoded width x height; more is refused as a decompression bomb
+    # Decoded width x height; more is refused as a decompression bomb. None: the core's MAX_IMAGE_PIXELS (40 million).
+    max_image_pixels: int | None = None
     max_iterations: int = 20_000
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 

@@ -22,9 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
+from backend.nca.fast import grow  # noqa: E402
+from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import make_seed, to_rgb, to_rgba  # noqa: E402
-from backend.nca.target import TargetOptions, load_target  # noqa: E402
-from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from backend.nca.target import load_target  # noqa: E402
+from backend.nca.train import PRESETS, Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -40,9 +42,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
-    target = load_target(args.image, TargetOptions(int(preset["size"]), int(preset["padding"])))
-    config = TrainConfig.from_dict({**preset, "experiment": args.experiment, "seed": args.seed})
+    spec = JobSpec.from_options({**PRESETS[args.preset], "experiment": args.experiment, "seed": args.seed})
+    target, config = load_target(args.image, spec.target), spec.train
     trainer = Trainer(target, config)
     print(f"# {args.preset} on {args.image.name}: grid {trainer.height}x{trainer.width}, {config.iterations} "
           f"iterations, steps {config.min_steps}-{config.max_steps - 1}; torch {torch.__version__}, "
@@ -55,7 +56,7 @@ def main() -> None:
             print(f"{time.perf_counter() - start:.1f},{trainer.iteration},{loss:.5f}", flush=True)
     with torch.no_grad():
         g = torch.Generator().manual_seed(0)
-        x = trainer.model.grow(make_seed(trainer.height, trainer.width, batch=8), config.max_steps, generator=g)
+        x = grow(trainer.model, make_seed(trainer.height, trainer.width, batch=8), config.max_steps, generator=g)
         loss = (to_rgba(x) - trainer.target).pow(2).mean().item()
         mse = (to_rgb(x) - to_rgb(trainer.target[None])).pow(2).mean().item()
     if args.out:

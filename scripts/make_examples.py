@@ -37,14 +37,16 @@ sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
 from backend.nca.card import model_card, summary  # noqa: E402
+from backend.nca.fast import grow  # noqa: E402
+from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402
-from backend.nca.target import TargetOptions, load_target  # noqa: E402
-from backend.nca.train import PRESETS, TrainConfig, Trainer  # noqa: E402
+from backend.nca.target import load_target  # noqa: E402
+from backend.nca.train import PRESETS, Trainer  # noqa: E402
 
 CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-aliased
 PNG_SIZE = 128
 PREVIEW = PRESETS["preview"]
-TARGET_SIZE, PADDING = int(PREVIEW["size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
+TARGET_SIZE, PADDING = int(PREVIEW["target_size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
 # The preview recipe's grid and steps, trained longer (the lr drops at 1400), regenerating.
 RECIPE = {**PREVIEW, "experiment": "regenerating", "iterations": 2000, "lr_decay_at": 1400, "checkpoint_every": 250}
 
@@ -95,10 +97,10 @@ def draw(name: str, out_dir: Path = ROOT / "models") -> Path:
 
 def train(name: str, iterations: int | None = None, out_dir: Path = ROOT / "models") -> Path:
     png = draw(name, out_dir)
-    options = TargetOptions(TARGET_SIZE, PADDING)
-    config = TrainConfig.from_dict({**RECIPE, "seed": EXAMPLES[name][1],
-                                    **({"iterations": iterations} if iterations else {})})
-    trainer = Trainer(load_target(png, options), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
+    spec = JobSpec.from_options({**RECIPE, "name": name, "seed": EXAMPLES[name][1],
+                                 **({"iterations": iterations} if iterations else {})})
+    config = spec.train
+    trainer = Trainer(load_target(png, spec.target), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
     out = out_dir / f"{name}.safetensors"
     log_dir = ROOT / "artifacts" / "examples" if out_dir == ROOT / "models" else out_dir
     log_path = log_dir / f"{name}.csv"
@@ -143,13 +145,13 @@ def evaluate(name: str, samples: int = 8, path: Path | None = None) -> str:
     mf = modelfile.load(path or ROOT / "models" / f"{name}.safetensors")
     h, w = mf.info.grid_height, mf.info.grid_width
     g = torch.Generator().manual_seed(0)
-    x = mf.model.grow(make_seed(h, w, batch=samples), int(RECIPE["max_steps"]), generator=g)
+    x = grow(mf.model, make_seed(h, w, batch=samples), int(RECIPE["max_steps"]), generator=g)
     grown = quality(x, mf.target)
-    x = mf.model.grow(x, 300 - int(RECIPE["max_steps"]), generator=g)
+    x = grow(mf.model, x, 300 - int(RECIPE["max_steps"]), generator=g)
     at300 = quality(x, mf.target)
-    persisted = quality(mf.model.grow(x, 700, generator=g), mf.target)
+    persisted = quality(grow(mf.model, x, 700, generator=g), mf.target)
     erase_circle(x, w / 2, h / 2, min(h, w) / 5)  # the CLI's default damage: a fifth of the grid
-    regrown = quality(mf.model.grow(x, 700, generator=g), mf.target)
+    regrown = quality(grow(mf.model, x, 700, generator=g), mf.target)
     return (f"{name}: {mf.info.iterations} iterations; loss {grown[0]:.4f} (PSNR {grown[1]:.1f} dB) after "
             f"{RECIPE['max_steps']} steps, {at300[0]:.4f} ({at300[1]:.1f} dB) after 300, {persisted[0]:.4f} "
             f"({persisted[1]:.1f} dB) after 1000; erased at 300 (radius {min(h, w) / 5:.1f}): {regrown[0]:.4f} "

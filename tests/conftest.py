@@ -83,11 +83,11 @@ class Worker:
 
     def wait_ready(self, timeout: float = 60.0) -> Worker:
         """Until its presence key shows up in Redis (written once the worker consumes)."""
-        from backend.storage.workers import live_workers
+        from backend.storage.workers import Presence
 
-        client = redis.Redis.from_url(self.redis_url)
+        presence = Presence(redis.Redis.from_url(self.redis_url))
         deadline = time.monotonic() + timeout
-        while not any(w["id"].endswith(f"-{self.pid}") for w in live_workers(client)):
+        while not any(w["id"].endswith(f"-{self.pid}") for w in presence.live()):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)

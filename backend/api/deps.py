@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import redis
-from celery import Celery
 from fastapi import Depends, HTTPException, Request
 
 from backend.config import Settings
 from backend.storage.jobs import JobStore, is_job_id
 from backend.storage.models import ModelCatalog
+from backend.storage.shared import Storage
 
+from .previews import Previews
 from .renders import Renders
 
 
@@ -19,24 +19,24 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _redis(request: Request) -> redis.Redis:
-    return request.app.state.redis
+def _storage(request: Request) -> Storage:
+    return request.app.state.storage
 
 
 def _store(request: Request) -> JobStore:
-    return request.app.state.store
+    return request.app.state.storage.jobs
 
 
 def _catalog(request: Request) -> ModelCatalog:
-    return request.app.state.catalog
+    return request.app.state.storage.catalog
+
+
+def _previews(request: Request) -> Previews:
+    return request.app.state.previews
 
 
 def _renders(request: Request) -> Renders:
     return request.app.state.renders
-
-
-def _celery(request: Request) -> Celery:
-    return request.app.state.celery
 
 
 def _job_id(job_id: str) -> str:
@@ -46,9 +46,9 @@ def _job_id(job_id: str) -> str:
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
-RedisDep = Annotated[redis.Redis, Depends(_redis)]
+StorageDep = Annotated[Storage, Depends(_storage)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 CatalogDep = Annotated[ModelCatalog, Depends(_catalog)]
-CeleryDep = Annotated[Celery, Depends(_celery)]
+PreviewsDep = Annotated[Previews, Depends(_previews)]
 RendersDep = Annotated[Renders, Depends(_renders)]
 JobIdDep = Annotated[str, Depends(_job_id)]

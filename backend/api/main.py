@@ -1,11 +1,15 @@
 """Builds the API app: routers, error handlers, the upload cap, and the frontend at `/`.
 
     uvicorn backend.api.main:app --host 0.0.0.0 --port 8000
+
+`create_app(settings)` builds an app; `app`, what that command loads, is built from the environment's
+settings when first asked for, not at import.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import torch
 from fastapi import FastAPI, Request
@@ -16,11 +20,10 @@ from kombu.exceptions import OperationalError
 
 from backend.config import Settings, get_settings
 from backend.nca.target import TargetError
-from backend.storage.connection import REDIS_DOWN_ERRORS, connect
-from backend.storage.jobs import JobStore
-from backend.storage.models import ModelCatalog
-from backend.worker.celery_app import make_celery
+from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.shared import Storage
 
+from .previews import Previews
 from .renders import Renders
 from .routes import config, health, jobs, models
 from .schemas import ErrorOut
@@ -30,17 +33,15 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries on top of the image itself
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: Settings) -> FastAPI:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = FastAPI(title="Growing NCA studio", version="0.1.0",
                   description="Train a Growing Neural Cellular Automaton on your own image (docs/api.md).",
                   responses={422: {"model": ErrorOut, "description": "invalid input"}})  # as invalid_request answers
-    client = connect(settings.redis_url)  # connects lazily, reconnects by itself after an outage
-    app.state.settings, app.state.redis = settings, client
-    app.state.store, app.state.catalog = JobStore(client), ModelCatalog(client, settings.models_dir)
-    app.state.celery = make_celery(settings)
+    app.state.settings = settings
+    app.state.storage = Storage.connect(settings)  # connects lazily, reconnects by itself after an outage
+    app.state.previews = Previews()
     app.state.renders = Renders()  # videos, cards, exports: computed off the event loop, cached
 
     @app.exception_handler(RequestValidationError)
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": f"the job store (Redis) is unreachable: {exc}; try again shortly"},
                             status_code=503)
 
-    for error in (*REDIS_DOWN_ERRORS, OperationalError):
+    for error in (*REDIS_DOWN_ERRORS, OperationalError):  # OperationalError: kombu could not send a message
         app.add_exception_handler(error, redis_down)
 
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
@@ -68,4 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+@cache
+def _default_app() -> FastAPI:
+    return create_app(get_settings())
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`app` (what `uvicorn backend.api.main:app` loads), built on first access."""
+    if name == "app":
+        return _default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

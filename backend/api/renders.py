@@ -21,7 +21,7 @@ from fastapi import HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from backend.nca.modelfile import ModelFile, ModelFileError, from_bytes
-from backend.storage.models import ModelCatalog, ModelNotFound
+from backend.storage.models import ModelCatalog
 
 RENDER_THREADS = 2  # computations at once (each one uses torch's intra-op threads too)
 MAX_WAITING = 16  # distinct computations queued beyond those running; more get 503
@@ -81,23 +81,12 @@ def unreadable(model_id: str, exc: ModelFileError) -> HTTPException:
                               "download its file to inspect it, or train it again")
 
 
-async def model_bytes(catalog: ModelCatalog, model_id: str) -> bytes:
-    """The stored model file's bytes (404 for an unknown model), read off the event loop."""
-    try:
-        return await run_in_threadpool(catalog.get_model_bytes, model_id)
-    except ModelNotFound:
-        raise HTTPException(404, f"no model {model_id[:80]!r} (a job's model exists once it has a checkpoint)") \
-            from None
+async def computed(renders: Renders, model_id: str, kind: str, data: bytes, compute: Callable[[ModelFile], Any],
+                   **params: Any) -> tuple[Any, str]:
+    """`compute(model file)` of the model file `data`, cached per (kind, model digest, params).
 
-
-async def computed(renders: Renders, catalog: ModelCatalog, model_id: str, kind: str,
-                   compute: Callable[[ModelFile], Any], data: bytes | None = None, **params: Any) -> tuple[Any, str]:
-    """`compute(model file)` for the model's current bytes (`data` if the caller has read them already),
-    cached per (kind, model digest, params).
-
-    Returns (result, model digest). 404 for an unknown model, 422 for a stored file that cannot be read.
+    Returns (result, model digest); 422 when the bytes are not a readable model file.
     """
-    data = data if data is not None else await model_bytes(catalog, model_id)
     digest = model_digest(data)
     try:
         value = await renders.get((kind, digest, tuple(sorted(params.items()))), lambda: compute(from_bytes(data)))

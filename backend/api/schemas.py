@@ -2,73 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from backend.nca import EXPERIMENTS, TrainConfig
-from backend.nca.model import CHANNELS
-from backend.nca.target import MAX_PADDING, MAX_TARGET_SIZE, MIN_TARGET_SIZE, TARGET_PADDING, TARGET_SIZE
-from backend.storage.jobs import Job
-from backend.storage.models import ModelEntry
-
-_CORE = {f.name: f.default for f in fields(TrainConfig)}  # the core's defaults are the API's defaults
+from backend.nca.jobspec import OPTIONS, OptionField
+from backend.storage.jobs import Checkpoint, Job, JobStatus
+from backend.storage.models import ModelEntry, reference
 
 EXPERIMENT_HELP = {
     "growing": "Experiment 1: learns to grow the image from one seed cell (it may not stay stable afterwards).",
     "persistent": "Experiment 2: grows the image and keeps it stable (trained from a pool of its own states).",
     "regenerating": "Experiment 3: grows, persists and regrows parts that are erased (pool plus damage).",
 }
+# Options the server fills in when a request leaves them out (backend/api/submissions.py): the API's
+# default differs from the core's, so the request model says what the server does instead.
+SERVER_DEFAULTS = {
+    "name": "the image file name",
+    "seed": "a random seed, recorded in the job",
+    "checkpoint_every": "NCA_CHECKPOINT_EVERY",
+}
 
 
-class JobOptions(BaseModel):
-    """Training options; each has a default. `iterations` is also capped by the server's NCA_MAX_ITERATIONS."""
+def _request_field(opt: OptionField) -> tuple[Any, Any]:
+    """The pydantic field of a job option: its type, default, bounds and help, all from the core."""
+    meta = opt.meta
+    bounds = {k: v for k in ("ge", "gt", "le", "max_length") if (v := getattr(meta, k)) is not None}
+    if opt.name in SERVER_DEFAULTS:
+        return opt.type | None, Field(None, description=f"{meta.help}; default: {SERVER_DEFAULTS[opt.name]}",
+                                      **bounds)
+    return opt.type, Field(opt.default, description=meta.help, **bounds)
 
-    model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, max_length=80, description="shown in lists; default: the image file name")
-    experiment: Literal["growing", "persistent", "regenerating"] = _CORE["experiment"]
-    iterations: int = Field(_CORE["iterations"], ge=1, le=1_000_000)
-    target_size: int = Field(TARGET_SIZE, ge=MIN_TARGET_SIZE, le=MAX_TARGET_SIZE,
-                             description="longer side of the target in cells")
-    padding: int = Field(TARGET_PADDING, ge=0, le=MAX_PADDING, description="empty cells around the target")
-    key_background: bool = Field(False, description="make the border colour transparent (for opaque images)")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="default: a random seed, recorded in the job")
-    batch_size: int = Field(_CORE["batch_size"], ge=1, le=64)
-    pool_size: int = Field(_CORE["pool_size"], ge=1, le=4096)
-    min_steps: int = Field(_CORE["min_steps"], ge=1, le=256, description="CA steps per iteration, at least")
-    max_steps: int = Field(_CORE["max_steps"], ge=2, le=512, description="CA steps per iteration, below this")
-    lr: float = Field(_CORE["lr"], gt=0, le=0.1)
-    lr_decay_at: int = Field(_CORE["lr_decay_at"], ge=0, description="iteration from which lr is 10x lower")
-    fire_rate: float = Field(_CORE["fire_rate"], gt=0, le=1)
-    checkpoint_every: int | None = Field(None, ge=1, le=1_000_000,
-                                         description="iterations between checkpoints; default: NCA_CHECKPOINT_EVERY")
+class _RequestOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is refused, not ignored
 
-    @field_validator("iterations")
-    @classmethod
-    def _within_server_limit(cls, value: int, info: ValidationInfo) -> int:
-        limit = (info.context or {}).get("max_iterations")
-        if limit is not None and value > limit:
-            raise ValueError(f"at most {limit} iterations are allowed on this server")
-        return value
 
-    @model_validator(mode="after")
-    def _consistent(self, info: ValidationInfo) -> JobOptions:
-        if self.min_steps >= self.max_steps:
-            raise ValueError("min_steps must be below max_steps")
-        uses_pool = bool(EXPERIMENTS[self.experiment]["use_pool"])
-        if uses_pool and self.pool_size < self.batch_size:
-            raise ValueError("pool_size must be at least batch_size")
-        if self.experiment == "regenerating" and self.batch_size <= int(EXPERIMENTS["regenerating"]["damage_count"]):
-            raise ValueError("the regenerating experiment needs batch_size of at least 4")
-        limit_mb = (info.context or {}).get("max_pool_megabytes")
-        side = self.target_size + 2 * self.padding
-        pool_mb = self.pool_size * CHANNELS * side * side * 4 / 2**20
-        if uses_pool and limit_mb is not None and pool_mb > limit_mb:
-            raise ValueError(f"the sample pool would need {pool_mb:,.0f} MB (at most {limit_mb:,} MB): "
-                             "lower pool_size, target_size or padding")
-        return self
+# Every job option the HTTP API takes (backend.nca.jobspec.OPTIONS with `api`): types, bounds and
+# defaults are checked here so that errors name the field; the rules between options run when the
+# spec is built. `iterations` is also capped by the server's NCA_MAX_ITERATIONS.
+JobOptions = create_model(
+    "JobOptions", __base__=_RequestOptions, __doc__="Training options; each has a default.",
+    **{opt.name: _request_field(opt) for opt in OPTIONS if opt.meta.api},
+)
 
 
 class JobLinks(BaseModel):
@@ -77,6 +53,7 @@ class JobLinks(BaseModel):
     target: str
     model_file: str | None = Field(None, description="null until the first checkpoint")
     preview: str | None = Field(None, description="null until the first checkpoint")
+    checkpoints: str = Field(description="the training history: every checkpoint kept")
 
 
 class JobOut(Job):
@@ -88,8 +65,32 @@ class JobOut(Job):
         has_model = job.model_version > 0
         links = JobLinks(self=base, cancel=f"{base}/cancel", target=f"{base}/target.png",
                          model_file=f"/api/models/{job.id}/file" if has_model else None,
-                         preview=f"{base}/preview.png" if has_model else None)
+                         preview=f"{base}/preview.png" if has_model else None, checkpoints=f"{base}/checkpoints")
         return cls(**job.model_dump(), links=links)
+
+
+class CheckpointLinks(BaseModel):
+    model_file: str = Field(description="its weights-only model file")
+    preview: str = Field(description="grown from the seed, as the job's preview")
+
+
+class CheckpointOut(Checkpoint):
+    model: str = Field(description="`<job id>@<iteration>`: plays it on the stream (`model=`), names it in /api/models")
+    links: CheckpointLinks
+
+    @classmethod
+    def of(cls, job_id: str, checkpoint: Checkpoint) -> CheckpointOut:
+        ref = reference(job_id, checkpoint.iteration)
+        links = CheckpointLinks(model_file=f"/api/models/{ref}/file",
+                                preview=f"/api/jobs/{job_id}/checkpoints/{checkpoint.iteration}/preview.png")
+        return cls(**checkpoint.model_dump(), model=ref, links=links)
+
+
+class CheckpointList(BaseModel):
+    job: str
+    status: JobStatus
+    cap: int = Field(description="checkpoints kept at most (NCA_CHECKPOINT_HISTORY); past it, thinned evenly")
+    items: list[CheckpointOut] = Field(description="oldest first; the last is the latest checkpoint")
 
 
 class JobList(BaseModel):

@@ -10,40 +10,52 @@ import io
 import json
 import math
 import sys
+import typing
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from . import modelfile
 from .distill import DistillFormatError, import_distill
+from .jobspec import OPTIONS, JobSpec, OptionField
 from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
-from .target import TARGET_PADDING, TARGET_SIZE, TargetError, TargetOptions, load_target
-from .train import EXPERIMENTS, PRESETS, Progress, TrainConfig, Trainer, TrainingFailed
+from .target import TargetError, load_target
+from .train import PRESETS, Progress, Trainer, TrainingFailed
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    """Options left unset fall back to the --preset, then to TrainConfig's defaults (the paper's)."""
-    defaults = TrainConfig()
+    """One flag per job option (backend.nca.jobspec.OPTIONS); unset ones fall back to the --preset, then to
+    the defaults (the paper's). The job's name is the image's file name."""
     p.add_argument("image", type=Path, help="target image (PNG, JPEG, WebP, GIF, BMP)")
     p.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
-    p.add_argument("--experiment", choices=list(EXPERIMENTS), default=defaults.experiment)
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="paper: 40-cell target, 8000 iterations; preview: 24-cell target, 1500 shorter "
                         "iterations (a recognisable pattern in minutes on a CPU)")
-    p.add_argument("--size", type=int, help=f"max side of the target in cells (paper: {TARGET_SIZE})")
-    p.add_argument("--padding", type=int, help=f"empty cells around the target (paper: {TARGET_PADDING})")
-    p.add_argument("--key-background", action="store_true",
-                   help="make the border colour transparent (for images without alpha)")
-    for name in ("iterations", "batch_size", "pool_size", "min_steps", "max_steps", "lr_decay_at",
-                 "damage_count", "channels", "hidden", "seed", "checkpoint_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"(paper: {getattr(defaults, name)})")
-    for name in ("lr", "lr_decay", "fire_rate"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, help=f"(paper: {getattr(defaults, name)})")
+    for opt in OPTIONS:
+        if opt.part != "job":
+            _add_option(p, opt)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs (loss, growth video) here")
     p.add_argument("--video-every", type=_positive, default=500, help="iterations between growth videos")
+
+
+FLAG_ALIASES = {"target_size": ["--size"]}  # the flag's older, shorter name
+
+
+def _add_option(p: argparse.ArgumentParser, opt: OptionField) -> None:
+    """`--<name-with-dashes>`, None when not given; its bounds are checked when the spec is built."""
+    flags = ["--" + opt.name.replace("_", "-"), *FLAG_ALIASES.get(opt.name, [])]
+    helptext = opt.meta.help if opt.default is None else f"{opt.meta.help} (paper: {opt.default})"
+    kind = opt.kinds[0]
+    if kind is bool:
+        p.add_argument(*flags, dest=opt.name, action="store_true", default=None, help=opt.meta.help)
+    elif typing.get_origin(kind) is Literal:
+        p.add_argument(*flags, dest=opt.name, choices=typing.get_args(kind), help=helptext)
+    else:
+        p.add_argument(*flags, dest=opt.name, type=kind, help=helptext)
 
 
 def _gif_summary(tag: str, frames: list):
@@ -60,16 +72,14 @@ def _gif_summary(tag: str, frames: list):
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    for name, value in {"size": TARGET_SIZE, "padding": TARGET_PADDING, **PRESETS[args.preset]}.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    options = TargetOptions(args.size, args.padding, args.key_background)
-    target = load_target(args.image, options)
-    config = TrainConfig.from_dict(vars(args))
+    given = {opt.name: value for opt in OPTIONS if (value := getattr(args, opt.name, None)) is not None}
+    spec = JobSpec.from_options({**PRESETS[args.preset], **given, "name": args.image.stem[:80]})
+    target = load_target(args.image, spec.target)
+    config = spec.train
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None
-    trainer = Trainer(target, config, device, resume=resume, name=args.image.stem,
-                      target_size=args.size, padding=args.padding)
+    trainer = Trainer(target, config, device, resume=resume, name=spec.name,
+                      target_size=spec.target.size, padding=spec.target.padding)
     writer = None
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter

@@ -21,8 +21,9 @@ import torch
 from . import evaluate
 from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PERCEPTION_FILTERS
 from .modelfile import ModelFile, ModelInfo
+from .target import PAPER_GRID
 
-DISTILL_GRID = 72  # the article's demo grid
+DISTILL_GRID = PAPER_GRID  # the article's demo plays on the paper's grid
 
 
 class DistillFormatError(ValueError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import fast
 from .model import ALIVE_THRESHOLD, NCA, erase_circle, make_seed, to_rgb
 from .modelfile import ModelFile
 
@@ -179,15 +180,15 @@ def grows_enough(g: Growth, ref: Reference, t: Thresholds = THRESHOLDS) -> bool:
 
 def grow(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """`model.grow` on the model's device, the result back on the CPU; keeps going whatever the values become."""
+    """`fast.grow` on the model's device, the result back on the CPU; keeps going whatever the values become."""
     device = next(model.parameters()).device
-    return model.grow(x.to(device), steps, angle, generator=generator).cpu()
+    return fast.grow(model, x.to(device), steps, angle, generator=generator).cpu()
 
 
 def rotate_picture(rgb: torch.Tensor, degrees: float, centre: tuple[float, float]) -> torch.Tensor:
     """(3, H, W) on white, turned by `degrees` about the cell `centre` (x, y), bilinear, white outside.
 
-    The direction is the one in which `NCA.grow(angle=...)` turns the pattern it grows.
+    The direction is the one in which `fast.grow(..., angle)` turns the pattern it grows.
     """
     _, h, w = rgb.shape
     a = math.radians(degrees)

@@ -1,6 +1,6 @@
 """Fast paths for the NCA rule: the same function as `backend.nca.model.NCA`, with less work.
 
-Public API (both take the reference `NCA` module, full-grid NCHW states, and draw the random
+Public API (all take the reference `NCA` module, full-grid NCHW states, and draw the random
 fire masks exactly as `NCA.forward` does, so a shared generator gives the same trajectory):
 
 - `rollout(model, x, steps, angle=0.0, generator=None, fire_masks=None) -> x`
@@ -11,6 +11,8 @@ fire masks exactly as `NCA.forward` does, so a shared generator gives the same t
   a new, ordinary tensor of the same shape (safe to edit in place, e.g. `erase_circle`); the
   input is not modified. This is the stream service's tick: batch the viewers' grids that share
   a model into one call (the states may differ; the live box is their union).
+- `grow(model, x, steps, angle=0.0, generator=None) -> x`
+  The same, `steps` first: what the CLI, the previews and the tests call to grow a pattern.
 
 Why it is faster, and why it is still exact (figures: docs/benchmarks.md):
 - Live box: a cell can only be non-zero after a step if it is within one cell of a live cell
@@ -237,3 +239,9 @@ def step_batch(model: NCA, x: torch.Tensor, angle: float = 0.0, generator: torch
     """Inference: `steps` steps of a batch of full-grid states (B, C, H, W); returns a new tensor."""
     with torch.no_grad():  # not inference_mode: callers edit the result in place (erase, seed)
         return rollout(model, x, steps, angle, generator, stats=stats)
+
+
+def grow(model: NCA, x: torch.Tensor, steps: int, angle: float = 0.0,
+         generator: torch.Generator | None = None) -> torch.Tensor:
+    """`steps` steps without gradients through the exact fast path; returns a new tensor (x is left alone)."""
+    return step_batch(model, x, angle, generator=generator, steps=steps)

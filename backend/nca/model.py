@@ -1,4 +1,4 @@
-"""The Growing NCA rule (Mordvintsev et al., Distill 2020), as in ../shared/docs/nca-spec.md.
+"""The Growing NCA rule (Mordvintsev et al., Distill 2020), as in docs/nca-spec.md.
 
 State tensors are NCHW float32: channels 0-2 premultiplied RGB, 3 alpha, 4.. hidden.
 """
@@ -121,13 +121,6 @@ class NCA(nn.Module):
         x = x + dx * fire_mask  # no rescaling, unlike dropout
         post_alive = alive_mask(x)
         return x * (pre_alive & post_alive)
-
-    def grow(self, x: torch.Tensor, steps: int, angle: float = 0.0,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """`steps` steps without gradients, through the exact fast path; returns a new tensor."""
-        from .fast import step_batch  # fast.py builds on this module
-
-        return step_batch(self, x, angle, generator=generator, steps=steps)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -19,7 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .model import NCA, PERCEPTION_FILTERS
+from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PERCEPTION_FILTERS
+from .target import PAPER_GRID
 
 FORMAT_NAME = "growing-nca"
 FORMAT_VERSION = "1"
@@ -35,11 +36,11 @@ class ModelFileError(ValueError):
 class ModelInfo:
     """Everything a model file says besides the weights."""
 
-    channels: int = 16
-    hidden: int = 128
-    fire_rate: float = 0.5
-    grid_height: int = 72  # the grid the model is meant to grow on (target + padding)
-    grid_width: int = 72
+    channels: int = CHANNELS
+    hidden: int = HIDDEN
+    fire_rate: float = FIRE_RATE
+    grid_height: int = PAPER_GRID  # the grid the model is meant to grow on (target + padding)
+    grid_width: int = PAPER_GRID
     target_size: int | None = None  # max side the target image was thumbnailed to
     padding: int | None = None
     experiment: str | None = None
@@ -49,6 +50,11 @@ class ModelInfo:
     source: str = "trained"  # "trained" or "distill" (imported from the article's weights)
     name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelInfo:
+        """From a file's `info` JSON; fields this version does not know are left out."""
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
 @dataclass
@@ -128,9 +134,7 @@ def from_bytes(data: bytes, map_location: str | torch.device = "cpu") -> ModelFi
     if _digest(tensors, meta.get("info", "")) != meta.get("sha256"):
         raise ModelFileError("model file checksum mismatch: the file was corrupted or altered")
     try:
-        raw = json.loads(meta["info"])
-        known = {k: raw[k] for k in ModelInfo.__dataclass_fields__ if k in raw}
-        info = ModelInfo(**known)
+        info = ModelInfo.from_dict(json.loads(meta["info"]))
         channels, hidden = int(info.channels), int(info.hidden)
         # Checked before building the model: the header's sizes must not decide what we allocate.
         expected = {

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .fast import grow
 from .model import NCA, erase_circle, make_seed, to_rgb
 
 
@@ -62,9 +63,8 @@ def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 
     """RGB frames of growth from the seed: step 0, every `every` steps, and always step `steps`.
 
     `damage` is (x, y, radius) in cells, or a function of the state that says where, erased after
-    `damage_at` steps. Steps go through the
-    fast path (`NCA.grow`, ~10x quicker than the dense rule on a growing pattern): the API's
-    previews and the CLI's videos are drawn per request.
+    `damage_at` steps. Steps go through the fast path (`fast.grow`, ~10x quicker than the dense rule
+    on a growing pattern): the CLI's and the API's videos are drawn on demand.
     """
     device = next(model.parameters()).device
     x = make_seed(height, width, model.channels, device=device)
@@ -73,7 +73,14 @@ def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 
         for step in range(1, steps + 1):
             if damage is not None and step - 1 == damage_at:
                 erase_circle(x, *(damage(x) if callable(damage) else damage))
-            x = model.grow(x, 1, angle, generator=generator)
+            x = grow(model, x, 1, angle, generator=generator)
             if step % every == 0 or step == steps:
                 frames.append(rgb8(x))
     return frames
+
+
+def grown_frame(model: NCA, height: int, width: int, steps: int, seed: int = 0) -> np.ndarray:
+    """The RGB frame after `steps` steps of growth from the seed, the same picture for the same `seed`."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    return rgb8(grow(model, make_seed(height, width, model.channels, device=device), steps, generator=generator))

@@ -1,4 +1,4 @@
-"""Target images: load safely, thumbnail to a max side, premultiply, pad (nca-spec "Target")."""
+"""Target images: load safely, thumbnail to a max side, premultiply, pad (docs/nca-spec.md, "The target")."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .options import check_bounds, option
 from .render import upscale
 
 TARGET_SIZE = 40  # longer side of the target after thumbnailing, in cells
 TARGET_PADDING = 16  # empty cells around the target on every side
+PAPER_GRID = TARGET_SIZE + 2 * TARGET_PADDING  # 72: the article's grid for a square image
 MIN_TARGET_SIZE, MAX_TARGET_SIZE = 8, 128
 MAX_PADDING = 64
 MIN_IMAGE_SIDE = 4  # a thinner image has nothing to learn
@@ -29,19 +31,23 @@ class TargetError(ValueError):
 
 @dataclass(frozen=True)
 class TargetOptions:
-    size: int = TARGET_SIZE
-    padding: int = TARGET_PADDING
-    key_background: bool = False  # make the border colour transparent (for opaque images)
+    """How an image becomes a target; its fields are job options (backend.nca.options)."""
+
+    size: int = option(TARGET_SIZE, "longer side of the target in cells", ge=MIN_TARGET_SIZE, le=MAX_TARGET_SIZE,
+                       key="target_size")
+    padding: int = option(TARGET_PADDING, "empty cells around the target", ge=0, le=MAX_PADDING)
+    key_background: bool = option(False, "make the border colour transparent (for opaque images)")
 
     def __post_init__(self) -> None:
-        if not MIN_TARGET_SIZE <= self.size <= MAX_TARGET_SIZE:
-            raise TargetError(f"target size must be between {MIN_TARGET_SIZE} and {MAX_TARGET_SIZE}")
-        if not 0 <= self.padding <= MAX_PADDING:
-            raise TargetError(f"padding must be between 0 and {MAX_PADDING}")
+        check_bounds(self, TargetError)
 
 
-def open_image(source: bytes | str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode the first frame of an image as RGBA, refusing bombs, truncation and odd formats."""
+def open_image(source: bytes | str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode the first frame of an image as RGBA, refusing bombs, truncation and odd formats.
+
+    `max_pixels`: width x height at most; None is MAX_IMAGE_PIXELS (the services' default too).
+    """
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():
@@ -94,7 +100,7 @@ def prepare_target(img: Image.Image, options: TargetOptions = TargetOptions()) -
 
 
 def load_target(source: bytes | str | Path, options: TargetOptions = TargetOptions(),
-                max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+                max_pixels: int | None = None) -> torch.Tensor:
     return prepare_target(open_image(source, max_pixels), options)
 
 

@@ -17,6 +17,7 @@ import torch
 from . import fast
 from .model import ALIVE_THRESHOLD, CHANNELS, FIRE_RATE, HIDDEN, NCA, damage_circles, make_seed, to_rgba
 from .modelfile import ModelFile, ModelInfo
+from .options import check_bounds, option
 
 Experiment = Literal["growing", "persistent", "regenerating"]
 
@@ -29,54 +30,58 @@ EXPERIMENTS: dict[str, dict[str, object]] = {
 }
 
 
-# Named recipes: TrainConfig overrides plus the target's `size` and `padding` (TargetOptions).
-# "paper" is the authors' (72x72 grid for a square image). "preview" trades fidelity for time:
-# a 24-cell target with 6 cells of padding (36x36 grid) and 32-48 steps per iteration shows a
-# recognisable pattern within minutes on two CPU cores (curves and figures: docs/benchmarks.md).
+# Named recipes: job options (backend.nca.jobspec) that differ from the defaults, which are the
+# authors' (a 40-cell target with 16 cells of padding: a 72x72 grid for a square image).
+# "preview" trades fidelity for time: a 24-cell target with 6 cells of padding (36x36 grid) and
+# 32-48 steps per iteration shows a recognisable pattern within minutes on two CPU cores (curves and
+# figures: docs/benchmarks.md).
 PRESETS: dict[str, dict[str, object]] = {
-    "paper": {"size": 40, "padding": 16},
-    "preview": {"size": 24, "padding": 6, "iterations": 1500, "min_steps": 32, "max_steps": 48,
+    "paper": {},
+    "preview": {"target_size": 24, "padding": 6, "iterations": 1500, "min_steps": 32, "max_steps": 48,
                 "lr_decay_at": 1000},
 }
 
 
 @dataclass
 class TrainConfig:
-    experiment: Experiment = "regenerating"
-    iterations: int = 8000
-    batch_size: int = 8
-    pool_size: int = 1024
-    min_steps: int = 64  # CA steps per iteration, uniform in [min_steps, max_steps)
-    max_steps: int = 96
-    lr: float = 2e-3
-    lr_decay_at: int = 2000  # lr becomes lr * lr_decay from this iteration on
-    lr_decay: float = 0.1
+    """Every number of the recipe. Fields made with `option` are job options (bounds, help: backend.nca.options)."""
+
+    experiment: Experiment = option("regenerating",
+                                    "which of the article's experiments: 1 growing, 2 persistent, 3 regenerating")
+    iterations: int = option(8000, "training iterations", ge=1, le=1_000_000)
+    batch_size: int = option(8, "samples per iteration", ge=1, le=64)
+    pool_size: int = option(1024, "sample pool (persistent, regenerating), at least batch_size", ge=1, le=4096)
+    min_steps: int = option(64, "CA steps per iteration, at least", ge=1, le=256)  # uniform in [min, max)
+    max_steps: int = option(96, "CA steps per iteration, below this", ge=2, le=512)
+    lr: float = option(2e-3, "Adam learning rate", gt=0, le=0.1)
+    lr_decay_at: int = option(2000, "iteration from which the learning rate drops by lr_decay (10x by default)", ge=0)
+    lr_decay: float = option(0.1, "learning-rate factor from lr_decay_at on", gt=0, api=False)
     use_pool: bool | None = None  # None: as the experiment says
-    damage_count: int | None = None  # None: as the experiment says
-    channels: int = CHANNELS
-    hidden: int = HIDDEN
-    fire_rate: float = FIRE_RATE
-    seed: int = 0
-    checkpoint_every: int = 500
+    damage_count: int | None = option(None, "samples damaged per iteration (default: as the experiment says)",
+                                      ge=0, api=False)
+    channels: int = option(CHANNELS, "state channels: RGBA and hidden ones", ge=4, api=False)
+    hidden: int = option(HIDDEN, "width of the update network", ge=1, api=False)
+    fire_rate: float = option(FIRE_RATE, "stochastic update rate", gt=0, le=1)
+    seed: int = option(0, "random seed (weights, pool, steps, damage)", ge=0, le=2**31 - 1)
+    checkpoint_every: int = option(500, "iterations between checkpoints", ge=1, le=1_000_000)
     fast: bool = True  # rollouts through backend.nca.fast (same function, computed on the live box only)
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}")
+        check_bounds(self)
         preset = EXPERIMENTS[self.experiment]
         if self.use_pool is None:
             self.use_pool = bool(preset["use_pool"])
+        damaged = f"damage_count is {self.damage_count}"
         if self.damage_count is None:
             self.damage_count = int(preset["damage_count"])  # type: ignore[arg-type]
+            damaged = f"the {self.experiment} experiment damages {self.damage_count} samples of each batch"
         checks = [
-            (self.iterations >= 1, "iterations must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
             (not self.use_pool or self.pool_size >= self.batch_size, "pool_size must be at least batch_size"),
-            (1 <= self.min_steps < self.max_steps, "need 1 <= min_steps < max_steps"),
-            (self.lr > 0 and self.lr_decay > 0, "lr and lr_decay must be positive"),
-            (0 <= self.damage_count < self.batch_size, "damage_count must be in [0, batch_size)"),
+            (self.min_steps < self.max_steps, "min_steps must be below max_steps"),
+            (self.damage_count < self.batch_size, f"batch_size must be at least {self.damage_count + 1}: {damaged}"),
             (self.damage_count == 0 or self.use_pool, "damage needs the sample pool"),
-            (self.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -87,9 +92,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        """Known fields only; a None value means "the default"."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+        """A None value means "the default"; a name that is not a field is refused (a typo would go unnoticed)."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown training option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
 
 
 @dataclass(frozen=True)

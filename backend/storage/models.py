@@ -1,33 +1,75 @@
 """Every model the stream can play: shipped examples in models/ and the jobs' checkpoints in Redis.
 
 Model ids: `example-<file stem>` for `models/<stem>.safetensors`; a job's model id is its job id.
-After a checkpoint is stored the worker publishes on `nca:checkpoints` (see `publish_checkpoint`).
+Wherever a model id is taken, a reference `<job id>@<iteration>` names one checkpoint of the job's
+training history instead of its latest (`parse_reference`; model ids never contain "@").
+The examples are read from this machine's disk, so they are listed even while Redis is down.
+Each new checkpoint is announced on CHECKPOINT_CHANNEL (by the job store, backend.storage.jobs).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Literal
 
-import redis
 from pydantic import BaseModel
 
-from backend.nca.modelfile import ModelFileError, read_metadata
+from backend.nca.modelfile import ModelFileError, ModelInfo, read_metadata
 
-from .connection import text
-from .jobs import JOBS_KEY, Job, is_job_id, job_key
+from .jobs import CHECKPOINT_CHANNEL, Checkpoint, Job, JobStore, is_job_id
 
-CHECKPOINT_CHANNEL = "nca:checkpoints"
+__all__ = ["CHECKPOINT_CHANNEL", "EXAMPLE_PREFIX", "BadReference", "CheckpointNotFound", "ModelCatalog", "ModelEntry",
+           "ModelNotFound", "parse_reference", "reference"]
+
 EXAMPLE_PREFIX = "example-"
 _HEADER_LIMIT = 1_000_000  # bytes of safetensors header read to list an example
-# What a job's model entry is made of (plus what Job requires): reading whole records would parse every loss history.
-_ENTRY_FIELDS = ("id", "name", "status", "total", "created_at", "options", "grid_height", "grid_width",
-                 "model_version", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at")
+# What a job's model entry is made of: reading whole records would parse every loss history.
+_ENTRY_FIELDS = ("model_version", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at")
 
 
 class ModelNotFound(KeyError):
     """No model with this id (or the job has no checkpoint yet)."""
+
+
+class CheckpointNotFound(ModelNotFound):
+    """The model exists, but its history has no checkpoint at that iteration; str() says where to look."""
+
+    def __init__(self, model_id: str, iteration: int):
+        super().__init__(model_id)
+        self.model_id, self.iteration = model_id, iteration
+
+    def __str__(self) -> str:
+        if not is_job_id(self.model_id):
+            return f"{self.model_id[:60]!r} has no training history: only a job's checkpoints have an @iteration"
+        return f"no checkpoint at iteration {self.iteration}: GET /api/jobs/{self.model_id}/checkpoints lists them"
+
+
+class BadReference(ValueError):
+    """A model reference that is not `<model id>` or `<job id>@<iteration>`; the message says why."""
+
+
+_ITERATION = re.compile(r"[0-9]{1,10}")
+
+
+def parse_reference(ref: str) -> tuple[str, int | None]:
+    """`<model id>` -> (id, None); `<job id>@<iteration>` -> (id, iteration): one checkpoint of its history."""
+    model_id, at, iteration = ref.partition("@")
+    if not at:
+        return ref, None
+    if not model_id:
+        raise BadReference(f"malformed model reference {ref[:60]!r}: a model id goes before the @ "
+                           "(<job id>@<iteration>)")
+    if not _ITERATION.fullmatch(iteration):
+        raise BadReference(f"malformed model reference {ref[:60]!r}: after the @ goes a checkpoint's iteration, "
+                           "a whole number (<job id>@<iteration>, e.g. @500)")
+    return model_id, int(iteration)
+
+
+def reference(model_id: str, iteration: int | None) -> str:
+    """The reference to a model's latest checkpoint (iteration None) or to one of its history."""
+    return model_id if iteration is None else f"{model_id}@{iteration}"
 
 
 class ModelEntry(BaseModel):
@@ -44,66 +86,88 @@ class ModelEntry(BaseModel):
     updated_at: float  # unix seconds
 
 
-def publish_checkpoint(client: redis.Redis, model_id: str, version: int, iteration: int, status: str) -> None:
-    """Tell stream services that `model_id` has a new checkpoint (or a new status)."""
-    message = {"model_id": model_id, "version": version, "iteration": iteration, "status": status}
-    client.publish(CHECKPOINT_CHANNEL, json.dumps(message))
-
-
 class ModelCatalog:
-    def __init__(self, redis_client: redis.Redis, models_dir: str | Path):
-        self.client, self.models_dir = redis_client, Path(models_dir)
+    def __init__(self, jobs: JobStore, models_dir: str | Path):
+        self.jobs, self.models_dir = jobs, Path(models_dir)
 
     def list_models(self) -> list[ModelEntry]:
         """Examples (by name), then jobs with at least one checkpoint, newest first."""
-        entries = [entry for path in sorted(self.models_dir.glob("*.safetensors"))
-                   if (entry := self._example_entry(path)) is not None]
-        jobs = self._jobs([text(j) for j in self.client.zrevrange(JOBS_KEY, 0, -1)])
-        return entries + [self._job_entry(job) for job in jobs if job.model_version > 0]
+        return self.examples() + self.job_models()
+
+    def examples(self) -> list[ModelEntry]:
+        """The shipped examples, by name (from disk only)."""
+        return [entry for path in sorted(self.models_dir.glob("*.safetensors"))
+                if (entry := self._example_entry(path)) is not None]
+
+    def job_models(self) -> list[ModelEntry]:
+        """Jobs with at least one checkpoint, newest first (from Redis)."""
+        jobs = self.jobs.summaries(self.jobs.ids(), _ENTRY_FIELDS)
+        return [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:
+        """`model_id` may be a reference `<job id>@<iteration>` (BadReference if it is malformed)."""
+        model_id, iteration = parse_reference(model_id)
+        if iteration is not None:
+            job, checkpoint = self._history_entry(model_id, iteration)
+            return self._job_entry(job).model_copy(update={
+                "id": reference(model_id, iteration), "iterations": iteration, "loss": checkpoint.loss,
+                "version": checkpoint.version, "updated_at": checkpoint.at})
         if model_id.startswith(EXAMPLE_PREFIX):
             entry = self._example_entry(self._example_path(model_id))
             if entry is None:
                 raise ModelNotFound(model_id)
             return entry
-        jobs = self._jobs([model_id]) if is_job_id(model_id) else []
+        jobs = self.jobs.summaries([model_id], _ENTRY_FIELDS) if is_job_id(model_id) else []
         if not jobs or jobs[0].model_version == 0:
             raise ModelNotFound(model_id)
         return self._job_entry(jobs[0])
 
-    def _jobs(self, job_ids: list[str]) -> list[Job]:
-        """The records of the jobs that exist, with only the fields a model entry needs (no loss history)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hmget(job_key(job_id), _ENTRY_FIELDS)
-            rows = pipe.execute()
-        records = ({name: value for name, value in zip(_ENTRY_FIELDS, row, strict=True) if value is not None}
-                   for row in rows)
-        return [Job.from_hash(record) for record in records if record]
-
     def get_model_bytes(self, model_id: str) -> bytes:
+        """The model file; of a reference `<job id>@<iteration>`, that checkpoint's weights-only file."""
+        model_id, iteration = parse_reference(model_id)
+        if iteration is not None:
+            data = self.jobs.history_weights(model_id, iteration) if is_job_id(model_id) else None
+            if data is None:
+                self._history_entry(model_id, iteration)  # says which is missing: the job or its checkpoint
+                raise CheckpointNotFound(model_id, iteration)  # thinned away just now
+            return data
         if model_id.startswith(EXAMPLE_PREFIX):
             path = self._example_path(model_id)
             try:
                 return path.read_bytes()
             except OSError:
                 raise ModelNotFound(model_id) from None
-        data = self.client.get(job_key(model_id, "model")) if is_job_id(model_id) else None
+        data = self.jobs.checkpoint(model_id) if is_job_id(model_id) else None
         if data is None:
             raise ModelNotFound(model_id)
         return data
 
     def get_model_version(self, model_id: str) -> int:
+        """Of a reference `<job id>@<iteration>`: the job's version when that checkpoint was written (fixed)."""
+        model_id, iteration = parse_reference(model_id)
+        if iteration is not None:
+            return self._history_entry(model_id, iteration)[1].version
         if model_id.startswith(EXAMPLE_PREFIX):
             try:
                 return self._example_path(model_id).stat().st_mtime_ns // 1_000_000
             except OSError:
                 raise ModelNotFound(model_id) from None
-        version = self.client.hget(job_key(model_id), "model_version") if is_job_id(model_id) else None
-        if version is None or int(version) == 0:
+        version = self.jobs.model_version(model_id) if is_job_id(model_id) else 0
+        if version == 0:
             raise ModelNotFound(model_id)
-        return int(version)
+        return version
+
+    def _history_entry(self, job_id: str, iteration: int) -> tuple[Job, Checkpoint]:
+        """The job (ModelNotFound if there is none) and its checkpoint at `iteration` (CheckpointNotFound)."""
+        jobs = self.jobs.summaries([job_id], _ENTRY_FIELDS) if is_job_id(job_id) else []
+        if not jobs:
+            if job_id.startswith(EXAMPLE_PREFIX):
+                raise CheckpointNotFound(job_id, iteration)
+            raise ModelNotFound(job_id)
+        checkpoint = self.jobs.history_entry(job_id, iteration)
+        if checkpoint is None:
+            raise CheckpointNotFound(job_id, iteration)
+        return jobs[0], checkpoint
 
     def get_stored_card(self, model_id: str) -> bytes | None:
         """The model card stored next to a shipped example (`models/<stem>.card.json`), if there is one."""
@@ -121,28 +185,31 @@ class ModelCatalog:
         return self.models_dir / f"{stem}.safetensors"
 
     def _example_entry(self, path: Path) -> ModelEntry | None:
-        """Read only the header; a broken file is left out of the list rather than failing it."""
+        """Read only the header; a broken file is left out of the list rather than failing it, and so is
+        a file whose stem has an "@" (its id would read as a reference to a checkpoint)."""
+        if "@" in path.stem:
+            return None
         try:
             with path.open("rb") as f:
                 head = f.read(8)
                 header_len = int.from_bytes(head, "little") if len(head) == 8 else 0
-                info = json.loads(read_metadata(head + f.read(min(header_len, _HEADER_LIMIT)))["info"])
+                raw = json.loads(read_metadata(head + f.read(min(header_len, _HEADER_LIMIT)))["info"])
+            info = ModelInfo.from_dict(raw)
             stat = path.stat()
-        except (OSError, ModelFileError, KeyError, ValueError):
+        except (OSError, ModelFileError, KeyError, ValueError, TypeError):
             return None
         return ModelEntry(
-            id=EXAMPLE_PREFIX + path.stem, name=info.get("name") or path.stem, source="example", status="ready",
-            experiment=info.get("experiment"), grid_height=int(info.get("grid_height", 72)),
-            grid_width=int(info.get("grid_width", 72)), iterations=int(info.get("iterations", 0)),
-            loss=info.get("final_loss"), version=stat.st_mtime_ns // 1_000_000, updated_at=stat.st_mtime,
+            id=EXAMPLE_PREFIX + path.stem, name=info.name or path.stem, source="example", status="ready",
+            experiment=info.experiment, grid_height=int(info.grid_height), grid_width=int(info.grid_width),
+            iterations=int(info.iterations), loss=info.final_loss, version=stat.st_mtime_ns // 1_000_000,
+            updated_at=stat.st_mtime,
         )
 
     @staticmethod
     def _job_entry(job: Job) -> ModelEntry:
         return ModelEntry(
-            id=job.id, name=job.name, source="job", status=job.status, experiment=job.options.get("experiment"),
+            id=job.id, name=job.name, source="job", status=job.status, experiment=job.spec.train.experiment,
             grid_height=job.grid_height, grid_width=job.grid_width, iterations=job.checkpoint_iteration or 0,
             loss=job.checkpoint_loss, version=job.model_version,
             updated_at=job.checkpoint_at or job.created_at,
         )
-

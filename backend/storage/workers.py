@@ -18,25 +18,27 @@ WORKER_PREFIX = "nca:worker:"
 WORKERS_KEY = "nca:workers"
 
 
-def beat(client: redis.Redis, worker_id: str, info: dict[str, Any], ttl_seconds: float) -> None:
-    with client.pipeline(transaction=True) as pipe:
-        pipe.set(WORKER_PREFIX + worker_id, json.dumps(info), px=int(ttl_seconds * 1000))
-        pipe.sadd(WORKERS_KEY, worker_id)
-        pipe.execute()
+class Presence:
+    def __init__(self, client: redis.Redis):
+        self._client = client
 
+    def beat(self, worker_id: str, info: dict[str, Any], ttl_seconds: float) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(WORKER_PREFIX + worker_id, json.dumps(info), px=int(ttl_seconds * 1000))
+            pipe.sadd(WORKERS_KEY, worker_id)
+            pipe.execute()
 
-def forget(client: redis.Redis, worker_id: str) -> None:
-    with client.pipeline(transaction=True) as pipe:
-        pipe.delete(WORKER_PREFIX + worker_id)
-        pipe.srem(WORKERS_KEY, worker_id)
-        pipe.execute()
+    def forget(self, worker_id: str) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(WORKER_PREFIX + worker_id)
+            pipe.srem(WORKERS_KEY, worker_id)
+            pipe.execute()
 
-
-def live_workers(client: redis.Redis) -> list[dict[str, Any]]:
-    """The presence of every live worker, by id."""
-    ids = sorted(text(i) for i in client.smembers(WORKERS_KEY))
-    values = client.mget([WORKER_PREFIX + i for i in ids]) if ids else []
-    gone = [i for i, v in zip(ids, values, strict=True) if v is None]
-    if gone:
-        client.srem(WORKERS_KEY, *gone)
-    return [json.loads(v) for v in values if v is not None]
+    def live(self) -> list[dict[str, Any]]:
+        """The presence of every live worker, by id."""
+        ids = sorted(text(i) for i in self._client.smembers(WORKERS_KEY))
+        values = self._client.mget([WORKER_PREFIX + i for i in ids]) if ids else []
+        gone = [i for i, v in zip(ids, values, strict=True) if v is None]
+        if gone:
+            self._client.srem(WORKERS_KEY, *gone)
+        return [json.loads(v) for v in values if v is not None]

@@ -20,14 +20,15 @@ from backend.config import Settings, get_settings
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
-from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound
+from backend.storage.jobs import JobStore
+from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, CheckpointNotFound, ModelCatalog, ModelNotFound
 
 from . import guard
 from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, event, parse_command, parse_params
 from .sessions import Session
-from .transport import ExposeTransport, abort
+from .transport import ExposeTransport, abort, quiet_invalid_text
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up on the client
@@ -36,14 +37,19 @@ CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    quiet_invalid_text()
     if settings.stream_torch_threads > 0:
         torch.set_num_threads(settings.stream_torch_threads)
     client = connect(settings.redis_url)
-    catalog = ModelCatalog(client, settings.models_dir)
+    catalog = ModelCatalog(JobStore(client), settings.models_dir)
 
-    def fetch(model_id: str) -> tuple[bytes, int]:
+    def fetch(model_id: str) -> tuple[bytes, int, str]:
         version = catalog.get_model_version(model_id)  # first: the bytes are then at least this new
-        return catalog.get_model_bytes(model_id), version
+        data = catalog.get_model_bytes(model_id)
+        # An example is "ready", as the catalog lists it; its entry is not read here, so that a broken
+        # file header is reported by the model file reader (1011), not taken for a missing model.
+        status = "ready" if model_id.startswith(EXAMPLE_PREFIX) else catalog.get_entry(model_id).status
+        return data, version, status
 
     engine = Engine(fetch, pick_device(settings.device), settings.stream_max_sessions)
     app.state.engine, app.state.settings, app.state.checkpoints = engine, settings, "connecting"
@@ -99,6 +105,8 @@ async def stream(ws: WebSocket) -> None:
     except StreamsFull:
         reason = f"too many streams (max {engine.max_sessions}); try again later"
         return await _refuse(ws, p.CLOSE_TRY_AGAIN_LATER, reason)
+    except CheckpointNotFound as exc:  # model=<job id>@<iteration> of an iteration its history does not have
+        return await _refuse(ws, p.CLOSE_UNKNOWN_MODEL, str(exc))
     except ModelNotFound:
         reason = f"unknown model {params.model!r}: pick one from GET /api/models"
         return await _refuse(ws, p.CLOSE_UNKNOWN_MODEL, reason)
@@ -113,7 +121,7 @@ async def stream(ws: WebSocket) -> None:
         engine.close(session)
         return await _refuse(ws, *refusal)
     try:
-        session.send_event("model", **session.model.describe())
+        session.send_event("model", **session.model.describe(), on_checkpoint=session.on_checkpoint)
         session.send_state()
         outcome = await _serve(ws, session, engine, settings)
     finally:
@@ -219,13 +227,14 @@ async def _on_checkpoint(engine: Engine, data: bytes) -> None:
     except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a version of 1e999
         log.warning("ignoring malformed message on %s: %r", CHECKPOINT_CHANNEL, data[:200])
         return
-    await _reload(engine, model_id, version, iteration=message.get("iteration"), status=message.get("status"))
+    status = message.get("status")
+    await _reload(engine, model_id, version, status if isinstance(status, str) else None)
 
 
-async def _reload(engine: Engine, model_id: str, version: int | None, **details: object) -> None:
+async def _reload(engine: Engine, model_id: str, version: int | None, status: str | None = None) -> None:
     """A checkpoint that cannot be read is skipped (its viewers play on); following the channel goes on."""
     try:
-        await engine.reload(model_id, version, **details)
+        await engine.reload(model_id, version, status)
     except (ModelNotFound, ModelFileError, *REDIS_DOWN_ERRORS) as exc:
         log.warning("could not reload model %s: %s", model_id, exc)
     except Exception:

@@ -1,4 +1,5 @@
-"""Loaded models and the single ticker that advances every session: one batched step per model.
+"""The engine: models loaded once for their viewers, checkpoints swapped in as jobs write them, and
+the single ticker that advances every session, one batched step per model.
 
 Each tick the ticker (an asyncio task) picks the sessions whose next frame is due, groups them
 by model and angle (the rotation is one scalar per forward pass), and hands the whole plan to
@@ -15,7 +16,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,17 +25,17 @@ from backend.nca.fast import step_batch
 from backend.nca.model import NCA, erase_circle, make_seed, plant_seed
 from backend.nca.modelfile import ModelInfo, from_bytes
 from backend.nca.render import rgba8
+from backend.storage.jobs import FINISHED
 
-from .protocol import FLAGS, HEADER, Command, StreamParams
-from .sessions import Session
+from .protocol import FLAGS, HEADER, KEEP, RESTARTS, Command, StreamParams
+from .sessions import FrameClock, LoadedModel, Session
 
 log = logging.getLogger(__name__)
 
-DUE_TOLERANCE = 0.001  # seconds; timers may fire a hair early
 TICK_HISTORY = 100  # ticks whose compute time /health summarises
 
-# fetch(model_id) -> (model file bytes, version); raises ModelNotFound for unknown ids.
-Fetch = Callable[[str], tuple[bytes, int]]
+# fetch(model_id) -> (model file bytes, version, status); raises ModelNotFound for unknown ids.
+Fetch = Callable[[str], tuple[bytes, int, str]]
 
 
 def advance(model: NCA, x: torch.Tensor, angle_degrees: float, steps: int) -> torch.Tensor:
@@ -49,31 +50,6 @@ class StreamsFull(RuntimeError):
     """The service already plays max_sessions streams."""
 
 
-@dataclass(eq=False)
-class LoadedModel:
-    id: str
-    model: NCA
-    info: ModelInfo
-    version: int
-    sessions: set[Session] = field(default_factory=set)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.info.grid_height, self.info.grid_width
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one session's state."""
-        return self.info.channels, self.info.grid_height, self.info.grid_width
-
-    def describe(self) -> dict:
-        """The `model` event's fields."""
-        i = self.info
-        return {"id": self.id, "name": i.name, "experiment": i.experiment, "source": i.source,
-                "width": i.grid_width, "height": i.grid_height, "channels": i.channels, "hidden": i.hidden,
-                "iterations": i.iterations, "loss": i.final_loss, "version": self.version}
-
-
 @dataclass
 class _Work:
     """One session's share of a tick, captured on the event loop so the thread sees a fixed plan."""
@@ -83,6 +59,7 @@ class _Work:
     edits: list[Command]
     steps: int
     header: tuple[int, int]  # (frame number, CA step after this tick)
+    epoch: int  # the session's epoch when planned: a regrow meanwhile makes this tick's result moot
 
 
 @dataclass
@@ -109,7 +86,7 @@ class Engine:
         """A new session on its first (seed) frame; StreamsFull, ModelNotFound or ModelFileError."""
         if len(self.sessions) >= self.max_sessions:
             raise StreamsFull
-        loaded = await self._model(params.model)
+        loaded = await self._model(params.model, params.snapshot)
         if len(self.sessions) >= self.max_sessions:  # others may have joined while the model loaded
             raise StreamsFull
         # Registered with its first session, never without one: a load whose viewer was turned away
@@ -117,8 +94,8 @@ class Engine:
         loaded = self.models.setdefault(params.model, loaded)
         channels, height, width = loaded.shape
         session = Session(loaded, make_seed(height, width, channels, device=self.device),
-                          params.fps, params.steps_per_frame, params.angle)
-        session.next_due = time.monotonic() + 1.0 / session.fps
+                          FrameClock(params.fps, time.monotonic()), params.steps_per_frame, params.angle,
+                          params.on_checkpoint)
         loaded.sessions.add(session)
         self.sessions.add(session)
         self.wake()
@@ -143,45 +120,54 @@ class Engine:
         self._wake.set()
 
     # --- models -------------------------------------------------------------------------------
-    async def _model(self, model_id: str) -> LoadedModel:
+    async def _model(self, model_id: str, snapshot: bool = False) -> LoadedModel:
+        """`snapshot`: `model_id` names one checkpoint of a job's history (`<job id>@<iteration>`)."""
         if (loaded := self.models.get(model_id)) is not None:
             return loaded
         future = self._loading.get(model_id)
         if future is None:  # one load per model however many viewers arrive at once
-            future = asyncio.ensure_future(self._load(model_id))
+            future = asyncio.ensure_future(self._load(model_id, snapshot))
             self._loading[model_id] = future
             future.add_done_callback(lambda _: self._loading.pop(model_id, None))
         return await asyncio.shield(future)
 
-    async def _load(self, model_id: str) -> LoadedModel:
-        return LoadedModel(model_id, *await asyncio.to_thread(self._read, model_id))
+    async def _load(self, model_id: str, snapshot: bool) -> LoadedModel:
+        return LoadedModel(model_id, *await asyncio.to_thread(self._read, model_id), snapshot=snapshot)
 
-    def _read(self, model_id: str) -> tuple[NCA, ModelInfo, int]:
-        data, version = self.fetch(model_id)
+    def _read(self, model_id: str) -> tuple[NCA, ModelInfo, int, str]:
+        data, version, status = self.fetch(model_id)
         mf = from_bytes(data, map_location=self.device)
-        return mf.model.eval().requires_grad_(False), mf.info, version
+        return mf.model.eval().requires_grad_(False), mf.info, version, status
 
-    async def reload(self, model_id: str, version: int | None, **details: object) -> bool:
-        """Swap in a newer checkpoint of a model that is playing or loading; sessions keep their states.
+    async def reload(self, model_id: str, version: int | None, status: str | None = None) -> bool:
+        """Swap in a newer checkpoint of a model that is playing or loading. Each viewer regrows from
+        the seed with it, or keeps its cells (its `on_checkpoint`), and gets `reloaded`.
 
-        `version` is the announced one (None: look it up); nothing happens unless it is newer.
+        `version` is the announced one (None: look it up); nothing is swapped unless it is newer.
+        `status` is the job's status announced with it: a change without a new checkpoint (the job
+        finished) is passed on to the viewers as a `status` event. True when a checkpoint was swapped in.
+        A snapshot (one checkpoint of a history) is never swapped: it plays what its viewers chose.
         """
         loaded = self.models.get(model_id)
         if loaded is None and (loading := self._loading.get(model_id)) is not None:
             loaded = await asyncio.shield(loading)  # its reader may have fetched the previous version
-        if loaded is None or (version is not None and version <= loaded.version):
+        if loaded is None or loaded.snapshot:
             return False
-        net, info, new_version = await asyncio.to_thread(self._read, model_id)
+        if version is not None and version <= loaded.version:
+            _set_status(loaded, status)
+            return False
+        net, info, new_version, new_status = await asyncio.to_thread(self._read, model_id)
         if new_version <= loaded.version:
+            _set_status(loaded, new_status)
             return False
         resized = (info.channels, info.grid_height, info.grid_width) != loaded.shape
-        loaded.model, loaded.info, loaded.version = net, info, new_version
+        loaded.model, loaded.info, loaded.version, loaded.status = net, info, new_version, new_status
         for session in loaded.sessions:
-            if resized:  # queued edits were checked against the old grid: drop them, start over
-                session.edits.clear()
-                session.apply(Command("reset"))
-            session.send_event("reloaded", model=model_id, version=new_version, iterations=info.iterations,
-                               loss=info.final_loss, **details)
+            # Another grid: the cells (and the seeds planted on them) do not fit it, whatever was asked.
+            regrown = resized or session.on_checkpoint != KEEP
+            replanted = session.regrow(replant=not resized) if regrown else 0
+            session.send_event("reloaded", **loaded.checkpoint(), regrown=regrown, replanted=replanted)
+        self.wake()  # a paused viewer shows its regrown seed at once
         log.info("model %s reloaded at version %d for %d sessions", model_id, new_version, len(loaded.sessions))
         return True
 
@@ -198,53 +184,52 @@ class Engine:
             results = await asyncio.to_thread(self._compute, groups)
             self.tick_ms.append((time.perf_counter() - started) * 1000.0)
             self.ticks += 1
-            for group, result in zip(groups, results, strict=True):
-                if result is None:
+            self._deliver(groups, results)
+
+    @staticmethod
+    def _deliver(groups: list[_Group], results: list[tuple[torch.Tensor, list[bytes]] | None]) -> None:
+        """Back on the event loop: each session's new state and frame, unless it ended or regrew meanwhile
+        (a checkpoint swapped in while the tick computed: the old weights' frame is never shown after it)."""
+        for group, result in zip(groups, results, strict=True):
+            if result is None:
+                continue
+            batch, frames = result
+            for i, work in enumerate(group.work):
+                session = work.session
+                if session.closed or session.epoch != work.epoch:
                     continue
-                batch, frames = result
-                for i, work in enumerate(group.work):
-                    session = work.session
-                    if session.closed:
-                        continue
-                    session.state = batch[i : i + 1]
-                    session.frame, session.step = work.header[0] + 1, work.header[1]
-                    session.offer_frame(frames[i])
+                session.state = batch[i : i + 1]
+                session.frame, session.step = work.header[0] + 1, work.header[1]
+                session.offer_frame(frames[i])
 
     async def _sleep_until_due(self, now: float) -> None:
-        playing = [s.next_due for s in self.sessions if not s.paused]
+        playing = [s.clock.next_due for s in self.sessions if not s.paused]
         delay = max(0.0, min(playing) - now) if playing else None
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
     def _plan(self, now: float) -> list[_Group]:
-        """The sessions due now, grouped by (model, angle); also moves each one's next due time."""
+        """The sessions due now, grouped by (model, angle); their clocks move past this tick."""
         if not any(_owed(s, now) for s in self.sessions):
             return []
         groups: dict[tuple[LoadedModel, float], _Group] = {}
         for session in self.sessions:
-            period = 1.0 / session.fps
             if _shows_without_step(session):
                 steps = 0
-            elif not session.paused and session.next_due - now <= 0.5 * period:
-                # A tick is happening anyway: take sessions due within half a period along, so that
-                # sessions of equal fps fall into step and share one batch from then on.
+            elif not session.paused and session.clock.take(now):  # a tick happens anyway: due soon comes along
                 steps = session.steps_per_frame
-                if session.next_due - now > DUE_TOLERANCE:
-                    session.next_due = now + period  # early: from now on in this tick's phase
-                else:  # on time or late: keep the exact rate; a late frame is made up, but never more than one
-                    session.next_due = max(session.next_due + period, now - period)
             elif session.paused and session.pending_steps:
                 steps, session.pending_steps = session.pending_steps, 0
             else:
                 continue
             session.needs_frame = False
             edits, session.edits = session.edits, []
-            step = (0 if any(e.cmd == "reset" for e in edits) else session.step) + steps
+            step = (0 if any(e.cmd in RESTARTS for e in edits) else session.step) + steps
             key = (session.model, session.angle)
             if key not in groups:
                 groups[key] = _Group(session.model.model, session.model.shape, session.angle, [])
-            groups[key].work.append(_Work(session, session.state, edits, steps, (session.frame, step)))
+            groups[key].work.append(_Work(session, session.state, edits, steps, (session.frame, step), session.epoch))
         for group in groups.values():
             group.work.sort(key=lambda w: -w.steps)
         return list(groups.values())
@@ -261,6 +246,18 @@ class Engine:
                     log.exception("tick failed for model %s; its viewers skip this frame", model_id)
                     results.append(None)
         return results
+
+
+def _set_status(loaded: LoadedModel, status: str | None) -> None:
+    """A job's new status without a new checkpoint (it finished): every viewer hears of it once.
+
+    A finished job never runs again: a "running" announced before it finished and read after is stale.
+    """
+    if status is None or status == loaded.status or loaded.status in FINISHED:
+        return
+    loaded.status = status
+    for session in loaded.sessions:
+        session.send_event("status", **loaded.checkpoint())
 
 
 def _compute_group(group: _Group) -> tuple[torch.Tensor, list[bytes]]:
@@ -289,17 +286,19 @@ def _owed(s: Session, now: float) -> bool:
     """Whether `s` makes a tick happen now (others due soon may then come along)."""
     if _shows_without_step(s):
         return True
-    return s.pending_steps > 0 if s.paused else s.next_due - now <= DUE_TOLERANCE
+    return s.pending_steps > 0 if s.paused else s.clock.owed(now)
 
 
 def _edited(state: torch.Tensor, edits: list[Command], shape: tuple[int, int, int]) -> torch.Tensor:
-    """Apply queued reset/seed/erase commands, in order, to one (1, C, H, W) state of `shape`."""
+    """Apply queued reset/regrow/seed/erase edits, in order, to one (1, C, H, W) state of `shape`."""
     channels, height, width = shape
     if state.shape[1:] != shape:  # a checkpoint with another grid was swapped in: start over
         state = make_seed(height, width, channels, device=state.device)
     for edit in edits:
-        if edit.cmd == "reset":
+        if edit.cmd in RESTARTS:
             state = make_seed(height, width, channels, device=state.device)
+            for x, y in edit.cells:  # a regrow: the viewer's own seeds again
+                plant_seed(state, x, y)
         elif edit.cmd == "seed":
             plant_seed(state, int(edit.x), int(edit.y))
         elif edit.cmd == "erase":
@@ -316,3 +315,4 @@ def _frames(x: torch.Tensor, headers: list[tuple[int, int]], width: int, height:
         HEADER.pack_into(out[i], 0, frame & 0xFFFFFFFF, step & 0xFFFFFFFF, width, height, FLAGS)
     out[:, HEADER.size :] = pixels
     return [row.tobytes() for row in out]
+

@@ -33,9 +33,6 @@ from .protocol import ProtocolError
 from .sessions import Session
 from .transport import SCOPE_KEY
 
-CLOSE_POLICY_VIOLATION = 1008  # command flood
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_FORBIDDEN_ORIGIN = 4403
 FLOOD_WINDOW = 10.0  # seconds over which ignored commands are counted
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 SCOPE_LIMITER = "nca.command_limiter"
@@ -92,7 +89,7 @@ def admit(ws: WebSocket, engine: Engine, settings: Settings) -> tuple[int, str] 
     """Before the stream opens: (close code, reason) to refuse it, else None (and its limits are set)."""
     origin = ws.headers.get("origin")
     if not origin_allowed(origin, ws.headers.get("host"), settings):
-        return CLOSE_FORBIDDEN_ORIGIN, f"origin {origin[:60]} may not open streams here (NCA_STREAM_ALLOWED_ORIGINS)"
+        return p.CLOSE_FORBIDDEN_ORIGIN, f"origin {origin[:60]} may not open streams here (NCA_STREAM_ALLOWED_ORIGINS)"
     if _streams_from(client_host(ws), engine) >= settings.stream_max_sessions_per_client:
         return _too_many_from_client(settings)
     ws.scope[SCOPE_LIMITER] = CommandLimiter(settings.stream_command_rate, settings.stream_command_burst)
@@ -123,11 +120,11 @@ def screen(ws: WebSocket, message: Message, settings: Settings) -> tuple[int, st
     data = message.get("text")
     size = len(data.encode()) if data is not None else len(message.get("bytes") or b"")
     if size > settings.stream_max_message_bytes:
-        return CLOSE_MESSAGE_TOO_BIG, f"message too big: at most {settings.stream_max_message_bytes} bytes"
+        return p.CLOSE_MESSAGE_TOO_BIG, f"message too big: at most {settings.stream_max_message_bytes} bytes"
     limiter: CommandLimiter = ws.scope[SCOPE_LIMITER]
     if not limiter.allow(time.monotonic()):
         if limiter.flooding:
-            return CLOSE_POLICY_VIOLATION, f"command flood: more than {limiter.burst} commands ignored"
+            return p.CLOSE_POLICY_VIOLATION, f"command flood: more than {limiter.burst} commands ignored"
         raise ProtocolError(f"too many commands (at most {limiter.rate:g} per second); this one was ignored")
     return None
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from backend.storage.models import BadReference, parse_reference, reference
 
 # Binary frame: this header, then width*height*4 bytes RGBA8, row-major, top row first.
 HEADER = struct.Struct("<IIHHI")  # frame number, CA step, width, height, flags
@@ -21,14 +23,31 @@ DEFAULT_FPS = 30.0
 DEFAULT_STEPS_PER_FRAME = 1
 MAX_COMMAND_BYTES = 1024
 
-# Close codes (RFC 6455 ones where one fits, 44xx mirroring HTTP statuses otherwise).
+# Close codes, defined here only: the table in docs/stream-protocol.md and FINAL_CLOSE_CODES in
+# frontend/js/stream.js follow this list (tests/stream/test_protocol_tables.py checks both).
+# RFC 6455 codes where one fits, 44xx mirroring HTTP statuses otherwise.
 CLOSE_NORMAL = 1000
+CLOSE_INVALID_TEXT = 1007  # a text message that is not UTF-8 (closed by uvicorn's websocket layer)
+CLOSE_POLICY_VIOLATION = 1008  # command flood
+CLOSE_MESSAGE_TOO_BIG = 1009  # a client message over stream_max_message_bytes
 CLOSE_SERVER_ERROR = 1011  # the model could not be loaded
-CLOSE_TRY_AGAIN_LATER = 1013  # max concurrent streams reached
+CLOSE_TRY_AGAIN_LATER = 1013  # max concurrent streams reached (overall or for this address)
 CLOSE_BAD_REQUEST = 4400  # invalid query parameters
+CLOSE_FORBIDDEN_ORIGIN = 4403  # a browser page from an origin that may not open streams
 CLOSE_UNKNOWN_MODEL = 4404
 CLOSE_IDLE = 4408  # no client message for stream_idle_timeout_s
 CLOSE_TOO_SLOW = 4429  # the client accepted no frame for stream_stall_timeout_s
+
+CLOSE_CODES = {name: code for name, code in globals().items() if name.startswith("CLOSE_")}
+# After these the same request fails again: a client should not reconnect on its own (any other
+# code, and 1001/1006/1012 of a service going away, is worth a retry with backoff).
+FINAL_CLOSE_CODES = frozenset({CLOSE_INVALID_TEXT, CLOSE_POLICY_VIOLATION, CLOSE_MESSAGE_TOO_BIG, CLOSE_BAD_REQUEST,
+                               CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNKNOWN_MODEL, CLOSE_IDLE})
+
+# What a viewer's cells do when its model gets a new checkpoint (a job still training).
+REGROW, KEEP = "regrow", "keep"
+ON_CHECKPOINT = (REGROW, KEEP)
+DEFAULT_ON_CHECKPOINT = REGROW
 
 
 class ProtocolError(ValueError):
@@ -70,10 +89,16 @@ def _angle(value: Any) -> float:
 
 @dataclass(frozen=True)
 class StreamParams:
-    model: str
+    model: str  # a model id, or `<job id>@<iteration>`: that checkpoint of the job's history, a fixed snapshot
     fps: float = DEFAULT_FPS
     steps_per_frame: int = DEFAULT_STEPS_PER_FRAME
     angle: float = 0.0
+    on_checkpoint: str = DEFAULT_ON_CHECKPOINT  # REGROW or KEEP
+
+    @property
+    def snapshot(self) -> bool:
+        """Whether `model` names one checkpoint of a history: it plays as it is, never swapped."""
+        return parse_reference(self.model)[1] is not None
 
 
 def _parse_query_number(raw: str, name: str) -> float:
@@ -83,25 +108,46 @@ def _parse_query_number(raw: str, name: str) -> float:
         raise ProtocolError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
+    if raw not in allowed:
+        raise ProtocolError(f"{name} must be one of {', '.join(allowed)}, got {raw[:40]!r}")
+    return raw
+
+
+def _model(raw: str) -> str:
+    """A model id, or `<job id>@<iteration>` written the one way (`@0500` is `@500`)."""
+    try:
+        return reference(*parse_reference(raw.strip()))
+    except BadReference as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+# Query parameters (all optional but `model`): name -> parser of the raw text into the StreamParams field of that name.
+_QUERY_PARSERS: dict[str, Callable[[str], Any]] = {
+    "model": _model,
+    "fps": lambda raw: _number(_parse_query_number(raw, "fps"), "fps", *FPS_RANGE),
+    "steps_per_frame": lambda raw: _integer(_parse_query_number(raw, "steps_per_frame"), "steps_per_frame",
+                                            *STEPS_PER_FRAME_RANGE),
+    "angle": lambda raw: _angle(_parse_query_number(raw, "angle")),
+    "on_checkpoint": lambda raw: _choice(raw, "on_checkpoint", ON_CHECKPOINT),
+}
+
+
 def parse_params(query: Mapping[str, str]) -> StreamParams:
-    """`?model=...&fps=...&steps_per_frame=...&angle=...` -> StreamParams, or ProtocolError."""
+    """`?model=...&fps=...&steps_per_frame=...&angle=...&on_checkpoint=...` -> StreamParams, or ProtocolError."""
     model = query.get("model", "").strip()
     if not model:
         raise ProtocolError("the model query parameter is required: /ws/stream?model=<model id>")
-    fps, spf, angle = DEFAULT_FPS, DEFAULT_STEPS_PER_FRAME, 0.0
-    if "fps" in query:
-        fps = _number(_parse_query_number(query["fps"], "fps"), "fps", *FPS_RANGE)
-    if "steps_per_frame" in query:
-        spf = _integer(_parse_query_number(query["steps_per_frame"], "steps_per_frame"), "steps_per_frame",
-                       *STEPS_PER_FRAME_RANGE)
-    if "angle" in query:
-        angle = _angle(_parse_query_number(query["angle"], "angle"))
-    return StreamParams(model, fps, spf, angle)
+    return StreamParams(**{name: parse(query[name]) for name, parse in _QUERY_PARSERS.items() if name in query})
 
 
 @dataclass(frozen=True)
 class Command:
-    """One validated client command; only the fields its `cmd` uses are set."""
+    """One validated client command; only the fields its `cmd` uses are set.
+
+    One more `cmd` never comes from a client: "regrow", the edit a new checkpoint queues (a reset
+    that plants `cells` again, the seeds the viewer had planted since its last reset).
+    """
 
     cmd: str
     x: float | None = None
@@ -110,9 +156,11 @@ class Command:
     fps: float | None = None
     steps_per_frame: int | None = None
     angle: float | None = None
+    cells: tuple[tuple[int, int], ...] = ()  # regrow only: (x, y) of seeds to plant again
 
 
 COMMANDS = ("reset", "seed", "erase", "pause", "play", "speed", "rotate", "step")
+RESTARTS = ("reset", "regrow")  # edits that start the state over from the seed
 
 
 def parse_command(text: str, width: int, height: int) -> Command:

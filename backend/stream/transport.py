@@ -1,4 +1,4 @@
-"""The TCP connection under a stream, for the two things ASGI cannot say (uvicorn only, best effort).
+"""The TCP connection under a stream, for the things ASGI cannot say (uvicorn only, best effort).
 
 1. A small kernel send buffer. Linux grows a socket's send buffer up to 4 MiB; for a client
    that reads slowly that is seconds of stale frames queued where "latest frame only" cannot
@@ -6,6 +6,9 @@
    (`stream_send_buffer`) bounds both.
 2. Aborting a stalled client: a close frame cannot reach a client that reads nothing, so after
    trying to close politely the connection is dropped instead of lingering.
+3. uvicorn's log: a text message that is not UTF-8 never reaches the app (uvicorn closes the
+   connection with 1007 itself, rightly) but uvicorn logs it as an ERROR with a traceback, so any
+   client could fill the log. `quiet_invalid_text` makes that one info line.
 
 Under a server other than uvicorn, or a uvicorn whose internals differ, neither applies (nothing
 fails: the transport is simply not found) and the stream still works, only laxer.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -54,3 +58,26 @@ def abort(scope: Scope) -> None:
     transport = scope.get(SCOPE_KEY)
     if transport is not None:
         transport.abort()
+
+
+class _InvalidTextFilter(logging.Filter):
+    """uvicorn's "Invalid UTF-8 sequence received from client." ERROR + traceback -> one INFO line."""
+
+    MESSAGE = "Invalid UTF-8 sequence received from client."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != self.MESSAGE:
+            return True
+        record.msg, record.args = "a client sent a text message that is not UTF-8: closed with 1007", ()
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+_INVALID_TEXT_FILTER = _InvalidTextFilter()
+UVICORN_ERROR_LOG = "uvicorn.error"  # the logger uvicorn's websocket protocols write to
+
+
+def quiet_invalid_text() -> None:
+    """Install the filter on uvicorn's error log (once: adding the same filter again does nothing)."""
+    logging.getLogger(UVICORN_ERROR_LOG).addFilter(_INVALID_TEXT_FILTER)

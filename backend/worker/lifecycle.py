@@ -11,79 +11,84 @@ import threading
 import time
 
 import torch
-from celery import signals
+from celery import Celery, signals
 
-from backend.config import get_settings
-from backend.nca.model import pick_device
-from backend.storage import workers
+from backend.storage.shared import Storage
 
-from . import tasks
+from .tasks import TrainingWorker
 
 log = logging.getLogger(__name__)
 
 
-def recover_orphans() -> list[str]:
-    store = tasks.job_store()
-    recovered = store.recover_orphans()
+def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
+    """Re-queue the jobs whose worker is gone and send their messages again; `skip`: this worker's own job
+    (it is alive: its lease comes back with its next renewal)."""
+    jobs, queue = storage.jobs, storage.queue
+    recovered = jobs.recover_orphans(skip)
     for i, job_id in enumerate(recovered):
         try:
-            tasks.train_job.apply_async(args=[job_id])
+            forgotten = queue.forget_deliveries(job_id)  # the lost worker's message, never to be acknowledged
+            queue.send(job_id)
         except Exception:
-            store.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
+            jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
             raise
-        log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint", job_id)
+        log.info("job %s: its worker stopped or was lost; re-queued to resume from its checkpoint "
+                 "(unacknowledged messages dropped: %d)", job_id, forgotten)
     return recovered
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, device: str):
+    def __init__(self, worker: TrainingWorker):
         super().__init__(name="nca-heartbeat", daemon=True)
-        self.device, self.started_at = device, time.time()
-        self.period = min(get_settings().lease_seconds / 3, 5.0)
+        self.worker, self.started_at = worker, time.time()
+        self.period = min(worker.settings.lease_seconds / 3, 5.0)
         self.done = threading.Event()
 
     def beat(self) -> None:
-        info = {"id": tasks.WORKER_ID, "device": self.device, "job": tasks.current_job,
+        worker = self.worker
+        info = {"id": worker.id, "device": str(worker.device), "job": worker.current_job,
                 "started_at": self.started_at, "seen_at": time.time()}
-        workers.beat(tasks.job_store().client, tasks.WORKER_ID, info, ttl_seconds=3 * self.period)
+        worker.storage.workers.beat(worker.id, info, ttl_seconds=3 * self.period)
 
     def run(self) -> None:
         while True:
             try:
                 self.beat()
-                if not tasks.SHUTDOWN.is_set():  # a stopping worker leaves its job to the next one
-                    recover_orphans()
+                if not self.worker.stopping.is_set():  # a stopping worker leaves its job to the next one
+                    recover_orphans(self.worker.storage, skip=self.worker.current_job)
             except Exception:  # Redis down: keep trying, the worker itself stays up
                 log.warning("heartbeat failed", exc_info=True)
             if self.done.wait(self.period):
                 return
 
-
-_heartbeat: Heartbeat | None = None
-
-
-@signals.worker_ready.connect
-def _start_heartbeat(**_: object) -> None:
-    global _heartbeat
-    if get_settings().torch_threads:
-        torch.set_num_threads(get_settings().torch_threads)
-    device = str(pick_device(get_settings().device))
-    log.info("worker %s ready; training on %s", tasks.WORKER_ID, device)
-    _heartbeat = Heartbeat(device)
-    _heartbeat.start()
-
-
-@signals.worker_shutting_down.connect
-def _stop_training(**_: object) -> None:
-    tasks.SHUTDOWN.set()  # the running job checkpoints and is given back to the queue
-
-
-@signals.worker_shutdown.connect
-def _stop_heartbeat(**_: object) -> None:
-    if _heartbeat is not None:
-        _heartbeat.done.set()
-        _heartbeat.join(timeout=5)
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
         try:
-            workers.forget(tasks.job_store().client, tasks.WORKER_ID)
+            self.worker.storage.workers.forget(self.worker.id)
         except Exception:
             log.warning("could not remove the presence key", exc_info=True)
+
+
+def connect_signals(celery: Celery, worker: TrainingWorker) -> None:
+    """Start the heartbeat when `celery`'s worker is ready, stop training and the heartbeat when it stops."""
+    heartbeat = Heartbeat(worker)
+
+    def ready(sender: object = None, **_: object) -> None:
+        if getattr(sender, "app", None) is not celery:
+            return
+        if worker.settings.torch_threads:
+            torch.set_num_threads(worker.settings.torch_threads)
+        log.info("worker %s ready; training on %s", worker.id, worker.device)
+        heartbeat.start()
+
+    def shutting_down(**_: object) -> None:  # sent with the host name only; a process runs one worker
+        worker.stopping.set()  # the running job checkpoints and is given back to the queue
+
+    def shutdown(sender: object = None, **_: object) -> None:
+        if getattr(sender, "app", None) is celery and heartbeat.is_alive():
+            heartbeat.stop()
+
+    signals.worker_ready.connect(ready, weak=False)
+    signals.worker_shutting_down.connect(shutting_down, weak=False)
+    signals.worker_shutdown.connect(shutdown, weak=False)

@@ -1,7 +1,9 @@
-"""The training task: claim the job, train with the NCA core, write progress and checkpoints to Redis.
+"""The training task: claim the job, train its spec with the NCA core, write progress and checkpoints.
 
 A job is resumed from its latest checkpoint whenever it runs again (after a worker was killed or
 shut down): the model file holds the weights, the optimizer state and the iteration count.
+Everything this worker process knows about itself (its id, whether it is stopping, the job it
+trains) lives in one `TrainingWorker`, made with the Celery app (backend/worker/celery_app.py).
 """
 
 from __future__ import annotations
@@ -13,32 +15,78 @@ import socket
 import threading
 import time
 import uuid
-from functools import lru_cache
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
+from celery import Celery
 
-from backend.config import Settings, get_settings
-from backend.nca import TrainConfig, Trainer, TrainingFailed
+from backend.config import Settings
+from backend.nca import Trainer, TrainingFailed
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
-from backend.nca.train import Progress
-from backend.storage.connection import REDIS_DOWN_ERRORS, connect, text
-from backend.storage.jobs import Job, JobStore, LossHistory, job_key
-from backend.storage.models import publish_checkpoint
-
-from .celery_app import TRAIN_TASK, app
+from backend.nca.train import Progress, TrainResult
+from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.jobs import Job, JobStatus, JobStore, LossHistory
+from backend.storage.shared import Storage
 
 log = logging.getLogger(__name__)
 
-WORKER_ID = f"{socket.gethostname()}-{os.getpid()}"
-SHUTDOWN = threading.Event()  # set when the worker is asked to stop: the job checkpoints and goes back to the queue
-current_job: str | None = None  # shown in the worker's presence key
 MAX_WORKERS_LOST = 20  # a job whose worker keeps dying (e.g. killed for memory) fails instead of looping
+REDIS_RETRY_SECONDS = 1.0  # while Redis is down at the start or end of a run
+T = TypeVar("T")
 
 
-@lru_cache
-def job_store() -> JobStore:
-    return JobStore(connect(get_settings().redis_url))
+class TrainingWorker:
+    """This worker process: its id, the job it trains, whether it is stopping, and where it stores."""
+
+    def __init__(self, settings: Settings, celery: Celery):
+        self.settings = settings
+        self.id = f"{socket.gethostname()}-{os.getpid()}"
+        self.device = pick_device(settings.device)
+        self.stopping = threading.Event()  # asked to stop: the job checkpoints and goes back to the queue
+        self.current_job: str | None = None  # shown in the worker's presence key
+        self.storage = Storage.connect(settings, celery)  # the app resends recovered jobs
+
+    def train(self, job_id: str) -> dict:
+        """Train one job; a message for a job that is finished or running elsewhere is dropped."""
+        store, lease_seconds = self.storage.jobs, self.settings.lease_seconds
+        token = f"{self.id}-{uuid.uuid4().hex[:8]}"
+        outcome = until_redis(lambda: store.claim(job_id, token, lease_seconds, str(self.device), self.id),
+                              self.stopping, f"job {job_id}: claim")
+        if outcome != "ok":
+            log.info("job %s: skipped (%s)", job_id, outcome)
+            return {"job_id": job_id, "skipped": outcome}
+        self.current_job = job_id
+        try:
+            with Lease(store, job_id, token, lease_seconds) as lease:
+                try:
+                    job = until_redis(lambda: store.get(job_id), self.stopping, f"job {job_id}: read")
+                except ValueError as exc:  # a spec this worker cannot read (say, written by a newer version)
+                    store.finish(job_id, token, "failed", f"this worker cannot read the job's options: {exc}")
+                    return {"job_id": job_id, "status": "failed"}
+                status = JobRun(store, job, token, self.device, self.settings, lease, stopping=self.stopping,
+                                worker_id=self.id).run()
+        finally:
+            self.current_job = None
+        log.info("job %s: %s", job_id, status)
+        return {"job_id": job_id, "status": status}
+
+
+def until_redis(action: Callable[[], T], stopping: threading.Event, what: str) -> T:
+    """`action()`, again every second while Redis is unreachable, unless the worker is stopping.
+
+    The start and end of a run wait for Redis rather than give up: a job that gave up would look
+    like one whose worker was lost once its lease ran out.
+    """
+    while True:
+        try:
+            return action()
+        except REDIS_DOWN_ERRORS:
+            if stopping.is_set():
+                raise
+            log.warning("%s: Redis is unreachable; trying again in %.0f s", what, REDIS_RETRY_SECONDS)
+            stopping.wait(REDIS_RETRY_SECONDS)
 
 
 class Lease(threading.Thread):
@@ -56,8 +104,8 @@ class Lease(threading.Thread):
                     log.warning("job %s: lease lost, another worker owns it now", self.job_id)
                     self.lost.set()
                     return
-            except Exception:  # Redis briefly unreachable: try again next beat
-                log.warning("job %s: could not renew the lease", self.job_id, exc_info=True)
+            except REDIS_DOWN_ERRORS:  # the lease is taken back when Redis is back, if nobody took the job
+                log.warning("job %s: could not renew the lease (Redis unreachable)", self.job_id)
 
     def __enter__(self) -> Lease:
         self.start()
@@ -68,80 +116,69 @@ class Lease(threading.Thread):
         self.join()
 
 
-@app.task(name=TRAIN_TASK)
-def train_job(job_id: str) -> dict:
-    """Train one job; a message for a job that is finished or running elsewhere is dropped."""
-    global current_job
-    settings, store = get_settings(), job_store()
-    device = pick_device(settings.device)
-    token = f"{WORKER_ID}-{uuid.uuid4().hex[:8]}"
-    outcome = store.claim(job_id, token, settings.lease_seconds, str(device), WORKER_ID)
-    if outcome != "ok":
-        log.info("job %s: skipped (%s)", job_id, outcome)
-        return {"job_id": job_id, "skipped": outcome}
-    current_job = job_id
-    try:
-        with Lease(store, job_id, token, settings.lease_seconds) as lease:
-            status = JobRun(store, store.get(job_id), token, device, settings, lease).run()
-    finally:
-        current_job = None
-    log.info("job %s: %s", job_id, status)
-    return {"job_id": job_id, "status": status}
-
-
 class JobRun:
     """One run of a job on this worker: from its latest checkpoint (if any) to the end, a cancel or a shutdown."""
 
     def __init__(self, store: JobStore, job: Job, token: str, device: torch.device, settings: Settings,
-                 lease: Lease):
+                 lease: Lease, stopping: threading.Event | None = None, worker_id: str = "this worker"):
         self.store, self.job, self.token, self.device, self.settings, self.lease = \
             store, job, token, device, settings, lease
-        every = int(text(store.client.hget(job_key(job.id), "loss_every")) or 1)
-        self.history = LossHistory(job.loss_history, every)
+        self.stopping, self.worker_id = stopping or threading.Event(), worker_id
+        self.history = LossHistory(job.loss_history, job.loss_every)
         self.last_write = 0.0
         self.last_checkpoint: bytes | None = None  # what Redis holds: exported as is on success
+        self.unsaved: ModelFile | None = None  # a checkpoint Redis was down for; stored before the run ends
 
     def run(self) -> str:
-        job, store = self.job, self.store
+        job = self.job
         if job.workers_lost >= MAX_WORKERS_LOST:  # shutdowns (deploys, Ctrl-C) do not count: they checkpoint
             return self.finish("failed", f"gave up: the worker training it was lost {job.workers_lost} times "
                                          "(out of memory?); try a smaller target or pool")
-        options = job.options
         try:
-            config = TrainConfig.from_dict({**options, "checkpoint_every": options.get("checkpoint_every")
-                                            or self.settings.checkpoint_every})
-            resume_bytes = store.checkpoint(job.id)
-            resume = from_bytes(resume_bytes) if resume_bytes else None
-            resumed_from = job.resumed_from
-            if resume is not None:
-                self.history.truncate(resume.info.iterations)
-                resumed_from = [*resumed_from, resume.info.iterations]
-                log.info("job %s: resuming from the checkpoint at iteration %d", job.id, resume.info.iterations)
-            trainer = Trainer(store.target(job.id), config, self.device, resume=resume, name=job.name,
-                              target_size=options.get("target_size"), padding=options.get("padding"))
-            store.update(job.id, iteration=trainer.iteration, resumed_from=resumed_from,
-                         loss_history=self.history.points, loss_every=self.history.every, error=None)
+            trainer = until_redis(self.prepare, self.stopping, f"job {job.id}: start")
             result = trainer.run(self.on_progress, self.should_stop, self.on_checkpoint)
         except TrainingFailed as exc:
             return self.finish("failed", str(exc))
         except REDIS_DOWN_ERRORS:
-            raise  # not the job's fault: its lease runs out and it resumes from its checkpoint once Redis is back
+            raise  # stopping while Redis is down: its lease runs out and it resumes from its checkpoint
         except Exception as exc:
             log.exception("job %s: training crashed", job.id)
             return self.finish("failed", f"internal error while training: {type(exc).__name__}: {exc}")
+        return until_redis(lambda: self.conclude(result), self.stopping, f"job {job.id}: end")
+
+    def prepare(self) -> Trainer:
+        """The trainer, from the latest checkpoint if there is one; the record says where the run starts."""
+        job, spec = self.job, self.job.spec
+        resume_bytes = self.store.checkpoint(job.id)
+        resume = from_bytes(resume_bytes) if resume_bytes else None
+        start = resume.info.iterations if resume is not None else 0
+        self.history.truncate(start)  # also from zero: the first run's points would be drawn twice
+        resumed_from = job.resumed_from
+        if resume is not None:
+            resumed_from = [*resumed_from, start]
+            log.info("job %s: resuming from the checkpoint at iteration %d", job.id, start)
+        trainer = Trainer(self.store.target(job.id), spec.train, self.device, resume=resume, name=spec.name,
+                          target_size=spec.target.size, padding=spec.target.padding)
+        if not self.store.progress(job.id, self.token, trainer.iteration, self.history, resumed_from=resumed_from):
+            self.lease.lost.set()
+        return trainer
+
+    def conclude(self, result: TrainResult) -> str:
+        """After training stopped: the last checkpoint, then succeeded, cancelled or back to the queue."""
+        if self.unsaved is not None:
+            self.store_checkpoint(self.unsaved)
         if self.lease.lost.is_set():
             return "lease lost"
         self.write_progress(result.iteration, result.loss, None, force=True)
         if result.status == "succeeded":
-            self.export()
-            return self.finish("succeeded")
-        if store.cancel_requested(job.id):
+            return self.finish("succeeded", warning=self.export())
+        if self.store.cancel_requested(self.job.id):
             return self.finish("cancelled")
-        store.suspend(job.id, self.token)  # worker shutdown: recovery sends it again, it resumes from here
+        self.store.suspend(self.job.id, self.token)  # worker shutdown: recovery sends it again, it resumes from here
         return "suspended"
 
     def should_stop(self) -> bool:
-        if SHUTDOWN.is_set() or self.lease.lost.is_set():
+        if self.stopping.is_set() or self.lease.lost.is_set():
             return True
         try:
             return self.store.cancel_requested(self.job.id)
@@ -157,45 +194,51 @@ class JobRun:
         if not force and now - self.last_write < self.settings.progress_every:
             return
         self.last_write = now
-        eta = (self.job.total - iteration) / rate if rate else None
-        fields = dict(iteration=iteration, loss_history=self.history.points, loss_every=self.history.every)
-        if not math.isnan(loss):  # NaN: no iteration in this run yet (resumed at its last checkpoint)
-            fields["loss"] = loss
-        if rate is not None:
-            fields.update(iterations_per_second=round(rate, 3), eta_seconds=round(eta, 1))
+        eta = round((self.job.total - iteration) / rate, 1) if rate else None
         try:
-            self.store.update(self.job.id, **fields)
+            owned = self.store.progress(
+                self.job.id, self.token, iteration, self.history,
+                loss=None if math.isnan(loss) else loss,  # NaN: no iteration in this run yet (resumed at the end)
+                iterations_per_second=None if rate is None else round(rate, 3), eta_seconds=eta)
         except REDIS_DOWN_ERRORS:  # progress is best effort; checkpoints are not
             log.warning("job %s: could not write progress", self.job.id)
+            return
+        if not owned:
+            self.lease.lost.set()
 
     def on_checkpoint(self, model_file: ModelFile) -> None:
-        iteration, loss = model_file.info.iterations, model_file.info.final_loss
+        try:
+            self.store_checkpoint(model_file)
+        except REDIS_DOWN_ERRORS:  # keep training: the next checkpoint (or the end of the run) stores it
+            log.warning("job %s: could not store the checkpoint at iteration %d (Redis unreachable)",
+                        self.job.id, model_file.info.iterations)
+            self.unsaved = model_file
+
+    def store_checkpoint(self, model_file: ModelFile) -> None:
+        """The whole file (to resume from) and, for the job's history, its weights alone (~35 KB)."""
         data = to_bytes(model_file)
-        version = self.store.store_checkpoint(self.job.id, self.token, data, iteration, loss)
+        weights = to_bytes(ModelFile(model_file.model, model_file.info))  # no target, no optimizer state
+        version = self.store.store_checkpoint(self.job.id, self.token, data, model_file.info.iterations,
+                                              model_file.info.final_loss, weights)  # announced by the store
+        self.unsaved = None
         if version < 0:
             self.lease.lost.set()
             return
         self.last_checkpoint = data
-        publish_checkpoint(self.store.client, self.job.id, version, iteration, "running")
 
-    def export(self) -> None:
-        """A copy of the final checkpoint in models_dir/jobs/ for this machine; Redis stays the source of truth."""
+    def export(self) -> str | None:
+        """A copy of the final checkpoint in models_dir/jobs/ for this machine (Redis stays the source of
+        truth); a warning for the record when it cannot be written."""
         data = self.last_checkpoint or self.store.checkpoint(self.job.id)
         path = self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"
         try:
             write_atomic(path, data)
         except OSError as exc:  # disk full, read-only or unwritable folder: the job itself is fine
             log.warning("job %s: could not export the model to %s: %s", self.job.id, path, exc)
-            warning = (f"the model could not be saved to {path} on worker {WORKER_ID} ({exc.strerror or exc}); "
-                       f"it is safe in Redis and served as usual at /api/models/{self.job.id}/file")
-            try:
-                self.store.update(self.job.id, warning=warning)
-            except REDIS_DOWN_ERRORS:
-                log.warning("job %s: could not record the export warning", self.job.id)
+            return (f"the model could not be saved to {path} on worker {self.worker_id} ({exc.strerror or exc}); "
+                    f"it is safe in Redis and served as usual at /api/models/{self.job.id}/file")
+        return None
 
-    def finish(self, status: str, error: str | None = None) -> str:
-        if self.store.finish(self.job.id, self.token, status, error):
-            job = self.store.get(self.job.id)
-            if job.model_version:
-                publish_checkpoint(self.store.client, job.id, job.model_version, job.checkpoint_iteration or 0, status)
+    def finish(self, status: JobStatus, error: str | None = None, warning: str | None = None) -> str:
+        self.store.finish(self.job.id, self.token, status, error, warning)  # announced to the stream by the store
         return status

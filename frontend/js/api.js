@@ -39,6 +39,7 @@ export const getConfig = () => request('/api/config');
 export const listModels = () => request('/api/models');
 export const listJobs = (params = {}) => request(`/api/jobs?${new URLSearchParams(params)}`);
 export const getJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}`);
+export const listCheckpoints = (id) => request(`/api/jobs/${encodeURIComponent(id)}/checkpoints`);
 export const cancelJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' });
 /** `form` is a FormData with the `image` file and the training options as fields. */
 export const createJob = (form) => request('/api/jobs', { method: 'POST', body: form });

@@ -3,6 +3,7 @@
 
 import { cancelJob, getJob, listJobs } from './api.js';
 import { drawLossChart } from './chart.js';
+import { showStrip } from './timeline.js';
 
 const ACTIVE = new Set(['queued', 'running']);
 const POLL_MS = 1000;
@@ -32,6 +33,7 @@ export function initJobs(onWatch) {
     }
     card.job = job;
     updateCard(card.element, job);
+    showStrip(card.element, job, onWatch); // its checkpoints grown from the seed
     empty.hidden = cards.size > 0;
   }
 

@@ -4,9 +4,11 @@
 export const HEADER_BYTES = 16;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
-// Close codes that retrying cannot fix (bad query, unknown model, idle viewer): the reason says
-// why. Others (server restart, too many streams, too slow) are worth another try after a wait.
-const FINAL_CLOSE = (code) => code === 1003 || code === 1008 || (code >= 4000 && code < 4500 && code !== 4429);
+// Close codes after which the same request fails again (not UTF-8, flood, too big, bad query,
+// origin, unknown model, idle viewer): the reason says why, and we do not retry on our own. Any
+// other code (server restart, too many streams, too slow) is worth another try after a wait.
+// The list is backend/stream/protocol.py's FINAL_CLOSE_CODES (a test checks that they match).
+export const FINAL_CLOSE_CODES = [1007, 1008, 1009, 4400, 4403, 4404, 4408];
 
 /**
  * Decode one binary frame: 16-byte little-endian header <IIHHI (frame, CA step, width, height,
@@ -39,7 +41,7 @@ export function streamBase(config, location = window.location) {
 
 /**
  * One viewer's connection. Callbacks: onFrame(frame), onEvent(json), onState(text, detail).
- * `params()` gives the query (model, fps, steps_per_frame, angle) for each (re)connect, so a
+ * `params()` gives the query (model, fps, steps_per_frame, angle, ...) for each (re)connect, so a
  * reconnect resumes with the current settings.
  */
 export class StreamClient {
@@ -87,7 +89,7 @@ export class StreamClient {
     socket.onclose = (event) => {
       if (socket !== this.socket || this.closed) return;
       this.socket = null;
-      if (FINAL_CLOSE(event.code)) {
+      if (FINAL_CLOSE_CODES.includes(event.code)) {
         this.closed = true;
         this.onState('closed', event.reason || `the stream closed (code ${event.code})`);
         return;

@@ -4,6 +4,7 @@
 import { listModels } from './api.js';
 import { deviceSide, drawCells } from './pixels.js';
 import { StreamClient, streamBase } from './stream.js';
+import { initTimeline, splitRef } from './timeline.js';
 
 const CANVAS_SIDE = 576; // CSS pixels when the layout gives no width (hidden view)
 const STATE_TEXT = {
@@ -33,7 +34,8 @@ export function initWatch(config) {
   let lastSize = [0, 0];
   let frameTimes = [];
   let visible = false;
-  let modelDetails = {}; // the stream's `model` event
+  let modelDetails = {}; // the stream's `model` event, updated by `reloaded` and `status`
+  let listed = new Map(); // id -> entry of GET /api/models, for the model picker's labels
   let pausedWhileHidden = false; // we paused it for a hidden tab, so we play it again on return
 
   const params = () => ({
@@ -44,12 +46,18 @@ export function initWatch(config) {
   });
   const send = (command) => client && client.send(command);
   const say = (text) => { statusLine.textContent = text; };
+  // The job's checkpoints: a slider that plays any of them (`<job id>@<iteration>`; the latest live).
+  const timeline = initTimeline(select.closest('.field'), (ref) => {
+    history.replaceState(null, '', `#watch/${encodeURIComponent(ref)}`);
+    connect(ref);
+  });
 
   function connect(id) {
     if (client) client.close();
     modelId = id;
     latest = null;
     frameTimes = [];
+    timeline.follow(id);
     if (!id) return;
     setPaused(false);
     client = new StreamClient(base, params, { onFrame, onEvent, onState });
@@ -74,16 +82,24 @@ export function initWatch(config) {
     switch (event.type) {
       case 'model':
         modelDetails = event;
-        modelInfo.textContent = describeModel(event);
+        showModel();
+        if (TRAINING.includes(event.status) && !event.snapshot) {
+          say(event.on_checkpoint === 'keep'
+            ? 'Still training: each new checkpoint is swapped in and the cells carry on with it.'
+            : 'Still training: each new checkpoint regrows the pattern from the seed with it.');
+        }
         break;
-      case 'reloaded': {
-        // A running job wrote a new checkpoint: the stream swapped it in, the cells play on.
-        const iteration = event.iteration ?? event.iterations;
-        modelInfo.textContent = describeModel({ ...modelDetails, ...event, iterations: iteration });
-        say(`New checkpoint${iteration != null ? ` at iteration ${Number(iteration).toLocaleString()}` : ''}`
-          + ' swapped in: the model keeps getting better while it trains.');
+      case 'reloaded': // a job wrote a new checkpoint and the stream plays it now
+        modelDetails = { ...modelDetails, ...event, id: event.model };
+        showModel();
+        say(describeReload(event));
+        timeline.refresh();
         break;
-      }
+      case 'status': // the job finished (or was requeued) without a new checkpoint
+        modelDetails = { ...modelDetails, ...event, id: event.model };
+        showModel();
+        say(describeStatus(event));
+        break;
       case 'state':
         setPaused(Boolean(event.paused));
         syncSlider(sliders.fps, event.fps);
@@ -95,6 +111,17 @@ export function initWatch(config) {
         break;
       default:
         break;
+    }
+  }
+
+  /** The model line and the picker's label follow the model's current checkpoint and status. */
+  function showModel() {
+    modelInfo.textContent = describeModel(modelDetails);
+    const entry = listed.get(modelDetails.id);
+    const option = [...select.options].find((o) => o.value === modelDetails.id);
+    if (entry && option && modelDetails.status) {
+      entry.status = modelDetails.status;
+      option.textContent = optionLabel(entry);
     }
   }
 
@@ -231,15 +258,16 @@ export function initWatch(config) {
       return;
     }
     if (load !== loads) return;
+    listed = new Map(models.map((m) => [m.id, m]));
     fillSelect(select, models);
     if (!visible) return; // left the view while the list was loading: no stream for a hidden canvas
     if (models.length === 0) {
       say('No models yet: train one, or put example model files in models/.');
       return;
     }
-    const pick = models.some((m) => m.id === wanted) ? wanted
-      : (models.some((m) => m.id === modelId) ? modelId : models[0].id);
-    select.value = pick;
+    const listedRef = (ref) => ref && models.some((m) => m.id === splitRef(ref).id); // a model or its checkpoint
+    const pick = listedRef(wanted) ? wanted : (listedRef(modelId) ? modelId : models[0].id);
+    select.value = splitRef(pick).id;
     if (pick !== modelId || !client) connect(pick);
   }
 
@@ -253,6 +281,7 @@ export function initWatch(config) {
       visible = false;
       if (client) client.close();
       client = null;
+      timeline.hide();
     },
   };
 }
@@ -268,23 +297,62 @@ function fillSelect(select, models) {
     for (const model of members) {
       const option = document.createElement('option');
       option.value = model.id;
-      const settled = ['ready', 'succeeded'].includes(model.status);
-      const status = model.status && !settled ? ` (${model.status === 'running' ? 'training' : model.status})` : '';
-      const experiment = model.experiment ? ` · ${model.experiment}` : '';
-      option.textContent = `${model.name || model.id}${experiment}${status}`;
+      option.textContent = optionLabel(model);
       group.append(option);
     }
     select.append(group);
   }
 }
 
+const TRAINING = ['queued', 'running']; // job statuses in which new checkpoints may still come
+const STATUS_TEXT = {
+  queued: 'training (waiting for a worker)', running: 'training', succeeded: 'training finished',
+  cancelled: 'training cancelled', failed: 'training failed',
+};
+
+/** The picker's label: name, experiment, and the job's status unless it is settled. */
+function optionLabel(model) {
+  const settled = ['ready', 'succeeded'].includes(model.status);
+  const status = model.status && !settled ? ` (${model.status === 'running' ? 'training' : model.status})` : '';
+  const experiment = model.experiment ? ` · ${model.experiment}` : '';
+  return `${model.name || model.id}${experiment}${status}`;
+}
+
+const iterationText = (n) => Number(n).toLocaleString();
+const lossText = (loss) => Number(loss).toExponential(1);
+
 function describeModel(info) {
   const parts = [];
   if (info.experiment) parts.push(info.experiment);
   if (info.width && info.height) parts.push(`${info.width}×${info.height} cells`);
-  if (info.iterations) parts.push(`${Number(info.iterations).toLocaleString()} training iterations`);
-  if (info.loss != null) parts.push(`loss ${Number(info.loss).toExponential(1)}`);
-  return parts.join(' · ');
+  if (info.iterations) parts.push(`iteration ${iterationText(info.iterations)}`);
+  if (info.loss != null) parts.push(`loss ${lossText(info.loss)}`);
+  if (STATUS_TEXT[info.status]) parts.push(STATUS_TEXT[info.status]);
+  return parts.map((part) => part.replaceAll(' ', '\u00a0')).join(' · '); // lines break between parts only
+}
+
+/** What a `reloaded` event did, in words: which checkpoint plays now and what became of the cells. */
+function describeReload(event) {
+  const checkpoint = `the checkpoint at iteration ${iterationText(event.iteration)}`
+    + (event.loss != null ? `, loss ${lossText(event.loss)}` : '');
+  const planted = event.replanted
+    ? ` and your ${event.replanted} planted cell${event.replanted === 1 ? '' : 's'}` : '';
+  const done = TRAINING.includes(event.status) ? '' : ` ${describeStatus(event)}`;
+  return event.regrown
+    ? `Regrown from the seed${planted} with ${checkpoint}.${done}`
+    : `Swapped in ${checkpoint}; the cells carry on.${done}`;
+}
+
+/** A job's status change without a new checkpoint, in words. */
+function describeStatus(event) {
+  const at = `iteration ${iterationText(event.iteration)}`;
+  switch (event.status) {
+    case 'succeeded': return `Training finished at ${at}: this is the final model.`;
+    case 'cancelled': return `Training was cancelled: this is its last checkpoint, ${at}.`;
+    case 'failed': return `Training failed: this is its last checkpoint, ${at}.`;
+    case 'queued': return `Training is waiting for a worker; it plays its checkpoint at ${at}.`;
+    default: return `Training: this is its checkpoint at ${at}.`;
+  }
 }
 
 function showSliderValue(slider) {

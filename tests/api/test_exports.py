@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from backend.nca import modelfile
 from backend.nca.distill import from_distill_json, quantized
+from backend.nca.jobspec import JobSpec
 from backend.nca.model import NCA
 from backend.nca.modelfile import ModelFile, ModelInfo, to_bytes
 from backend.nca.video import decode_frames
@@ -120,8 +121,9 @@ def test_a_shipped_examples_card_is_served_from_its_file(client: TestClient, mod
 
 
 def test_a_jobs_card_is_computed_once_per_model_version(client: TestClient, models: Path) -> None:
-    store, job_id = client.app.state.store, new_job_id()
-    store.create(job_id, "heart", {"experiment": "regenerating"}, 100, torch.zeros(4, 36, 36))
+    store, job_id = client.app.state.storage.jobs, new_job_id()
+    store.create(job_id, JobSpec.from_options({"name": "heart", "experiment": "regenerating", "iterations": 100}),
+                 torch.zeros(4, 36, 36))
     assert store.claim(job_id, "t", 60, "cpu", "test") == "ok"
     heart = modelfile.load(models / "heart.safetensors")
     assert store.store_checkpoint(job_id, "t", to_bytes(heart), 2000, 0.002) == 1
@@ -135,6 +137,14 @@ def test_a_jobs_card_is_computed_once_per_model_version(client: TestClient, mode
     assert store.store_checkpoint(job_id, "t", to_bytes(untrained), 5, 0.1) == 2
     newer = client.get(f"/api/models/{job_id}/card").json()
     assert newer["verdict"] == "fails" and newer["model"]["sha256"] != card["model"]["sha256"]
+
+    # A checkpoint of the job's history (`<job id>@<iteration>`, weights only) exports like any model.
+    checkpoint = client.get(f"/api/models/{job_id}@5/video.mp4?steps=4")  # (2000 was dropped: 5 < 2000)
+    assert checkpoint.status_code == 200, checkpoint.text
+    assert len(decode_frames(checkpoint.content, "mp4")) == 5
+    assert checkpoint.headers["content-disposition"] == f'inline; filename="{job_id}-5.mp4"'
+    assert client.get(f"/api/models/{job_id}@77/card").status_code == 404
+    assert client.get(f"/api/models/{job_id}@x/distill.json").status_code == 422
 
 
 def test_a_hostile_names_card_is_computed(client: TestClient, models: Path) -> None:

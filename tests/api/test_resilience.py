@@ -106,6 +106,8 @@ def test_api_still_serves_after_refusals(api_server) -> None:
 def test_redis_outage_is_503_and_the_api_recovers(tmp_path: Path) -> None:
     server = start_redis(data_dir=tmp_path / "redis")
     port = server.port
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "heart.safetensors").write_bytes((REPO_ROOT / "models" / "heart.safetensors").read_bytes())
     try:
         settings = Settings(redis_url=server.url, models_dir=tmp_path / "models")
         with TestClient(create_app(settings)) as client:
@@ -114,11 +116,16 @@ def test_redis_outage_is_503_and_the_api_recovers(tmp_path: Path) -> None:
             job = client.post("/api/jobs", files=files, data=data).json()
             server.stop()
             started = time.monotonic()
-            for method, path in [("GET", f"/api/jobs/{job['id']}"), ("GET", "/api/jobs"), ("GET", "/api/models"),
+            for method, path in [("GET", f"/api/jobs/{job['id']}"), ("GET", "/api/jobs"),
                                  ("POST", f"/api/jobs/{job['id']}/cancel")]:
                 response = client.request(method, path)
                 assert response.status_code == 503, (path, response.text)
                 assert "Redis" in response.json()["detail"]
+            # The examples are files on this machine: still listed and served, with a word about the rest.
+            models = client.get("/api/models")
+            assert models.status_code == 200 and [m["id"] for m in models.json()] == ["example-heart"]
+            assert "jobs unavailable" in models.headers["x-models-partial"]
+            assert client.get("/api/models/example-heart/file").status_code == 200
             response = client.post("/api/jobs", files=files, data=data)
             assert response.status_code == 503 and "unreachable" in response.json()["detail"]
             health = client.get("/api/health")
@@ -129,6 +136,7 @@ def test_redis_outage_is_503_and_the_api_recovers(tmp_path: Path) -> None:
             response = client.get(f"/api/jobs/{job['id']}")
             assert response.status_code == 200 and response.json()["status"] == "queued"
             assert client.get("/api/health").json()["redis"]["ok"] is True
+            assert "x-models-partial" not in client.get("/api/models").headers
             assert client.post("/api/jobs", files=files, data=data).status_code == 202
     finally:
         server.stop()

@@ -37,6 +37,7 @@ class Stack:
     stream: Server
     worker: Worker
     example_id: str | None  # the imported Distill model, None when ../shared is absent
+    redis_url: str  # the stack's own Redis, for tests that play a worker's part (tests/stream/jobs.py)
 
     @property
     def api_url(self) -> str:
@@ -83,7 +84,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stream.start()
         api.start()
         worker.wait_ready()
-        yield Stack(api, stream, worker, example_id)
+        yield Stack(api, stream, worker, example_id, redis.url)
     finally:
         worker.stop()
         api.stop()

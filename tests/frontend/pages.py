@@ -12,7 +12,7 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 # Fraction of "painted" (not white) pixels of a canvas inside a box given in fractions of its size.
-# The stream renders cells on white (nca-spec), so empty cells are pure white.
+# The stream renders cells on white (docs/nca-spec.md), so empty cells are pure white.
 PAINTED_FRACTION_JS = """([selector, box]) => {
   const canvas = document.querySelector(selector);
   const [x0, y0, x1, y1] = box;
@@ -49,6 +49,16 @@ def wait_painted(page, predicate: str, box: tuple[float, float, float, float] = 
         raise AssertionError(f"{predicate} never held in {box} within {timeout / 1000:g} s: "
                              f"p is {now:.3f} at CA step {step}") from None
     return painted(page, selector, box)
+
+
+def set_range(page, selector: str, value: int) -> None:
+    """Move a slider as a user would (value change plus an input event)."""
+    page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
+
+
+def ca_step(page) -> int:
+    """The Watch view's CA step counter."""
+    return int(page.inner_text("#ca-step"))
 
 
 def screenshot(page, name: str) -> Path:

@@ -18,6 +18,7 @@ import torch
 
 from backend.nca import modelfile
 from backend.nca.evaluate import alive_fraction, pictures
+from backend.nca.fast import grow
 from backend.nca.model import make_seed
 from backend.nca.player import player_html
 from tests.conftest import wait_for
@@ -65,7 +66,7 @@ def player_file(tmp_path_factory) -> Path:
 def core() -> dict[str, float]:
     """The core's mean alive fraction and mean colour (RGB on white) after STEPS steps, over 4 * RUNS runs."""
     model = modelfile.load(HEART).model
-    x = model.grow(make_seed(36, 36, batch=4 * RUNS), STEPS, generator=torch.Generator().manual_seed(0))
+    x = grow(model, make_seed(36, 36, batch=4 * RUNS), STEPS, generator=torch.Generator().manual_seed(0))
     rgb = pictures(x).mean(dim=(2, 3))
     return {"alive": alive_fraction(x).mean().item(), **{c: rgb[:, i].mean().item() for i, c in enumerate("rgb")}}
 

@@ -115,11 +115,12 @@ def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
     expect(card.locator(".job-numbers")).to_contain_text("ETA")
     screenshot(page, "jobs")
 
-    # Watching a job while it trains: each new checkpoint is swapped into the stream and announced.
+    # Watching a job while it trains: each new checkpoint regrows the stream from the seed, and says so.
     job_id = card.get_attribute("data-job-id")
     card.locator("[data-action=watch]").click()
     expect(page.locator("#model-select")).to_have_value(job_id)
-    expect(page.locator("#watch-status")).to_contain_text("New checkpoint at iteration", timeout=30_000)
+    regrown = "Regrown from the seed with the checkpoint at iteration"
+    expect(page.locator("#watch-status")).to_contain_text(regrown, timeout=30_000)
     page.go_back()
     expect(page.locator("#view-jobs")).to_be_visible()
 

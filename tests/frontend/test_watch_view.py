@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.frontend.pages import open_app, painted, screenshot, wait_painted
+from tests.frontend.pages import ca_step, open_app, painted, screenshot, set_range, wait_painted
 
 # A band across the middle of the grid: the lizard's body always covers it once grown.
 BAND = (0.40, 0.46, 0.60, 0.54)
@@ -16,15 +16,6 @@ def example_id(stack) -> str:
     if stack.example_id is None:
         pytest.skip("../shared/reference/distill-webgl-models is absent: no regenerating model to watch")
     return stack.example_id
-
-
-def set_range(page, selector: str, value: int) -> None:
-    """Move a slider as a user would (value change plus an input event)."""
-    page.eval_on_selector(selector, "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }", value)
-
-
-def ca_step(page) -> int:
-    return int(page.inner_text("#ca-step"))
 
 
 def test_watch_grows_erases_and_regrows(page, stack, example_id):

@@ -10,9 +10,10 @@ import redis
 from fastapi.testclient import TestClient
 
 from backend.api.main import create_app
-from backend.api.security import ACTIVE_KEY, RETRY_AFTER_SECONDS
+from backend.api.security import RETRY_AFTER_SECONDS
 from backend.config import Settings
 from backend.storage.jobs import JobStore
+from backend.storage.quota import ACTIVE_KEY
 from tests.conftest import TINY_TRAINING, png_image
 
 TOKEN = "s3cret-token"
@@ -98,7 +99,9 @@ def test_active_job_caps_per_client_and_overall(redis_url: str, tmp_path: Path) 
     assert upload(alice).status_code == 429  # the server is full again
 
     # A bad upload gives its reserved slot back.
-    JobStore(client_redis).update(second.json()["id"], status="failed")
+    store = JobStore(client_redis)  # a worker takes the second job and it fails
+    assert store.claim(second.json()["id"], "w", 30, "cpu", "worker") == "ok"
+    assert store.finish(second.json()["id"], "w", "failed", "for the test")
     bad = alice.post("/api/jobs", files={"image": ("x.png", b"not an image", "image/png")})
     assert bad.status_code == 422
     assert client_redis.zcard(ACTIVE_KEY) == 2  # bob's and carol's jobs; no leftover reservation

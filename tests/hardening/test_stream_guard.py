@@ -16,14 +16,14 @@ import pytest
 import websockets
 
 from backend.config import Settings
-from backend.stream import guard
+from backend.stream import guard, protocol
 from backend.stream.protocol import CLOSE_TRY_AGAIN_LATER
 from tests.hardening.conftest import Service
 from tests.stream.client import Frame, watch
 
 LIMITS = {"stream_max_sessions_per_client": 3, "stream_command_rate": 200, "stream_command_burst": 100,
           "stream_max_message_bytes": 4096, "stream_max_sessions": 16}
-ALLOWED_CLOSES = {1000, guard.CLOSE_POLICY_VIOLATION, guard.CLOSE_MESSAGE_TOO_BIG}
+ALLOWED_CLOSES = {1000, protocol.CLOSE_POLICY_VIOLATION, protocol.CLOSE_MESSAGE_TOO_BIG}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_origin_policy() -> None:
 def test_foreign_origin_is_closed_with_4403(guarded: Service) -> None:
     async def scenario() -> None:
         message, code, _ = await refusal(guarded.url(), origin="https://evil.example")
-        assert code == guard.CLOSE_FORBIDDEN_ORIGIN == 4403 and "may not open streams" in message
+        assert code == protocol.CLOSE_FORBIDDEN_ORIGIN == 4403 and "may not open streams" in message
         async with watch(guarded.url(), origin=f"http://127.0.0.1:{guarded.port - 1}") as v:  # same host
             await v.frame()
 
@@ -128,7 +128,7 @@ def test_message_size_cap(guarded: Service) -> None:
             assert (await v.event("state"))["paused"] is False
             await v.ws.send("x" * 100_000)  # over stream_max_message_bytes: closed by the parser
             close = await v.closed()
-            assert close.code == guard.CLOSE_MESSAGE_TOO_BIG == 1009 and "4096" in close.reason
+            assert close.code == protocol.CLOSE_MESSAGE_TOO_BIG == 1009 and "4096" in close.reason
         await still_serving(guarded)
 
     asyncio.run(scenario())
@@ -152,7 +152,7 @@ def test_command_rate_cap_then_flood_close(guarded: Service) -> None:
             for _ in range(2000):
                 await flood.ws.send('{"cmd": "step"}')
             close = await flood.closed()
-            assert close.code == guard.CLOSE_POLICY_VIOLATION == 1008 and "command flood" in close.reason
+            assert close.code == protocol.CLOSE_POLICY_VIOLATION == 1008 and "command flood" in close.reason
         await still_serving(guarded)
 
     asyncio.run(scenario())

@@ -10,6 +10,7 @@ import torch
 from backend.nca import evaluate, modelfile
 from backend.nca.card import model_card, render_sheet, summary, verdict
 from backend.nca.distill import import_distill
+from backend.nca.fast import grow
 from backend.nca.model import NCA, make_seed
 from backend.nca.modelfile import ModelFile, ModelInfo
 from tests.conftest import DISTILL_MODELS, REPO_ROOT
@@ -73,7 +74,7 @@ def test_the_card_of_a_shipped_example_measures_what_it_says():
     assert card["model"]["sha256"] == "abc" and card["growth_steps"] == 48 and card["reference"] == "target"
     growth = card["checks"]["growth"]
     # The growth PSNR is that of RGB on white against the target's RGB on white, 4 runs, seed 0.
-    x = mf.model.grow(make_seed(36, 36, batch=4), 48, generator=torch.Generator().manual_seed(0))
+    x = grow(mf.model, make_seed(36, 36, batch=4), 48, generator=torch.Generator().manual_seed(0))
     want = evaluate.psnr(evaluate.pictures(x), evaluate.pictures(mf.target[None])[0])
     assert growth["psnr"] == pytest.approx(want, abs=0.01)
     assert growth["score"] == pytest.approx(growth["psnr"] - card["blank_psnr"], abs=0.02)
@@ -85,7 +86,7 @@ def test_the_card_of_a_shipped_example_measures_what_it_says():
 
 def test_rotated_growth_is_compared_with_the_target_turned_the_same_way():
     mf = modelfile.load(REPO_ROOT / "models" / "heart.safetensors")
-    x = mf.model.grow(make_seed(36, 36, batch=2), 48, angle=math.radians(90),
+    x = grow(mf.model, make_seed(36, 36, batch=2), 48, angle=math.radians(90),
                       generator=torch.Generator().manual_seed(0))
     target = evaluate.pictures(mf.target[None])[0]
     same = evaluate.psnr(evaluate.pictures(x), evaluate.rotate_picture(target, 90, (18, 18)))

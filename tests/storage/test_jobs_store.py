@@ -9,12 +9,12 @@ import pytest
 import redis
 import torch
 
-from backend.nca import NCA, ModelFile, ModelInfo
+from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, save, to_bytes
-from backend.storage import workers
 from backend.storage.connection import connect
-from backend.storage.jobs import JobNotFound, JobStore, LossHistory, job_key, new_job_id
-from backend.storage.models import CHECKPOINT_CHANNEL, ModelCatalog, ModelNotFound, publish_checkpoint
+from backend.storage.jobs import CHECKPOINT_CHANNEL, JobNotFound, JobStore, LossHistory, job_key, new_job_id
+from backend.storage.models import ModelCatalog, ModelNotFound
+from backend.storage.workers import WORKERS_KEY, Presence
 
 
 @pytest.fixture
@@ -26,7 +26,8 @@ def store(redis_url: str) -> JobStore:
 
 def new_job(store: JobStore, total: int = 100) -> str:
     job_id = new_job_id()
-    store.create(job_id, "square", {"experiment": "growing"}, total, torch.rand(4, 12, 10))
+    store.create(job_id, JobSpec.from_options({"name": "square", "experiment": "growing", "iterations": total}),
+                 torch.rand(4, 12, 10))
     return job_id
 
 
@@ -117,7 +118,7 @@ def test_catalog_lists_examples_and_jobs_with_checkpoints(store: JobStore, tmp_p
     without, with_model = new_job(store), new_job(store)
     store.claim(with_model, "a", 5, "cpu", "w")
     store.store_checkpoint(with_model, "a", model_bytes(40), 40, 0.25)
-    catalog = ModelCatalog(store.client, tmp_path)
+    catalog = ModelCatalog(store, tmp_path)
     entries = {e.id: e for e in catalog.list_models()}
     assert set(entries) == {"example-lizard", with_model}
     example, job = entries["example-lizard"], entries[with_model]
@@ -139,24 +140,96 @@ def test_catalog_lists_examples_and_jobs_with_checkpoints(store: JobStore, tmp_p
             catalog.get_entry(missing)
 
 
-def test_checkpoint_publish_message(store: JobStore, redis_url: str) -> None:
+def test_transitions_of_a_job_with_a_model_are_announced(store: JobStore, redis_url: str) -> None:
+    """Each transition publishes its own message, in the same step: no caller has to remember to."""
     pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(CHECKPOINT_CHANNEL)
     pubsub.get_message(timeout=1.0)  # the subscribe confirmation
-    publish_checkpoint(store.client, "ab" * 16, 3, 60, "running")
-    message = pubsub.get_message(timeout=2.0)
-    assert json.loads(message["data"]) == {"model_id": "ab" * 16, "version": 3, "iteration": 60, "status": "running"}
+    job_id = new_job(store)
+    store.claim(job_id, "a", 5, "cpu", "w")  # no model yet: nothing to announce
+    assert store.store_checkpoint(job_id, "a", model_bytes(60), 60, 0.1) == 1
+    store.suspend(job_id, "a")
+    store.claim(job_id, "b", 5, "cpu", "w")
+    store.finish(job_id, "b", "succeeded")
+    messages = []
+    while (message := pubsub.get_message(timeout=0.5)) is not None:
+        messages.append(json.loads(message["data"]))
     pubsub.close()
-    assert store.client.exists(job_key("ab" * 16)) == 0
+    assert [(m["status"], m["version"], m["iteration"]) for m in messages] == [
+        ("running", 1, 60), ("queued", 1, 60), ("running", 1, 60), ("succeeded", 1, 60)]
+    assert {m["model_id"] for m in messages} == {job_id}
 
 
-def test_worker_presence_is_listed_without_a_keyspace_scan(store: JobStore) -> None:
-    client = store.client
-    workers.beat(client, "w-long", {"id": "w-long"}, ttl_seconds=30)
-    workers.beat(client, "w-short", {"id": "w-short"}, ttl_seconds=0.05)
-    assert [w["id"] for w in workers.live_workers(client)] == ["w-long", "w-short"]
+def test_worker_presence_is_listed_without_a_keyspace_scan(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    presence = Presence(client)
+    presence.beat("w-long", {"id": "w-long"}, ttl_seconds=30)
+    presence.beat("w-short", {"id": "w-short"}, ttl_seconds=0.05)
+    assert [w["id"] for w in presence.live()] == ["w-long", "w-short"]
     time.sleep(0.1)  # w-short was killed: its key expires
-    assert [w["id"] for w in workers.live_workers(client)] == ["w-long"]
-    assert client.smembers(workers.WORKERS_KEY) == {b"w-long"}  # the expired one left the index too
-    workers.forget(client, "w-long")  # a worker that shuts down
-    assert workers.live_workers(client) == [] and not client.exists(workers.WORKERS_KEY)
+    assert [w["id"] for w in presence.live()] == ["w-long"]
+    assert client.smembers(WORKERS_KEY) == {b"w-long"}  # the expired one left the index too
+    presence.forget("w-long")  # a worker that shuts down
+    assert presence.live() == [] and not client.exists(WORKERS_KEY)
+
+
+def test_progress_and_queue_failed_are_fenced(store: JobStore) -> None:
+    job_id = new_job(store)
+    assert not store.progress(job_id, "a", 5, LossHistory([(5, 0.5)]))  # nobody claimed it
+    assert store.claim(job_id, "a", 5, "cpu", "w1") == "ok"
+    assert not store.queue_failed(job_id, "could not send")  # a worker has it: not failed behind its back
+    assert store.progress(job_id, "a", 7, LossHistory([(5, 0.5), (7, 0.4)], every=1), loss=0.4,
+                          iterations_per_second=2.0, eta_seconds=46.5, resumed_from=[])
+    assert not store.progress(job_id, "b", 9, LossHistory())  # not the owner
+    job = store.get(job_id)
+    assert (job.iteration, job.loss, job.loss_history, job.eta_seconds) == (7, 0.4, [(5, 0.5), (7, 0.4)], 46.5)
+    unsent = new_job(store)
+    assert store.queue_failed(unsent, "could not send")
+    assert (store.get(unsent).status, store.get(unsent).error) == ("failed", "could not send")
+
+
+def test_an_expired_lease_comes_back_to_its_owner_unless_the_job_was_taken_over(store: JobStore) -> None:
+    """Redis down for longer than the lease: the lease is gone, but nobody else has the job."""
+    kept, taken = new_job(store), new_job(store)
+    for job_id in (kept, taken):
+        assert store.claim(job_id, "a", 0.2, "cpu", "w1") == "ok"
+    time.sleep(0.3)
+    assert store.store_checkpoint(kept, "a", model_bytes(10), 10, 0.2) == 1  # taken back, not "lost"
+    assert store.refresh_lease(kept, "a", 5)
+    assert store.recover_orphans() == [taken]  # the other one was really orphaned
+    assert not store.refresh_lease(taken, "a", 5)  # re-queued: the old owner cannot take it back
+    assert store.claim(taken, "b", 5, "cpu", "w2") == "ok"
+    assert store.store_checkpoint(taken, "a", model_bytes(10), 10, 0.2) == -1
+    assert (store.get(kept).workers_lost, store.get(taken).workers_lost) == (0, 1)
+
+
+def test_recovery_waits_a_lease_after_a_redis_restart(tmp_path) -> None:
+    """Every lease has expired when Redis comes back; live owners get the time to take theirs back."""
+    from backend.storage.embedded_redis import start_redis
+
+    server = start_redis(data_dir=tmp_path)  # just started: its uptime is under a second
+    try:
+        client = connect(server.url)
+        store = JobStore(client)
+        job_id = new_job(store)
+        assert store.claim(job_id, "a", 2.5, "cpu", "w1") == "ok"
+        client.pexpire(job_key(job_id, "lease"), 1)  # as if it expired while Redis was down
+        time.sleep(0.05)
+        assert store.recover_orphans() == []  # too soon after the (re)start to call the owner lost
+        assert store.refresh_lease(job_id, "a", 2.5)  # the owner is back and takes its lease again
+        assert store.get(job_id).workers_lost == 0
+    finally:
+        server.stop()
+
+
+def test_a_record_in_the_old_format_is_read_with_its_spec_migrated(store: JobStore, redis_url: str) -> None:
+    job_id = new_job_id()
+    old = {"id": job_id, "name": "old", "status": "succeeded", "iteration": 300, "total": 300, "created_at": 1.0,
+           "options": json.dumps({"name": "old", "experiment": "growing", "iterations": 300, "target_size": 24,
+                                  "padding": 6, "seed": 5, "checkpoint_every": 100}),
+           "grid_height": 36, "grid_width": 36, "model_version": 0, "loss_history": "[]", "loss_every": 1,
+           "resumed_from": "[]"}  # what the API stored before job specs (no spec_version)
+    redis.Redis.from_url(redis_url).hset(job_key(job_id), mapping=old)
+    job = store.get(job_id)
+    assert (job.spec.train.experiment, job.spec.train.seed, job.spec.target.size) == ("growing", 5, 24)
+    assert job.options["fire_rate"] == 0.5 and job.options["name"] == "old"  # filled with the defaults

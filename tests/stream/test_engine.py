@@ -1,5 +1,5 @@
 """The engine in-process (no sockets): checkpoints swapped in under the ticker or a load, model registration,
-a failing model, and when speed and play take effect.
+a failing model, when speed and play take effect, and the frame clock.
 
 The models are real model files read through `fetch`, as the service reads them from the catalog.
 """
@@ -10,28 +10,30 @@ import asyncio
 import threading
 import time
 
+import pytest
 import torch
 
 from backend.nca import modelfile
 from backend.stream.engine import Engine, StreamsFull
 from backend.stream.protocol import HEADER, Command, StreamParams
-from backend.stream.sessions import Session
+from backend.stream.sessions import FrameClock, Session
 from tests.stream.conftest import random_model
 
 
 class Store:
-    """What the catalog holds for one model id: the latest model file and its version."""
+    """What the catalog holds for one model id: the latest model file, its version and the job's status."""
 
     def __init__(self, height: int, width: int) -> None:
         self.version = 0
+        self.status = "running"
         self.put(height, width)
 
     def put(self, height: int, width: int) -> None:
         self.data = modelfile.to_bytes(random_model(self.version, height=height, width=width))
         self.version += 1
 
-    def fetch(self, model_id: str) -> tuple[bytes, int]:
-        return self.data, self.version
+    def fetch(self, model_id: str) -> tuple[bytes, int, str]:
+        return self.data, self.version, self.status
 
 
 async def next_frame(session: Session, timeout: float = 10.0) -> tuple[int, int, int, int]:
@@ -71,7 +73,7 @@ def test_a_plan_keeps_the_grid_it_was_made_for() -> None:
         store = Store(48, 40)
         engine = Engine(store.fetch, torch.device("cpu"), max_sessions=4)
         session = await engine.open(StreamParams("m"))
-        plan = engine._plan(session.next_due)
+        plan = engine._plan(session.clock.next_due)
         store.put(20, 24)
         assert await engine.reload("m", store.version)  # between planning and computing
         [(batch, frames)] = engine._compute(plan)
@@ -90,7 +92,7 @@ class Catalog:
         self.released = threading.Event()
         self.released.set()
 
-    def fetch(self, model_id: str) -> tuple[bytes, int]:
+    def fetch(self, model_id: str) -> tuple[bytes, int, str]:
         result = self.stores[model_id].fetch(model_id)
         if not self.released.is_set():
             self.held.set()
@@ -199,3 +201,54 @@ def test_a_faster_speed_and_play_take_effect_at_once() -> None:
             ticker.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_tick_computed_before_a_regrow_is_never_shown() -> None:
+    """A checkpoint swapped in while a tick computes: a regrowing viewer drops that tick's frame (the old
+    weights' cells) and its next frame is the new weights' first step from the seed; a keeping one shows it."""
+
+    async def scenario() -> None:
+        store = Store(48, 40)
+        engine = Engine(store.fetch, torch.device("cpu"), max_sessions=4)
+        regrows = await engine.open(StreamParams("m"))
+        keeps = await engine.open(StreamParams("m", on_checkpoint="keep"))
+        engine._deliver(plan := engine._plan(regrows.clock.next_due), engine._compute(plan))  # the seed frames
+        for session in (regrows, keeps):
+            await session.next_message()  # `model` was not sent here: the outbox holds just the frame
+        now = max(regrows.clock.next_due, keeps.clock.next_due)
+        for _ in range(3):  # a few steps in
+            engine._deliver(plan := engine._plan(now), engine._compute(plan))
+            now += 1.0 / regrows.fps
+        regrows.latest_frame = keeps.latest_frame = None
+        frame, step = regrows.frame, regrows.step
+        assert step == 3
+
+        plan = engine._plan(now)  # planned with the old weights...
+        store.put(48, 40)
+        assert await engine.reload("m", store.version)  # ...swapped while it computes
+        engine._deliver(plan, engine._compute(plan))
+        assert regrows.latest_frame is None and (regrows.frame, regrows.step) == (frame, step)
+        assert keeps.latest_frame is not None and keeps.step == step + 1
+
+        [group] = engine._plan(now + 1.0 / regrows.fps)
+        [work] = [w for w in group.work if w.session is regrows]
+        assert [e.cmd for e in work.edits] == ["regrow"] and work.header == (frame, 1)  # no frame number skipped
+
+    asyncio.run(scenario())
+
+
+def test_the_frame_clock_alone_moves_a_viewers_due_time() -> None:
+    clock = FrameClock(10.0, now=100.0)
+    assert clock.next_due == pytest.approx(100.1) and not clock.owed(100.0)
+    assert not clock.take(100.0)  # more than half a period early: not in this tick
+    assert clock.take(100.06)  # less than half a period early: comes along, in this tick's phase from now on
+    assert clock.next_due == pytest.approx(100.16)
+    assert clock.owed(100.16) and clock.take(100.16) and clock.next_due == pytest.approx(100.26)  # on time
+    assert clock.take(101.0) and clock.next_due == pytest.approx(100.9)  # late: made up once, not all
+    clock.set_fps(1.0, now=101.0)  # slower: the frame already due stays due
+    assert clock.next_due == pytest.approx(100.9)
+    clock.next_due = 105.0
+    clock.set_fps(2.0, now=101.0)  # faster: within one new period
+    assert clock.next_due == pytest.approx(101.5)
+    clock.resume(now=103.0)
+    assert clock.owed(103.0)

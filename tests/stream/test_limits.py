@@ -64,6 +64,8 @@ def test_a_model_the_store_cannot_describe_is_closed_with_1011(server: StreamSer
     ("model=example-random&steps_per_frame=2.5", "steps_per_frame must be an integer"),
     ("model=example-random&steps_per_frame=17", "steps_per_frame must be between 1 and 16"),
     ("model=example-random&angle=nan", "angle must be a finite number"),
+    ("model=example-random&on_checkpoint=restart", "on_checkpoint must be one of regrow, keep, got 'restart'"),
+    ("model=example-random&on_checkpoint=", "on_checkpoint must be one of regrow, keep"),
 ])
 def test_bad_query_parameters_are_closed_with_4400(server: StreamServer, query: str, expected: str) -> None:
     message, code, _ = asyncio.run(refused(f"ws://127.0.0.1:{server.port}/ws/stream?{query}"))
@@ -149,3 +151,26 @@ def test_a_client_that_stops_reading_neither_slows_others_nor_stays(server: Stre
             reading.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_text_message_that_is_not_utf8_is_closed_with_1007_and_one_log_line(server: StreamServer) -> None:
+    """uvicorn closes it (rightly) before the app sees it; its ERROR traceback would let any client fill the log."""
+    logged_before = server.log.stat().st_size
+
+    async def scenario() -> int:
+        async with watch(server.url(RANDOM)) as v:
+            await v.event("model")
+            await v.ws.send(b"\xff\xfe{", text=True)  # a text frame whose bytes are not UTF-8
+            return (await v.closed()).code
+
+    assert asyncio.run(scenario()) == protocol.CLOSE_INVALID_TEXT == 1007
+    for _ in range(50):  # the log line may land a moment after the close
+        with server.log.open("rb") as log:
+            log.seek(logged_before)
+            lines = log.read().decode(errors="replace").splitlines()
+        said = [line for line in lines if "UTF-8" in line]
+        if said:
+            break
+        time.sleep(0.05)
+    assert len(said) == 1 and said[0].startswith("INFO:"), said
+    assert not [line for line in lines if "Traceback" in line or line.startswith("ERROR")], lines

@@ -10,7 +10,7 @@ import pytest
 from starlette.websockets import WebSocket
 
 from backend.storage.embedded_redis import EmbeddedRedis
-from backend.stream import guard
+from backend.stream import guard, protocol
 from backend.stream.transport import SCOPE_KEY, ExposeTransport, abort
 from tests.stream.client import watch
 from tests.stream.conftest import RANDOM, StreamServer, _start
@@ -92,7 +92,7 @@ def test_the_legacy_websockets_implementation_plays_and_limits_messages(legacy_s
             assert (await v.frame_at_step(first.step + 6)).step >= first.step + 6
             await v.ws.send("x" * 100_000)
             close = await v.closed()
-            assert close.code == guard.CLOSE_MESSAGE_TOO_BIG == 1009
+            assert close.code == protocol.CLOSE_MESSAGE_TOO_BIG == 1009
         assert legacy_server.health()["status"] == "ok"
 
     asyncio.run(scenario())

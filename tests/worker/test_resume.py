@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import redis
 from fastapi.testclient import TestClient
 
 from backend.nca.modelfile import from_bytes
-from backend.storage.workers import live_workers
-from backend.worker.celery_app import TRAIN_TASK
+from backend.storage.queue import UNACKED_INDEX_KEY, UNACKED_KEY
 from tests.conftest import wait_for
 
 
@@ -36,7 +36,15 @@ def test_kill_9_then_resume_from_the_checkpoint(client: TestClient, start_worker
     assert any(it <= checkpoint for it, _ in done["loss_history"])  # the history before the kill is kept
     model = from_bytes(client.get(done["links"]["model_file"]).content)
     assert model.info.iterations == 500
-    assert [w["id"] for w in live_workers(client.app.state.redis)] == [done["worker"]]  # the killed one expired
+    history = client.get(done["links"]["checkpoints"]).json()["items"]  # one line through the resume
+    assert [c["iteration"] for c in history] == list(range(25, 501, 25))
+    assert [c["version"] for c in history] == list(range(1, len(history) + 1))
+    assert [w["id"] for w in client.app.state.storage.workers.live()] == [done["worker"]]  # the killed one expired
+    # The killed worker's Celery message was never acknowledged: recovery dropped it from the broker's
+    # unacked set (it used to stay there until the 2-day visibility timeout, one more per crash).
+    broker = redis.Redis.from_url(redis_url)
+    wait_for(lambda: broker.hlen(UNACKED_KEY) == 0 and broker.zcard(UNACKED_INDEX_KEY) == 0, timeout=30,
+             what="no unacknowledged message left")
 
 
 def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, start_worker, redis_url,
@@ -44,7 +52,7 @@ def test_a_duplicate_message_never_trains_the_job_twice(client: TestClient, star
     workers = [start_worker(redis_url, worker_models_dir) for _ in range(2)]
     job = submit(iterations=300)
     running = job_waiter(job["id"], lambda j: j["status"] == "running" and j["iteration"] > 0)
-    client.app.state.celery.send_task(TRAIN_TASK, args=[job["id"]])  # as if the broker delivered it again
+    client.app.state.storage.queue.send(job["id"])  # as if the broker delivered it again
     done = job_waiter(job["id"], lambda j: j["status"] == "succeeded", timeout=120)
     assert done["attempts"] == 1 and done["resumed_from"] == [] and done["worker"] == running["worker"]
 

@@ -6,10 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from backend.storage.connection import REDIS_DOWN_ERRORS
-from backend.storage.workers import live_workers
-from backend.worker.celery_app import QUEUE
 
-from ..deps import RedisDep, SettingsDep
+from ..deps import SettingsDep, StorageDep
 from ..schemas import Health, RedisHealth
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -23,13 +21,13 @@ def redacted(url: str) -> str:
 
 @router.get("/health", response_model=Health, summary="Redis and worker status",
             responses={503: {"model": Health, "description": "Redis is unreachable"}})
-def health(client: RedisDep, settings: SettingsDep):
+def health(storage: StorageDep, settings: SettingsDep):
     """200 `ok` (Redis and at least one worker), 200 `degraded` (no worker: jobs wait), 503 (no Redis)."""
     url = redacted(settings.redis_url)
     try:
-        client.ping()
-        workers = live_workers(client)
-        queued = client.llen(QUEUE)
+        storage.ping()
+        workers = storage.workers.live()
+        queued = storage.queue.waiting()
     except REDIS_DOWN_ERRORS as exc:
         body = Health(status="unavailable", redis=RedisHealth(ok=False, url=url, error=str(exc)), workers=[])
         return JSONResponse(body.model_dump(), status_code=503)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from backend.nca.card import model_card
@@ -16,51 +20,82 @@ from backend.nca.player import player_html
 from backend.nca.video import DEFAULT_SCALE, DEFAULT_STEPS, VideoLimitError, render_video
 from backend.nca.video import FORMATS as VIDEO_FORMATS
 from backend.nca.video import LIMITS as VIDEO_LIMITS
-from backend.storage.models import ModelNotFound
+from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.models import BadReference, CheckpointNotFound, ModelCatalog, ModelNotFound
 
 from ..deps import CatalogDep, RendersDep
-from ..renders import computed, model_bytes, model_digest, stored_card
+from ..renders import computed, model_digest, stored_card
 from ..schemas import ErrorOut, ModelOut
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/models", tags=["models"])
-NOT_FOUND = {404: {"model": ErrorOut}, 503: {"model": ErrorOut}}
+PARTIAL_HEADER = "X-Models-Partial"
+NOT_FOUND = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
 
 
-def not_found(model_id: str) -> HTTPException:
-    return HTTPException(404, f"no model {model_id[:80]!r} (a job's model exists once it has a checkpoint)")
+@contextlib.contextmanager
+def looked_up(model_id: str) -> Iterator[None]:
+    """A catalog lookup's errors as answers: 404 unknown model or checkpoint, 422 malformed reference."""
+    try:
+        yield
+    except CheckpointNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ModelNotFound:
+        raise HTTPException(404, f"no model {model_id[:80]!r} (a job's model exists once it has a checkpoint)") \
+            from None
+    except BadReference as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
-@router.get("", response_model=list[ModelOut], summary="List playable models")
-def list_models(catalog: CatalogDep) -> list[ModelOut]:
-    """The shipped examples (`example-<name>`), then jobs with at least one checkpoint, newest first."""
-    return [ModelOut.of(entry) for entry in catalog.list_models()]
+@router.get("", response_model=list[ModelOut], summary="List playable models",
+            responses={200: {"headers": {PARTIAL_HEADER: {
+                "description": "present when only the examples are listed: why the jobs' models are missing",
+                "schema": {"type": "string"}}}}})
+def list_models(catalog: CatalogDep, response: Response) -> list[ModelOut]:
+    """The shipped examples (`example-<name>`), then jobs with at least one checkpoint, newest first.
+
+    While Redis is down the examples (files on this machine) are still listed, with the header
+    `X-Models-Partial` saying that the jobs' models are unavailable.
+    """
+    entries = catalog.examples()
+    try:
+        entries += catalog.job_models()
+    except REDIS_DOWN_ERRORS as exc:
+        log.warning("listing models without the jobs': Redis is unreachable: %s", exc)
+        response.headers[PARTIAL_HEADER] = "jobs unavailable: the job store (Redis) is unreachable; try again shortly"
+    return [ModelOut.of(entry) for entry in entries]
 
 
 @router.get("/{model_id}", response_model=ModelOut, responses=NOT_FOUND, summary="One model")
 def get_model(model_id: str, catalog: CatalogDep) -> ModelOut:
-    try:
+    """`model_id` may also be `<job id>@<iteration>`: that checkpoint of the job's history."""
+    with looked_up(model_id):
         return ModelOut.of(catalog.get_entry(model_id))
-    except ModelNotFound:
-        raise not_found(model_id) from None
 
 
 @router.get("/{model_id}/file", response_class=Response, summary="Download the model file (.safetensors)",
             responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND})
 def download_model(model_id: str, catalog: CatalogDep) -> Response:
-    """The latest checkpoint for a job; loadable with `backend.nca.modelfile.load` or the `nca` CLI."""
-    try:
+    """The latest checkpoint for a job (`<job id>@<iteration>`: that checkpoint of its history, weights only);
+    loadable with `backend.nca.modelfile.load` or the `nca` CLI."""
+    with looked_up(model_id):
         version = catalog.get_model_version(model_id)
         data = catalog.get_model_bytes(model_id)
-    except ModelNotFound:
-        raise not_found(model_id) from None
-    headers = {"Content-Disposition": f'attachment; filename="{model_id}.safetensors"',
+    filename = model_id.replace("@", "-")  # "<job id>-<iteration>.safetensors"
+    headers = {"Content-Disposition": f'attachment; filename="{filename}.safetensors"',
                "X-Model-Version": str(version), "Cache-Control": "no-store"}
     return Response(data, media_type="application/octet-stream", headers=headers)
 
 
 # --- Take it with you: exports, videos and the model card (computed in backend.nca, cached per model) ---
 
-EXPORT_ERRORS = {**NOT_FOUND, 422: {"model": ErrorOut}}
+EXPORT_ERRORS = NOT_FOUND  # 404 unknown model; 422 malformed reference, unreadable file, video past a limit
+
+
+async def model_bytes(catalog: ModelCatalog, model_id: str) -> bytes:
+    """The stored model file's bytes, read off the event loop; the lookup's errors as answers."""
+    with looked_up(model_id):
+        return await run_in_threadpool(catalog.get_model_bytes, model_id)
 
 
 def download_name(model_id: str, name: str | None, suffix: str, experiment: str | None = None) -> str:
@@ -80,7 +115,8 @@ async def distill_json(model_id: str, catalog: CatalogDep, renders: RendersDep) 
     them (docs/model-format.md). What quantisation does to this model is in the `X-Quantization-*`
     headers: grown PSNR of the float and of the 8-bit model, and a warning when the 8-bit one no
     longer grows."""
-    (layers, report, name, experiment), _ = await computed(renders, catalog, model_id, "distill", _distill)
+    data = await model_bytes(catalog, model_id)
+    (layers, report, name, experiment), _ = await computed(renders, model_id, "distill", data, _distill)
     headers = disposition("attachment", download_name(model_id, name, ".json", experiment))
     headers.update({"X-Quantization-PSNR-Float": f"{report.psnr_float:.2f}",
                     "X-Quantization-PSNR-8bit": f"{report.psnr_8bit:.2f}",
@@ -100,7 +136,8 @@ def _distill(mf: ModelFile) -> tuple:
 async def player(model_id: str, catalog: CatalogDep, renders: RendersDep) -> Response:
     """One self-contained HTML file (weights inside, no network) that runs the model in the browser:
     WebGL2 where there is one, plain JavaScript otherwise. Open it from disk."""
-    (page, name), _ = await computed(renders, catalog, model_id, "player", lambda mf: (player_html(mf), mf.info.name))
+    data = await model_bytes(catalog, model_id)
+    (page, name), _ = await computed(renders, model_id, "player", data, lambda mf: (player_html(mf), mf.info.name))
     return HTMLResponse(page, headers=disposition("attachment", download_name(model_id, name, ".html")))
 
 
@@ -112,13 +149,15 @@ async def video(model_id: str, fmt: Literal["gif", "webp", "mp4"], catalog: Cata
                 = DEFAULT_SCALE) -> Response:
     """The model grows from the seed, its centre is cut out after a third of the steps, and it regrows.
     At most 2000 steps, 16 pixels per cell and 1024 pixels a side (422 says which limit was passed)."""
+    data = await model_bytes(catalog, model_id)
     try:
-        data, _ = await computed(renders, catalog, model_id, "video", lambda mf: render_video(mf, fmt, steps, scale),
-                                 fmt=fmt, steps=steps, scale=scale)
+        video_bytes, _ = await computed(renders, model_id, "video", data,
+                                        lambda mf: render_video(mf, fmt, steps, scale), fmt=fmt, steps=steps,
+                                        scale=scale)
     except VideoLimitError as exc:
         raise HTTPException(422, str(exc)) from None
-    return Response(data, media_type=VIDEO_FORMATS[fmt],
-                    headers=disposition("inline", download_name(model_id, model_id, f".{fmt}")))
+    filename = download_name(model_id, model_id.replace("@", "-"), f".{fmt}")
+    return Response(video_bytes, media_type=VIDEO_FORMATS[fmt], headers=disposition("inline", filename))
 
 
 @router.get("/{model_id}/card", summary="The model card: an automatic evaluation",
@@ -133,6 +172,5 @@ async def card(model_id: str, catalog: CatalogDep, renders: RendersDep) -> JSONR
     found = await stored_card(catalog, model_id, digest)
     if found is not None:
         return JSONResponse(found, headers={"X-Card-Source": "stored", "Cache-Control": "no-store"})
-    result, _ = await computed(renders, catalog, model_id, "card", lambda mf: model_card(mf, model_sha256=digest),
-                               data=data)
+    result, _ = await computed(renders, model_id, "card", data, lambda mf: model_card(mf, model_sha256=digest))
     return JSONResponse(result, headers={"X-Card-Source": "computed", "Cache-Control": "no-store"})

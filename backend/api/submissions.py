@@ -1,0 +1,125 @@
+"""From an upload to a queued job: the multipart body, the job's spec, the target, the queue.
+
+The route (`POST /api/jobs`) calls these in order: `read_upload` (HTTP), `job_spec` (validation:
+the request model's types and bounds, then the spec's own rules, then this server's limits) and
+`submit` (the target image, the job record, its message).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from fastapi import HTTPException, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from backend.config import Settings
+from backend.nca.jobspec import JobSpec
+from backend.nca.target import load_target
+from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.jobs import Job, new_job_id
+from backend.storage.shared import Storage
+
+from .schemas import JobOptions
+
+MAX_FORM_FIELDS = 64
+
+
+@dataclass(frozen=True)
+class Upload:
+    image: bytes
+    filename: str
+    options: dict[str, Any]  # as sent: form fields over the JSON `options` field
+
+
+async def read_upload(request: Request, max_image_bytes: int) -> Upload:
+    """The image, its file name and the raw options (form fields and/or a JSON `options` field)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise HTTPException(415, "send multipart/form-data with the image in a file field named 'image'")
+    async with request.form(max_files=1, max_fields=MAX_FORM_FIELDS) as form:
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise HTTPException(422, "missing the image: send it as a file field named 'image'")
+        data = await image.read(max_image_bytes + 1)
+        filename = image.filename or "image"
+        raw = _json_options(form.get("options"))
+        for key, value in form.multi_items():
+            if key not in ("image", "options") and isinstance(value, str):
+                raw[key] = value
+    if len(data) > max_image_bytes:
+        raise HTTPException(413, f"the image is larger than {max_image_bytes:,} bytes")
+    if not data:
+        raise HTTPException(422, "the uploaded image is empty")
+    return Upload(data, filename, raw)
+
+
+def _json_options(field: object) -> dict[str, Any]:
+    if not isinstance(field, str) or not field.strip():
+        return {}
+    try:
+        raw = json.loads(field)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(422, f"the 'options' field is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: json's recursion limit, not a server error
+        raise HTTPException(422, "the 'options' field is nested too deeply: send a flat JSON object") from None
+    if not isinstance(raw, dict):
+        raise HTTPException(422, "the 'options' field must be a JSON object")
+    return raw
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Pydantic's errors as one line: `field: what is wrong; ...`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts)
+
+
+def job_spec(upload: Upload, settings: Settings) -> JobSpec:
+    """The spec the upload asks for, with what the server chooses when the request does not; 422 if invalid."""
+    try:
+        request = JobOptions.model_validate(upload.options)
+    except ValidationError as exc:
+        raise HTTPException(422, f"invalid options: {validation_message(exc)}") from None
+    options = request.model_dump()
+    if "iterations" not in request.model_fields_set:  # the default, within this server's cap (as GET /api/config says)
+        options["iterations"] = min(options["iterations"], settings.max_iterations)
+    if options["seed"] is None:
+        options["seed"] = random.randrange(2**31)
+    if options["checkpoint_every"] is None:
+        options["checkpoint_every"] = settings.checkpoint_every
+    if options["name"] is None or not options["name"].strip():  # a blank name would leave the job unnamed in lists
+        options["name"] = PurePath(upload.filename).stem[:80] or "image"
+    try:
+        spec = JobSpec.from_options(options)
+    except ValueError as exc:
+        raise HTTPException(422, f"invalid options: {exc}") from None
+    if spec.train.iterations > settings.max_iterations:
+        raise HTTPException(422, f"invalid options: iterations: at most {settings.max_iterations} iterations are "
+                                 "allowed on this server")
+    if (pool_mb := spec.pool_megabytes()) > settings.max_pool_megabytes:
+        raise HTTPException(422, f"invalid options: the sample pool would need {pool_mb:,.0f} MB (at most "
+                                 f"{settings.max_pool_megabytes:,} MB): lower pool_size, target_size or padding")
+    return spec
+
+
+def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec) -> Job:
+    """Process the image (TargetError: 422), store the job and send its message. Blocking: run it in a thread."""
+    target = load_target(upload.image, spec.target, settings.max_image_pixels)
+    job_id = new_job_id()
+    stored_upload = upload.image if len(upload.image) <= settings.max_stored_upload_bytes else None
+    job = storage.jobs.create(job_id, spec, target, stored_upload)
+    try:
+        storage.queue.send(job_id)
+    except Exception:
+        with contextlib.suppress(*REDIS_DOWN_ERRORS):  # a job whose message could not be sent would wait forever
+            storage.jobs.queue_failed(job_id, "the job could not be queued (Redis unreachable); upload again")
+        raise  # Redis went away between the two steps: 503
+    return job

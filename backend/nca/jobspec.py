@@ -1,0 +1,149 @@
+"""A training job, typed: what to train (`TrainConfig`), on what (`TargetOptions`), under which name.
+
+`JobSpec` is the one shape of a job's options. Its flat form, `options()`, maps each job option to
+its value; a job option is a field made with `option(...)` (backend.nca.options) in `JobSpec`,
+`TrainConfig` or `TargetOptions`, listed in `OPTIONS`. From that list the HTTP API derives its
+request model, the command line its flags; the job store keeps `options()` as JSON with
+`SPEC_VERSION` and reads it back with `from_stored`; the worker trains `spec.train` on a target
+made with `spec.target`, as is. A spec is validated once, when it is built: the value types here,
+the bounds and the rules between fields in the dataclasses' `__post_init__`.
+
+Adding a job option touches: its field in TrainConfig, made with `option(..., since=<SPEC_VERSION + 1>)`,
+and the trainer code that uses it (backend/nca/train.py), and its field in the form (frontend/index.html).
+SPEC_VERSION follows (the highest `since`), and specs stored before it get the option's default.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from .options import Option, check_bounds, option, option_of
+from .target import TargetOptions
+from .train import TrainConfig
+
+
+class SpecError(ValueError):
+    """Options that do not make a job spec: the message names the option and what to fix."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str = option("", "shown in lists", max_length=80)
+    # The budget is train.iterations. A time budget (`minutes`) is a job option like any other: a
+    # TrainConfig field if the trainer enforces it, else a field here next to `name`.
+    train: TrainConfig = field(default_factory=TrainConfig)
+    target: TargetOptions = field(default_factory=TargetOptions)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, SpecError)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], complete: bool = False) -> JobSpec:
+        """A spec from flat options. Unknown names are refused; missing ones take their defaults,
+        unless `complete` (a stored spec must name them all). Raises ValueError (SpecError, TargetError)."""
+        unknown = sorted(set(values) - OPTION_NAMES)
+        if unknown:
+            raise SpecError(f"unknown option{_s(unknown)} {', '.join(unknown)}; the options are "
+                            f"{', '.join(sorted(OPTION_NAMES))}")
+        missing = sorted(OPTION_NAMES - set(values)) if complete else []
+        if missing:
+            raise SpecError(f"missing option{_s(missing)} {', '.join(missing)}")
+        parts: dict[str, dict[str, Any]] = {"job": {}, "train": {}, "target": {}}
+        for opt in OPTIONS:
+            if opt.name in values:
+                parts[opt.part][opt.attribute] = opt.typed(values[opt.name])
+        return cls(**parts["job"], train=TrainConfig(**parts["train"]), target=TargetOptions(**parts["target"]))
+
+    def options(self) -> dict[str, Any]:
+        """The flat form: every job option and its value (as resolved: damage_count as the experiment says)."""
+        holders = {"job": self, "train": self.train, "target": self.target}
+        return {opt.name: getattr(holders[opt.part], opt.attribute) for opt in OPTIONS}
+
+    @classmethod
+    def from_stored(cls, options: Mapping[str, Any], version: int) -> JobSpec:
+        """A spec as the job store keeps it (`options()` at `version`), migrated to this SPEC_VERSION first."""
+        if not 1 <= version <= SPEC_VERSION:
+            raise SpecError(f"job spec version {version} is not one this code reads (1 to {SPEC_VERSION})")
+        values = dict(options)
+        for older in range(version, SPEC_VERSION):
+            values = _migrate(values, older)
+        return cls.from_options(values, complete=True)
+
+    def pool_megabytes(self) -> float:
+        """Memory of the sample pool for a square image (the most it can be); 0 without a pool."""
+        side = self.target.size + 2 * self.target.padding
+        cfg = self.train
+        return cfg.pool_size * cfg.channels * side * side * 4 / 2**20 if cfg.use_pool else 0.0
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One job option: where it lives in a spec, its type, default and `Option` (bounds, help)."""
+
+    name: str  # in the flat form, the HTTP API and (dashed) on the command line
+    part: Literal["job", "train", "target"]  # JobSpec itself, JobSpec.train or JobSpec.target
+    attribute: str  # the dataclass field it sets
+    type: Any  # the resolved annotation: int, float, bool, str, a Literal, or one of them | None
+    default: Any
+    meta: Option
+
+    @property
+    def kinds(self) -> tuple[Any, ...]:
+        """The types it takes, None left out: (int,), (float,), (bool,), (str,) or (Literal[...],)."""
+        return tuple(k for k in _accepted(self.type) if k is not type(None))
+
+    def typed(self, value: Any) -> Any:
+        """`value` if it has this option's type (an int also passes as a float); else SpecError."""
+        choices = _accepted(self.type)
+        if value is None and type(None) in choices:
+            return None
+        for accepted in choices:
+            if typing.get_origin(accepted) is Literal and value in typing.get_args(accepted):
+                return value
+            if accepted is float and type(value) in (int, float):
+                return float(value)
+            if accepted in (int, bool, str) and type(value) is accepted:  # True is not an int here
+                return value
+        raise SpecError(f"{self.name} must be {_describe(choices)}, not {value!r}")
+
+
+def _accepted(annotation: Any) -> tuple[Any, ...]:
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if union else (annotation,)
+
+
+def _describe(choices: tuple[Any, ...]) -> str:
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "text", type(None): "null"}
+    parts = [" or ".join(repr(a) for a in typing.get_args(c)) if typing.get_origin(c) is Literal else words[c]
+             for c in choices]
+    return " or ".join(parts)
+
+
+def _s(names: list[str]) -> str:
+    return "s" if len(names) > 1 else ""
+
+
+def _collect(cls: type, part: Literal["job", "train", "target"]) -> list[OptionField]:
+    hints = typing.get_type_hints(cls)
+    return [OptionField(meta.key or f.name, part, f.name, hints[f.name], f.default, meta)
+            for f in fields(cls) if (meta := option_of(f)) is not None]
+
+
+OPTIONS: tuple[OptionField, ...] = (*_collect(JobSpec, "job"), *_collect(TrainConfig, "train"),
+                                    *_collect(TargetOptions, "target"))
+OPTION_NAMES = frozenset(opt.name for opt in OPTIONS)
+DEFAULTS: dict[str, Any] = {opt.name: opt.default for opt in OPTIONS}  # damage_count None: the experiment's
+# Of the stored form: the newest option's `since`. 1 was the untyped options dict stored before JobSpec
+# existed; 2 the first typed one.
+SPEC_VERSION = max(2, *(opt.meta.since for opt in OPTIONS))
+
+
+def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
+    """A stored spec of `version`, as `version + 1` stores it."""
+    if version == 1:  # the API's validated options, some of them null (the default) or absent
+        return {**DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
+    return {**{opt.name: opt.default for opt in OPTIONS if opt.meta.since == version + 1}, **values}

@@ -1,0 +1,212 @@
+// The training timeline: a job's checkpoints (GET /api/jobs/{id}/checkpoints) as a slider in the
+// Watch view and as a strip of small "grown from the seed" pictures on each job card, a replay of
+// how the model learned. Any checkpoint plays on the stream as `model=<job id>@<iteration>`, a fixed
+// snapshot; the latest plays as `model=<job id>`, live: each new checkpoint is swapped in.
+
+import { listCheckpoints } from './api.js';
+
+const JOB_ID = /^[0-9a-f]{32}$/;
+const ACTIVE = ['queued', 'running']; // statuses in which new checkpoints may still come
+const POLL_MS = 5000; // the Watch slider's list, while the job trains
+const PICK_MS = 200; // a slider that stops moving this long plays where it stopped
+const STRIP_SIZE = 8; // pictures on a job card at most, evenly chosen
+const STRIP_MS = 10000; // a training job's strip is read again at most this often
+
+/** `<job id>@<iteration>` -> {id, iteration}; a plain model id -> {id, iteration: null}. */
+export function splitRef(ref) {
+  const at = String(ref).indexOf('@');
+  return at < 0 ? { id: String(ref), iteration: null }
+    : { id: ref.slice(0, at), iteration: Number(ref.slice(at + 1)) };
+}
+
+const iterationText = (n) => Number(n).toLocaleString();
+const lossText = (loss) => (loss == null ? '' : `, loss ${Number(loss).toExponential(1)}`);
+const previewUrl = (c) => `${c.links.preview}?scale=1&v=${c.version}`;
+
+// --- Watch: a slider over the job's checkpoints ----------------------------------------------------
+
+/**
+ * A slider under the model picker (`field`, the picker's .field), shown for jobs with checkpoints.
+ * `onPick(ref)` plays a checkpoint: the job id for the latest (live), `<id>@<iteration>` for the others.
+ */
+export function initTimeline(field, onPick) {
+  const box = document.createElement('div');
+  box.className = 'field timeline';
+  box.hidden = true;
+  box.innerHTML = `
+    <label for="timeline">Training history <output id="timeline-value" for="timeline"></output></label>
+    <input id="timeline" type="range" min="0" max="0" step="1" value="0">
+    <div class="timeline-ends hint"><span data-end="first"></span><span data-end="latest"></span></div>
+    <p id="timeline-info" class="hint" aria-live="polite"></p>`;
+  field.after(box);
+  const slider = box.querySelector('input');
+  const value = box.querySelector('output');
+  const info = box.querySelector('#timeline-info');
+  let jobId = null;
+  let items = [];
+  let status = null;
+  let playing = null; // the iteration the stream plays; null: the latest, live
+  let timer = null;
+  let pickTimer = null;
+  let loads = 0;
+
+  const atLatest = () => Number(slider.value) === items.length - 1;
+
+  function render() {
+    box.hidden = items.length === 0;
+    if (!items.length) return;
+    slider.max = String(items.length - 1);
+    slider.disabled = items.length < 2;
+    const index = playing === null ? items.length - 1 : nearest(items, playing);
+    if (document.activeElement !== slider || pickTimer === null) slider.value = String(index);
+    describe();
+    box.querySelector('[data-end="first"]').textContent = `it ${iterationText(items[0].iteration)}`;
+    box.querySelector('[data-end="latest"]').textContent = `it ${iterationText(items[items.length - 1].iteration)}`;
+  }
+
+  /** The checkpoint under the thumb, in words: which one, and whether it is live or a snapshot. */
+  function describe() {
+    const checkpoint = items[Number(slider.value)];
+    value.textContent = `${Number(slider.value) + 1} / ${items.length}`;
+    const what = `Iteration ${iterationText(checkpoint.iteration)}${lossText(checkpoint.loss)}`;
+    info.textContent = atLatest()
+      ? `${what}: the latest checkpoint${ACTIVE.includes(status) ? ', live: each new one is swapped in' : ''}.`
+      : `${what}: a snapshot of the training at that point.`;
+  }
+
+  async function load() {
+    const load = ++loads;
+    clearTimeout(timer);
+    let listing;
+    try {
+      listing = await listCheckpoints(jobId);
+    } catch (error) {
+      if (load === loads) info.textContent = `Could not load the training history: ${error.message}`;
+      listing = null;
+    }
+    if (load !== loads) return;
+    if (listing) {
+      ({ items, status } = listing);
+      render();
+    }
+    if (!listing || ACTIVE.includes(status)) timer = setTimeout(load, POLL_MS);
+  }
+
+  slider.addEventListener('input', () => {
+    describe();
+    clearTimeout(pickTimer);
+    pickTimer = setTimeout(() => {
+      pickTimer = null;
+      const checkpoint = items[Number(slider.value)];
+      if (!checkpoint) return;
+      onPick(atLatest() ? jobId : checkpoint.model);
+    }, PICK_MS);
+  });
+
+  return {
+    /** The stream now plays `ref`: show that job's history with the thumb on what plays. */
+    follow(ref) {
+      const { id, iteration } = splitRef(ref || '');
+      playing = iteration;
+      if (id === jobId) {
+        render();
+        return;
+      }
+      this.hide();
+      if (!JOB_ID.test(id)) return; // an example: it has no history
+      jobId = id;
+      load();
+    },
+    /** A new checkpoint was announced (the stream's `reloaded`): read the list again now. */
+    refresh() {
+      if (jobId) load();
+    },
+    hide() {
+      loads += 1;
+      clearTimeout(timer);
+      clearTimeout(pickTimer);
+      pickTimer = null;
+      jobId = null;
+      items = [];
+      box.hidden = true;
+    },
+  };
+}
+
+/** The index of the checkpoint closest to `iteration` (one thinned away since is replaced by a neighbour). */
+function nearest(items, iteration) {
+  let best = 0;
+  items.forEach((c, i) => {
+    if (Math.abs(c.iteration - iteration) < Math.abs(items[best].iteration - iteration)) best = i;
+  });
+  return best;
+}
+
+// --- Jobs: a strip of pictures grown from each checkpoint ---------------------------------------
+
+/** Up to `size` items, evenly spread, always the first and the last. */
+export function evenly(items, size) {
+  if (items.length <= size) return items;
+  const picked = new Set();
+  for (let k = 0; k < size; k += 1) picked.add(Math.round((k * (items.length - 1)) / (size - 1)));
+  return [...picked].map((i) => items[i]);
+}
+
+/**
+ * The job card's strip (created on first use in its .job-main): a handful of its checkpoints grown
+ * from the seed, each a button that opens the Watch view on it (`onWatch(ref)`).
+ */
+export function showStrip(card, job, onWatch) {
+  let strip = card.querySelector('.checkpoint-strip');
+  if (!job.model_version) {
+    if (strip) strip.hidden = true;
+    return;
+  }
+  if (!strip) {
+    strip = document.createElement('div');
+    strip.className = 'checkpoint-strip';
+    strip.innerHTML = `<p class="hint">Grown from the seed at each checkpoint (a replay of the training; pick one to watch it)</p>
+      <ol aria-label="Checkpoints, oldest first"></ol>`;
+    card.querySelector('.job-main').append(strip);
+  }
+  const state = `${job.model_version}/${job.status}`;
+  const now = Date.now();
+  const due = !strip.dataset.loadedAt || now - Number(strip.dataset.loadedAt) >= STRIP_MS || !ACTIVE.includes(job.status);
+  if (strip.dataset.state === state || !due) return;
+  strip.dataset.state = state;
+  strip.dataset.loadedAt = now;
+  listCheckpoints(job.id).then((listing) => {
+    if (strip.dataset.state === state) renderStrip(strip, job.id, evenly(listing.items, STRIP_SIZE), onWatch);
+  }, () => { delete strip.dataset.state; }); // tried again at the next update
+}
+
+function renderStrip(strip, jobId, items, onWatch) {
+  strip.hidden = items.length === 0;
+  const list = strip.querySelector('ol');
+  const key = items.map((c) => `${c.iteration}:${c.version}`).join(',');
+  if (list.dataset.key === key) return; // the same pictures: nothing reloads
+  list.dataset.key = key;
+  list.replaceChildren(...items.map((checkpoint, i) => {
+    const latest = i === items.length - 1;
+    const li = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'strip-item';
+    button.dataset.iteration = checkpoint.iteration;
+    button.title = `Iteration ${iterationText(checkpoint.iteration)}${lossText(checkpoint.loss)}`
+      + `${latest ? ' (latest)' : ''}: watch it`;
+    const image = document.createElement('img');
+    image.className = 'pixels';
+    image.loading = 'lazy';
+    image.width = 48;
+    image.height = 48;
+    image.alt = `Grown at iteration ${iterationText(checkpoint.iteration)}`;
+    image.src = previewUrl(checkpoint);
+    const label = document.createElement('span');
+    label.textContent = iterationText(checkpoint.iteration);
+    button.append(image, label);
+    button.addEventListener('click', () => onWatch(latest ? jobId : checkpoint.model));
+    li.append(button);
+    return li;
+  }));
+}

@@ -1,0 +1,96 @@
+"""The job spec: one typed shape for a job's options, strict when read back, migrated from the old form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from backend.nca import jobspec
+from backend.nca.jobspec import DEFAULTS, OPTIONS, SPEC_VERSION, JobSpec, SpecError
+from backend.nca.options import option_of
+from backend.nca.target import TargetError, TargetOptions
+from backend.nca.train import TrainConfig
+
+
+def test_every_option_field_is_a_job_option_and_round_trips_through_json() -> None:
+    declared = {option_of(f).key or f.name for cls in (JobSpec, TrainConfig, TargetOptions)
+                for f in dataclasses.fields(cls) if option_of(f)}
+    assert {o.name for o in OPTIONS} == declared  # nothing listed by hand: new fields flow through
+    spec = JobSpec.from_options({"name": "heart", "experiment": "growing", "iterations": 300, "target_size": 24,
+                                 "fire_rate": 1, "key_background": True})
+    train, target = spec.train, spec.target
+    assert (train.iterations, train.fire_rate, target.size, target.key_background) == (300, 1.0, 24, True)
+    stored = json.loads(json.dumps(spec.options()))
+    assert JobSpec.from_stored(stored, SPEC_VERSION) == spec
+    assert stored["damage_count"] == 0  # resolved from the experiment, so the record says what trains
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"colour": "red"}, ["unknown option colour", "the options are"]),
+    ({"iterations": "300"}, ["iterations must be an integer"]),
+    ({"iterations": True}, ["iterations must be an integer"]),
+    ({"key_background": 1}, ["key_background must be true or false"]),
+    ({"experiment": "dancing"}, ["experiment must be 'growing' or"]),
+    ({"iterations": 0}, ["iterations must be at least 1"]),
+    ({"lr": 0}, ["lr must be above 0"]),
+    ({"min_steps": 20, "max_steps": 10}, ["min_steps must be below max_steps"]),
+    ({"batch_size": 3}, ["batch_size must be at least 4", "regenerating experiment damages 3"]),
+    ({"name": "x" * 81}, ["name must be at most 80 characters"]),
+])
+def test_bad_options_are_refused_with_the_option_named(values: dict, words: list[str]) -> None:
+    with pytest.raises(ValueError) as raised:
+        JobSpec.from_options(values)
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_target_bounds_raise_target_errors_under_the_option_name() -> None:
+    with pytest.raises(TargetError, match="target_size must be at most 128"):
+        JobSpec.from_options({"target_size": 200})
+
+
+def test_a_stored_spec_must_be_complete_and_of_a_known_version() -> None:
+    options = JobSpec().options()
+    del options["fire_rate"]
+    with pytest.raises(SpecError, match="missing option fire_rate"):
+        JobSpec.from_stored(options, SPEC_VERSION)
+    with pytest.raises(SpecError, match="version 99"):
+        JobSpec.from_stored(JobSpec().options(), 99)
+
+
+def test_old_untyped_records_are_migrated() -> None:
+    """What the API stored before the spec: its validated options, some null, some absent."""
+    old = {"name": "heart", "experiment": "growing", "iterations": 300, "target_size": 24, "padding": 6,
+           "seed": 7, "checkpoint_every": None, "lr": 0.002}
+    spec = JobSpec.from_stored(old, 1)
+    assert (spec.name, spec.train.experiment, spec.train.seed, spec.target.padding) == ("heart", "growing", 7, 6)
+    assert spec.train.checkpoint_every == DEFAULTS["checkpoint_every"] and spec.train.damage_count == 0
+    with pytest.raises(SpecError, match="unknown option colour"):
+        JobSpec.from_stored({**old, "colour": "red"}, 1)
+
+
+def test_train_config_from_dict_refuses_unknown_keys() -> None:
+    assert TrainConfig.from_dict({"iterations": 5, "seed": None}).seed == 0  # None: the default
+    with pytest.raises(ValueError, match="unknown training option size"):
+        TrainConfig.from_dict({"iterations": 5, "size": 24})
+
+
+def test_pool_memory_is_estimated_for_a_square_grid() -> None:
+    spec = JobSpec.from_options({"experiment": "persistent", "pool_size": 1024, "target_size": 40, "padding": 16})
+    assert spec.pool_megabytes() == pytest.approx(1024 * 16 * 72 * 72 * 4 / 2**20)
+    assert JobSpec.from_options({"experiment": "growing"}).pool_megabytes() == 0
+
+
+def test_an_option_added_later_gets_its_default_in_specs_stored_before_it(monkeypatch) -> None:
+    """As if fire_rate were new (`option(..., since=3)`): version 2 specs lack it, version 3 ones must have it."""
+    fire_rate = next(o for o in OPTIONS if o.name == "fire_rate")
+    newer = dataclasses.replace(fire_rate, meta=dataclasses.replace(fire_rate.meta, since=3))
+    monkeypatch.setattr(jobspec, "OPTIONS", tuple(newer if o is fire_rate else o for o in OPTIONS))
+    monkeypatch.setattr(jobspec, "SPEC_VERSION", 3)
+    stored = JobSpec().options()
+    del stored["fire_rate"]
+    assert JobSpec.from_stored(stored, 2).train.fire_rate == DEFAULTS["fire_rate"]
+    with pytest.raises(SpecError, match="missing option fire_rate"):
+        JobSpec.from_stored(stored, 3)
