@@ -4,6 +4,7 @@
     .venv/bin/python scripts/make_examples.py --only heart    # one of them
     .venv/bin/python scripts/make_examples.py --draw-only     # just the target PNGs
     .venv/bin/python scripts/make_examples.py --evaluate      # how well the shipped models grow
+    .venv/bin/python scripts/make_examples.py --cards         # only (re)write the model cards
 
 The pictures are drawn here with Pillow primitives (no third-party artwork, nothing to license).
 Each example is trained with the `regenerating` experiment (pool + damage) on the `preview`
@@ -12,13 +13,16 @@ on one core of the 2-core development VM, both in parallel. The recipe and seeds
 training is deterministic for a given code version and thread count, but MKL's float rounding
 can differ between processes (it depends on memory alignment) and training amplifies it, so a
 rerun gives an equivalent model, not bit-identical weights (docs/benchmarks.md, "Example models").
-Writes models/<name>.png (the drawn target) and models/<name>.safetensors, and a loss log
-(iteration, seconds, loss) to artifacts/examples/<name>.csv.
+Writes models/<name>.png (the drawn target), models/<name>.safetensors, its model card
+models/<name>.card.json (backend/nca/card.py; the API serves it), and a loss log (iteration,
+seconds, loss) to artifacts/examples/<name>.csv.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import sys
 import time
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.nca import modelfile  # noqa: E402
+from backend.nca.card import model_card, summary  # noqa: E402
 from backend.nca.fast import grow  # noqa: E402
 from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402
@@ -114,7 +119,18 @@ def train(name: str, iterations: int | None = None, out_dir: Path = ROOT / "mode
         result = trainer.run(on_progress=on_progress, on_checkpoint=lambda mf: modelfile.save(mf, out))
     print(f"{name}: {result.status} after {result.iteration} iterations, loss {result.loss:.5f}, "
           f"{time.perf_counter() - start:.0f} s; wrote {out}")
+    write_card(name, out_dir)
     return out
+
+
+def write_card(name: str, out_dir: Path = ROOT / "models") -> Path:
+    """The model card next to the model (models/<name>.card.json), tied to the file by its SHA-256."""
+    data = (out_dir / f"{name}.safetensors").read_bytes()
+    card = model_card(modelfile.from_bytes(data), model_sha256=hashlib.sha256(data).hexdigest())
+    path = out_dir / f"{name}.card.json"
+    modelfile.write_atomic(path, (json.dumps(card, indent=1) + "\n").encode())
+    print(summary(card))
+    return path
 
 
 def quality(x: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
@@ -147,6 +163,7 @@ def main() -> None:
     parser.add_argument("--only", choices=list(EXAMPLES), action="append", help="example(s) to make")
     parser.add_argument("--draw-only", action="store_true", help="only draw the target PNGs")
     parser.add_argument("--evaluate", action="store_true", help="only report how well the shipped models grow")
+    parser.add_argument("--cards", action="store_true", help="only write the model cards of the shipped models")
     parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per example in parallel)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "models", help="where to write (default models/)")
@@ -155,6 +172,8 @@ def main() -> None:
     for name in args.only or list(EXAMPLES):
         if args.evaluate:
             print(evaluate(name, path=args.out_dir / f"{name}.safetensors"))
+        elif args.cards:
+            print(write_card(name, args.out_dir))
         else:
             print(draw(name, args.out_dir) if args.draw_only else train(name, args.iterations, args.out_dir))
 

@@ -128,3 +128,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 60.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
         time.sleep(interval)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for long evaluations (model cards, videos): on the shared 2-core VM, OpenMP's
+    spin-waiting makes two threads ten times slower under load (docs/benchmarks.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,6 +12,7 @@ from backend.storage.models import ModelCatalog
 from backend.storage.shared import Storage
 
 from .previews import Previews
+from .renders import Renders
 
 
 def _settings(request: Request) -> Settings:
@@ -34,6 +35,10 @@ def _previews(request: Request) -> Previews:
     return request.app.state.previews
 
 
+def _renders(request: Request) -> Renders:
+    return request.app.state.renders
+
+
 def _job_id(job_id: str) -> str:
     if not is_job_id(job_id):
         raise HTTPException(422, f"malformed job id {job_id[:40]!r}: job ids are 32 lowercase hex characters")
@@ -45,4 +50,5 @@ StorageDep = Annotated[Storage, Depends(_storage)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 CatalogDep = Annotated[ModelCatalog, Depends(_catalog)]
 PreviewsDep = Annotated[Previews, Depends(_previews)]
+RendersDep = Annotated[Renders, Depends(_renders)]
 JobIdDep = Annotated[str, Depends(_job_id)]

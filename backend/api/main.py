@@ -24,6 +24,7 @@ from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.shared import Storage
 
 from .previews import Previews
+from .renders import Renders
 from .routes import config, health, jobs, models, targets
 from .schemas import ErrorOut
 from .upload_limit import UploadLimitMiddleware
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.storage = Storage.connect(settings)  # connects lazily, reconnects by itself after an outage
     app.state.previews = Previews()
+    app.state.renders = Renders()  # videos, cards, exports: computed off the event loop, cached
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,9 +1,13 @@
-"""`python -m backend.nca {train,grow,import-distill}`: the core without the web service."""
+"""`python -m backend.nca {train,grow,import-distill,export-distill,player,video,card}`.
+
+The core without the web service.
+"""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import sys
 import typing
@@ -154,6 +158,59 @@ def cmd_import_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_distill(args: argparse.Namespace) -> int:
+    from .distill import export_distill
+
+    layers, report = export_distill(modelfile.load(args.model))
+    modelfile.write_atomic(args.out, json.dumps(layers).encode())
+    if args.report:
+        modelfile.write_atomic(args.report, json.dumps(report.as_dict(), indent=2).encode())
+    print(f"wrote {args.out} (8-bit, {len(layers)} layers)")
+    print(f"grown PSNR after {report.steps} steps ({report.reference} reference): float {report.psnr_float:.2f} dB, "
+          f"8-bit {report.psnr_8bit:.2f} dB; largest weight change {report.max_weight_error:.4f}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+def cmd_player(args: argparse.Namespace) -> int:
+    from .player import player_html
+
+    modelfile.write_atomic(args.out, player_html(modelfile.load(args.model)).encode())
+    print(f"wrote {args.out}: open it in a browser (no network needed)")
+    return 0
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from .video import FORMATS, render_video
+
+    fmt = args.out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise SystemExit(f"--out must end in {', '.join('.' + f for f in FORMATS)}")
+    data = render_video(modelfile.load(args.model), fmt, args.steps, args.scale)
+    modelfile.write_atomic(args.out, data)
+    print(f"wrote {args.out} ({len(data) // 1024} kB, {args.steps} steps: growth, a cut at step "
+          f"{args.steps // 3}, regrowth)")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from .card import model_card, render_sheet, summary
+
+    data = args.model.read_bytes()
+    card = model_card(modelfile.from_bytes(data), model_sha256=hashlib.sha256(data).hexdigest())
+    print(summary(card))
+    if args.out:
+        modelfile.write_atomic(args.out, (json.dumps(card, indent=1) + "\n").encode())
+        print(f"wrote {args.out}")
+    if args.sheet:
+        modelfile.write_atomic(args.sheet, render_sheet(card))
+        print(f"wrote {args.sheet}")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -201,6 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("json", type=Path)
     imp.add_argument("--out", type=Path, required=True)
     imp.set_defaults(func=cmd_import_distill)
+
+    exp = sub.add_parser("export-distill", help="write the Distill demo's 8-bit JSON; reports what quantisation does")
+    exp.add_argument("model", type=Path)
+    exp.add_argument("--out", type=Path, required=True, help="FILE.json (the demo's names: <experiment>_<name>.json)")
+    exp.add_argument("--report", type=Path, help="also write the quantisation report here (JSON)")
+    exp.set_defaults(func=cmd_export_distill)
+
+    player = sub.add_parser("player", help="write a one-file web player (HTML, weights inside, no network)")
+    player.add_argument("model", type=Path)
+    player.add_argument("--out", type=Path, required=True, help="FILE.html")
+    player.set_defaults(func=cmd_player)
+
+    from .video import DEFAULT_SCALE, DEFAULT_STEPS
+
+    video = sub.add_parser("video", help="growth, a cut and regrowth as GIF, animated WebP or MP4 (H.264)")
+    video.add_argument("model", type=Path)
+    video.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.webp or FILE.mp4")
+    video.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help="CA steps (at most 2000)")
+    video.add_argument("--scale", type=_positive, default=DEFAULT_SCALE, help="pixels per cell")
+    video.set_defaults(func=cmd_video)
+
+    card = sub.add_parser("card", help="evaluate a model: growth, persistence, regrowth, rotation, 8-bit export")
+    card.add_argument("model", type=Path)
+    card.add_argument("--out", type=Path, help="write the card (JSON) here")
+    card.add_argument("--sheet", type=Path, help="write its pictures with their numbers as one PNG here")
+    card.set_defaults(func=cmd_card)
     return parser
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +53,18 @@ def png_bytes(frame: np.ndarray, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
+Disc = tuple[float, float, float]  # x, y, radius in cells
+
+
 def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 1,
                   angle: float = 0.0, damage_at: int | None = None,
-                  damage: tuple[float, float, float] | None = None,
+                  damage: Disc | Callable[[torch.Tensor], Disc] | None = None,
                   generator: torch.Generator | None = None) -> list[np.ndarray]:
     """RGB frames of growth from the seed: step 0, every `every` steps, and always step `steps`.
 
-    `damage` is (x, y, radius) in cells, erased after `damage_at` steps. Steps go through the
-    fast path (`fast.grow`, ~10x quicker than the dense rule on a growing pattern): the CLI's
-    videos are drawn on demand.
+    `damage` is (x, y, radius) in cells, or a function of the state that says where, erased after
+    `damage_at` steps. Steps go through the fast path (`fast.grow`, ~10x quicker than the dense rule
+    on a growing pattern): the CLI's and the API's videos are drawn on demand.
     """
     device = next(model.parameters()).device
     x = make_seed(height, width, model.channels, device=device)
@@ -69,7 +72,7 @@ def growth_frames(model: NCA, height: int, width: int, steps: int, every: int = 
     with torch.no_grad():
         for step in range(1, steps + 1):
             if damage is not None and step - 1 == damage_at:
-                erase_circle(x, *damage)
+                erase_circle(x, *(damage(x) if callable(damage) else damage))
             x = grow(model, x, 1, angle, generator=generator)
             if step % every == 0 or step == steps:
                 frames.append(rgb8(x))

@@ -169,6 +169,15 @@ class ModelCatalog:
             raise CheckpointNotFound(job_id, iteration)
         return jobs[0], checkpoint
 
+    def get_stored_card(self, model_id: str) -> bytes | None:
+        """The model card stored next to a shipped example (`models/<stem>.card.json`), if there is one."""
+        if not model_id.startswith(EXAMPLE_PREFIX):
+            return None
+        try:
+            return self._example_path(model_id).with_suffix(".card.json").read_bytes()
+        except (OSError, ModelNotFound):
+            return None
+
     def _example_path(self, model_id: str) -> Path:
         stem = model_id.removeprefix(EXAMPLE_PREFIX)
         if not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):  # NUL: open() raises ValueError

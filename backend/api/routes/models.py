@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 from collections.abc import Iterator
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
 
+from backend.nca.card import model_card
+from backend.nca.distill import export_distill
+from backend.nca.modelfile import ModelFile
+from backend.nca.player import player_html
+from backend.nca.video import DEFAULT_SCALE, DEFAULT_STEPS, VideoLimitError, render_video
+from backend.nca.video import FORMATS as VIDEO_FORMATS
+from backend.nca.video import LIMITS as VIDEO_LIMITS
 from backend.storage.connection import REDIS_DOWN_ERRORS
-from backend.storage.models import BadReference, CheckpointNotFound, ModelNotFound
+from backend.storage.models import BadReference, CheckpointNotFound, ModelCatalog, ModelNotFound
 
-from ..deps import CatalogDep
+from ..deps import CatalogDep, RendersDep
+from ..renders import computed, model_digest, stored_card
 from ..schemas import ErrorOut, ModelOut
 
 log = logging.getLogger(__name__)
@@ -72,3 +85,92 @@ def download_model(model_id: str, catalog: CatalogDep) -> Response:
     headers = {"Content-Disposition": f'attachment; filename="{filename}.safetensors"',
                "X-Model-Version": str(version), "Cache-Control": "no-store"}
     return Response(data, media_type="application/octet-stream", headers=headers)
+
+
+# --- Take it with you: exports, videos and the model card (computed in backend.nca, cached per model) ---
+
+EXPORT_ERRORS = NOT_FOUND  # 404 unknown model; 422 malformed reference, unreadable file, video past a limit
+
+
+async def model_bytes(catalog: ModelCatalog, model_id: str) -> bytes:
+    """The stored model file's bytes, read off the event loop; the lookup's errors as answers."""
+    with looked_up(model_id):
+        return await run_in_threadpool(catalog.get_model_bytes, model_id)
+
+
+def download_name(model_id: str, name: str | None, suffix: str, experiment: str | None = None) -> str:
+    """A file name from the model's name, reduced to safe characters (it goes into a header)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name or "").strip("_")[:60] or model_id[:40]
+    return f"{experiment}_{stem}{suffix}" if experiment else f"{stem}{suffix}"
+
+
+def disposition(kind: str, filename: str) -> dict[str, str]:
+    return {"Content-Disposition": f'{kind}; filename="{filename}"', "Cache-Control": "no-store"}
+
+
+@router.get("/{model_id}/distill.json", summary="The model in the Distill demo's 8-bit format",
+            responses={200: {"content": {"application/json": {}}}, **EXPORT_ERRORS})
+async def distill_json(model_id: str, catalog: CatalogDep, renders: RendersDep) -> Response:
+    """The update network's two layers, 8-bit quantised, band-major, as the article's WebGL demo loads
+    them (docs/model-format.md). What quantisation does to this model is in the `X-Quantization-*`
+    headers: grown PSNR of the float and of the 8-bit model, and a warning when the 8-bit one no
+    longer grows."""
+    data = await model_bytes(catalog, model_id)
+    (layers, report, name, experiment), _ = await computed(renders, model_id, "distill", data, _distill)
+    headers = disposition("attachment", download_name(model_id, name, ".json", experiment))
+    headers.update({"X-Quantization-PSNR-Float": f"{report.psnr_float:.2f}",
+                    "X-Quantization-PSNR-8bit": f"{report.psnr_8bit:.2f}",
+                    "X-Quantization-Grows-8bit": str(report.grows_8bit).lower()})
+    if report.warnings:
+        headers["X-Quantization-Warning"] = " | ".join(report.warnings).encode("ascii", "replace").decode()
+    return Response(json.dumps(layers), media_type="application/json", headers=headers)
+
+
+def _distill(mf: ModelFile) -> tuple:
+    layers, report = export_distill(mf)
+    return layers, report, mf.info.name, mf.info.experiment
+
+
+@router.get("/{model_id}/player.html", response_class=Response, summary="A one-file web player",
+            responses={200: {"content": {"text/html": {}}}, **EXPORT_ERRORS})
+async def player(model_id: str, catalog: CatalogDep, renders: RendersDep) -> Response:
+    """One self-contained HTML file (weights inside, no network) that runs the model in the browser:
+    WebGL2 where there is one, plain JavaScript otherwise. Open it from disk."""
+    data = await model_bytes(catalog, model_id)
+    (page, name), _ = await computed(renders, model_id, "player", data, lambda mf: (player_html(mf), mf.info.name))
+    return HTMLResponse(page, headers=disposition("attachment", download_name(model_id, name, ".html")))
+
+
+@router.get("/{model_id}/video.{fmt}", response_class=Response, summary="Growth, damage and regrowth as a video",
+            responses={200: {"content": {t: {} for t in VIDEO_FORMATS.values()}}, **EXPORT_ERRORS})
+async def video(model_id: str, fmt: Literal["gif", "webp", "mp4"], catalog: CatalogDep, renders: RendersDep,
+                steps: Annotated[int, Query(ge=1, le=VIDEO_LIMITS.max_steps, description="CA steps")] = DEFAULT_STEPS,
+                scale: Annotated[int, Query(ge=1, le=VIDEO_LIMITS.max_scale, description="pixels per cell")]
+                = DEFAULT_SCALE) -> Response:
+    """The model grows from the seed, its centre is cut out after a third of the steps, and it regrows.
+    At most 2000 steps, 16 pixels per cell and 1024 pixels a side (422 says which limit was passed)."""
+    data = await model_bytes(catalog, model_id)
+    try:
+        video_bytes, _ = await computed(renders, model_id, "video", data,
+                                        lambda mf: render_video(mf, fmt, steps, scale), fmt=fmt, steps=steps,
+                                        scale=scale)
+    except VideoLimitError as exc:
+        raise HTTPException(422, str(exc)) from None
+    filename = download_name(model_id, model_id.replace("@", "-"), f".{fmt}")
+    return Response(video_bytes, media_type=VIDEO_FORMATS[fmt], headers=disposition("inline", filename))
+
+
+@router.get("/{model_id}/card", summary="The model card: an automatic evaluation",
+            responses={200: {"content": {"application/json": {}}}, **EXPORT_ERRORS})
+async def card(model_id: str, catalog: CatalogDep, renders: RendersDep) -> JSONResponse:
+    """Growth, persistence at 1000 and 2000 steps, regrowth after two cuts, rotated growth and the 8-bit
+    export, each as a number and a picture, and a one-word verdict (docs/model-format.md#model-card).
+    A shipped example's card is stored next to it; any other is computed on the first request
+    (seconds) and cached for this model version. `X-Card-Source` says which."""
+    data = await model_bytes(catalog, model_id)
+    digest = model_digest(data)
+    found = await stored_card(catalog, model_id, digest)
+    if found is not None:
+        return JSONResponse(found, headers={"X-Card-Source": "stored", "Cache-Control": "no-store"})
+    result, _ = await computed(renders, model_id, "card", data, lambda mf: model_card(mf, model_sha256=digest))
+    return JSONResponse(result, headers={"X-Card-Source": "computed", "Cache-Control": "no-store"})
