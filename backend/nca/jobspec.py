@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from .options import Option, check_bounds, option, option_of
 from .target import TargetOptions
-from .train import TrainConfig
+from .train import BUDGET_RECIPE, TrainConfig
 
 
 class SpecError(ValueError):
@@ -33,8 +33,7 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class JobSpec:
     name: str = option("", "shown in lists", max_length=80)
-    # The budget is train.iterations. A time budget (`minutes`) is a job option like any other: a
-    # TrainConfig field if the trainer enforces it, else a field here next to `name`.
+    # The budget is train.iterations, or train.minutes (a time budget; the trainer plans the iterations).
     train: TrainConfig = field(default_factory=TrainConfig)
     target: TargetOptions = field(default_factory=TargetOptions)
 
@@ -43,8 +42,9 @@ class JobSpec:
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], complete: bool = False) -> JobSpec:
-        """A spec from flat options. Unknown names are refused; missing ones take their defaults,
-        unless `complete` (a stored spec must name them all). Raises ValueError (SpecError, TargetError)."""
+        """A spec from flat options. Unknown names are refused; missing ones take their defaults (with a time
+        budget, `minutes`, those of BUDGET_RECIPE first), unless `complete` (a stored spec must name them
+        all). Raises ValueError (SpecError, TargetError)."""
         unknown = sorted(set(values) - OPTION_NAMES)
         if unknown:
             raise SpecError(f"unknown option{_s(unknown)} {', '.join(unknown)}; the options are "
@@ -52,6 +52,8 @@ class JobSpec:
         missing = sorted(OPTION_NAMES - set(values)) if complete else []
         if missing:
             raise SpecError(f"missing option{_s(missing)} {', '.join(missing)}")
+        if values.get("minutes") is not None:
+            values = {**BUDGET_RECIPE, **values}
         parts: dict[str, dict[str, Any]] = {"job": {}, "train": {}, "target": {}}
         for opt in OPTIONS:
             if opt.name in values:

@@ -13,6 +13,7 @@ Stdlib only: the core stays free of web libraries, the API turns these into pyda
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ def check_bounds(instance: Any, error: type[ValueError] = ValueError) -> None:
         if meta is None or value is None:
             continue
         name = meta.key or f.name
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+            raise error(f"{name} must be a finite number")
         if meta.ge is not None and value < meta.ge:
             raise error(f"{name} must be at least {_number(meta.ge)}")
         if meta.gt is not None and value <= meta.gt:

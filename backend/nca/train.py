@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 import torch
 
 from . import fast
+from .budget import FIRST_REPLAN_ITERATIONS, GUESSED_SPEED, REPLAN_SHARE, Plan, Speed, live_cells, make_plan
 from .model import ALIVE_THRESHOLD, CHANNELS, FIRE_RATE, HIDDEN, NCA, damage_circles, make_seed, to_rgba
 from .modelfile import ModelFile, ModelInfo
 from .options import check_bounds, option
@@ -40,6 +41,12 @@ PRESETS: dict[str, dict[str, object]] = {
     "preview": {"target_size": 24, "padding": 6, "iterations": 1500, "min_steps": 32, "max_steps": 48,
                 "lr_decay_at": 1000},
 }
+# With a time budget (`minutes`), the options a job leaves out follow this recipe rather than the paper's:
+# smaller batches (more updates per minute) and a small pool (its states are revisited, and learn to
+# persist, within minutes); the schedule itself is planned by backend.nca.budget. With a budget,
+# damage_count defaults to the paper's share of the batch (3 of 8). What each part buys:
+# docs/benchmarks.md, "Time to a pattern".
+BUDGET_RECIPE: dict[str, object] = {"batch_size": 4, "pool_size": 128}
 
 
 @dataclass
@@ -64,6 +71,11 @@ class TrainConfig:
     fire_rate: float = option(FIRE_RATE, "stochastic update rate", gt=0, le=1)
     seed: int = option(0, "random seed (weights, pool, steps, damage)", ge=0, le=2**31 - 1)
     checkpoint_every: int = option(500, "iterations between checkpoints", ge=1, le=1_000_000)
+    # A time budget (backend.nca.budget): the trainer plans the iterations (iterations is then their cap),
+    # the learning-rate drop and the steps per iteration to finish within it on the device that trains.
+    minutes: float | None = option(None, "time budget in minutes: iterations, learning-rate drop and steps per "
+                                         "iteration are planned to fit it (iterations is then a cap)",
+                                   gt=0, le=7 * 24 * 60, since=4)
     fast: bool = True  # rollouts through backend.nca.fast (same function, computed on the live box only)
 
     def __post_init__(self) -> None:
@@ -76,6 +88,8 @@ class TrainConfig:
         damaged = f"damage_count is {self.damage_count}"
         if self.damage_count is None:
             self.damage_count = int(preset["damage_count"])  # type: ignore[arg-type]
+            if self.minutes is not None and self.damage_count:  # the paper's share: 3 of 8
+                self.damage_count = max(1, self.damage_count * self.batch_size // 8)
             damaged = f"the {self.experiment} experiment damages {self.damage_count} samples of each batch"
         checks = [
             (not self.use_pool or self.pool_size >= self.batch_size, "pool_size must be at least batch_size"),
@@ -107,6 +121,8 @@ class Progress:
     lr: float
     elapsed: float  # seconds in this run
     iterations_per_second: float
+    plan: Plan | None = None  # with a time budget: the schedule as last re-planned (total is its iterations)
+    trained_seconds: float = 0.0  # training time of the whole job, counting the runs before a resume
 
 
 class TrainingFailed(RuntimeError):
@@ -132,11 +148,14 @@ def normalize_gradients(parameters) -> None:
 class Trainer:
     def __init__(self, target: torch.Tensor, config: TrainConfig, device: str | torch.device = "cpu",
                  resume: ModelFile | None = None, name: str | None = None,
-                 target_size: int | None = None, padding: int | None = None):
+                 target_size: int | None = None, padding: int | None = None, speed: Speed | None = None):
+        """`speed`: the device's measured speed, for the first plan of a time budget (`config.minutes`);
+        without it the first plan is a guess, re-planned after FIRST_REPLAN_ITERATIONS iterations."""
         self.config, self.device, self.name = config, torch.device(device), name
         self.target_size, self.padding = target_size, padding  # recorded in the model file
         self.target = target.to(self.device, torch.float32)  # (4, H, W)
         _, self.height, self.width = self.target.shape
+        extra = resume.info.extra if resume is not None and isinstance(resume.info.extra, dict) else {}
         if resume is not None:
             self.model = resume.model.to(self.device)
             self.iteration = resume.info.iterations
@@ -145,7 +164,11 @@ class Trainer:
                 torch.manual_seed(config.seed)
                 self.model = NCA(config.channels, config.hidden, config.fire_rate).to(self.device)
             self.iteration = 0
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr_at(self.iteration))
+        self.trained_seconds = float(extra.get("trained_seconds", 0.0))  # wall time of the runs so far
+        self.plan: Plan | None = None
+        if config.minutes is not None:
+            self.plan = self._first_plan(speed, extra.get("plan"))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr_at(self.iteration))
         if resume is not None and resume.optimizer_state:
             self._load_optimizer_state(resume.optimizer_state)
         # A resumed run draws fresh random numbers, so that it does not repeat its first part.
@@ -153,6 +176,39 @@ class Trainer:
         self.seed_state = make_seed(self.height, self.width, config.channels, device=self.device)[0]
         self.pool = self.seed_state.repeat(config.pool_size, 1, 1, 1) if config.use_pool else None
         self.last_loss = math.nan
+        self.steps = 0  # CA steps of the batches trained by this object, and samples x CA steps: what the
+        self.sample_steps = 0  # speed is measured in
+
+    @property
+    def total(self) -> int:
+        """Iterations in all: the plan's with a time budget, else the config's."""
+        return self.plan.iterations if self.plan is not None else self.config.iterations
+
+    def lr_at(self, iteration: int) -> float:
+        if self.plan is None:
+            return self.config.lr_at(iteration)
+        return self.config.lr * (self.config.lr_decay if iteration >= self.plan.lr_decay_at else 1.0)
+
+    def steps_at(self, iteration: int) -> tuple[int, int]:
+        """[low, high) CA steps of an iteration."""
+        return self.plan.steps_at(iteration) if self.plan is not None else (self.config.min_steps,
+                                                                            self.config.max_steps)
+
+    def live_cells(self) -> int:
+        """Cells of a grown pattern's live box on this grid (backend.nca.budget): what the speed is per."""
+        side = max(self.height, self.width)
+        size = self.target_size or side
+        padding = self.padding if self.padding is not None else max(0, (side - size) // 2)
+        return min(live_cells(size, padding), self.height * self.width)
+
+    def _first_plan(self, speed: Speed | None, stored: dict | None) -> Plan:
+        cfg = self.config
+        if stored is not None and self.iteration > 0:  # a resumed run goes on with its plan until it re-plans
+            fields = {k: v for k, v in stored.items() if k in Plan.__dataclass_fields__}
+            fields.update(short_steps=tuple(fields["short_steps"]), steps=tuple(fields["steps"]))
+            return Plan(**fields)
+        rate = (speed or GUESSED_SPEED).sample_step_seconds(cfg.batch_size, self.live_cells())
+        return make_plan(cfg, cfg.minutes * 60, rate, self.iteration, self.trained_seconds)
 
     def loss_per_sample(self, x: torch.Tensor) -> torch.Tensor:
         """Mean squared error of the RGBA channels against the target, one value per sample."""
@@ -187,9 +243,9 @@ class Trainer:
         """One iteration of the paper's loop; returns the batch loss."""
         cfg = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr_at(self.iteration)
+            group["lr"] = self.lr_at(self.iteration)
         x, idx = self.sample_batch()
-        steps = self._rand_int(cfg.min_steps, cfg.max_steps)
+        steps = self._rand_int(*self.steps_at(self.iteration))
         x = self.rollout(x, steps)
         loss = self.loss_per_sample(x).mean()
         if not torch.isfinite(loss):
@@ -205,29 +261,55 @@ class Trainer:
         if self.pool is not None:
             self.pool[idx] = x.detach()
         self.iteration += 1
+        self.steps += steps
+        self.sample_steps += cfg.batch_size * steps
         self.last_loss = loss.item()
         return self.last_loss
 
     def run(self, on_progress: Callable[[Progress], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             on_checkpoint: Callable[[ModelFile], None] | None = None) -> TrainResult:
-        """Train up to `config.iterations`, checking `should_stop` between iterations."""
+        """Train up to `total` iterations (or the time budget), checking `should_stop` between iterations.
+
+        With a time budget the plan is re-made from the speed measured since the last plan, every
+        REPLAN_SHARE of the budget (and once after the first iterations), and the run ends when the
+        budget is spent, counting the runs before a resume.
+        """
         cfg = self.config
-        start, start_iteration = time.perf_counter(), self.iteration
+        start, start_iteration, before = time.perf_counter(), self.iteration, self.trained_seconds
+        window = (start, self.sample_steps)  # since the last plan: time and samples x steps
         status: Literal["succeeded", "cancelled"] = "succeeded"
-        while self.iteration < cfg.iterations:
+        while True:
+            if self.plan is not None:
+                now = time.perf_counter()
+                self.trained_seconds = before + now - start
+                if self.trained_seconds >= self.plan.seconds:
+                    break
+                due = (now - window[0] >= REPLAN_SHARE * self.plan.seconds or self.iteration >= self.total
+                       or self.iteration - start_iteration == FIRST_REPLAN_ITERATIONS)
+                if due and self.sample_steps > window[1]:  # the plan is done early, or it is time to look again
+                    rate = (now - window[0]) / (self.sample_steps - window[1])
+                    self.plan = make_plan(cfg, self.plan.seconds, rate, self.iteration, self.trained_seconds,
+                                          self.plan)
+                    window = (now, self.sample_steps)
+            if self.iteration >= self.total:
+                break
             if should_stop is not None and should_stop():
                 status = "cancelled"
                 break
             loss = self.train_step()
+            elapsed = time.perf_counter() - start
+            self.trained_seconds = before + elapsed
             if on_progress is not None:
-                elapsed = time.perf_counter() - start
                 rate = (self.iteration - start_iteration) / elapsed if elapsed > 0 else 0.0
-                on_progress(Progress(self.iteration, cfg.iterations, loss, cfg.lr_at(self.iteration - 1),
-                                     elapsed, rate))
+                on_progress(Progress(self.iteration, self.total, loss, self.lr_at(self.iteration - 1), elapsed, rate,
+                                     self.plan, self.trained_seconds))
             if on_checkpoint is not None and self.iteration % cfg.checkpoint_every == 0 \
-                    and self.iteration < cfg.iterations:
+                    and self.iteration < self.total:
                 on_checkpoint(self.export())
+        self.trained_seconds = before + time.perf_counter() - start
+        if self.plan is not None and status == "succeeded" and self.iteration < self.plan.iterations:
+            self.plan = replace(self.plan, iterations=self.iteration)  # the budget ran out first: as trained
         model_file = self.export()
         if on_checkpoint is not None and self.iteration > start_iteration:
             on_checkpoint(model_file)
@@ -239,9 +321,10 @@ class Trainer:
             channels=cfg.channels, hidden=cfg.hidden, fire_rate=cfg.fire_rate,
             grid_height=self.height, grid_width=self.width,
             target_size=self.target_size, padding=self.padding,
-            experiment=cfg.experiment, iterations=self.iteration, total_iterations=cfg.iterations,
+            experiment=cfg.experiment, iterations=self.iteration, total_iterations=self.total,
             final_loss=None if math.isnan(self.last_loss) else self.last_loss, name=self.name,
-            extra={"train_config": asdict(cfg)},
+            extra={"train_config": asdict(cfg), "trained_seconds": round(self.trained_seconds, 3),
+                   **({"plan": self.plan.as_dict()} if self.plan is not None else {})},
         )
         return ModelFile(self.model, info, self.target, self._optimizer_state())
 
@@ -261,3 +344,42 @@ class Trainer:
                 entry["step"] = entry["step"].reshape(())
                 sd["state"][index] = {k: v.to(self.device) if k != "step" else v for k, v in entry.items()}
         self.optimizer.load_state_dict(sd)
+
+
+def calibrate(device: str | torch.device = "cpu", iterations: int = 3, steps: int = 16) -> Speed:
+    """The device's training speed, from a few real iterations on two grids (about a second on a CPU): the
+    paper's 72 x 72, whose cost is mostly per cell, and a small one, whose cost is mostly per step.
+
+    The pool holds a grown disc, which the untrained rule keeps as it is: the live box of a grown pattern,
+    as most of a training run computes on."""
+    device = torch.device(device)
+    big = _seconds_per_step(device, 40, 16, iterations, steps)
+    small = _seconds_per_step(device, 8, 2, iterations, steps)
+    batch = TrainConfig().batch_size
+    cells_big, cells_small = live_cells(40, 16), live_cells(8, 2)
+    per_cell = max((big - small) / (batch * (cells_big - cells_small)), 1e-12)
+    per_step = max(big - batch * cells_big * per_cell, 0.0)
+    return Speed(per_cell, per_step, str(device), "calibrated", time.time())
+
+
+def _seconds_per_step(device: torch.device, target_size: int, padding: int, iterations: int, steps: int) -> float:
+    """Seconds per CA step of a paper-sized batch on a grown disc of `target_size` cells."""
+    side = target_size + 2 * padding
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    disc = ((ys - side / 2 + 0.5) ** 2 + (xs - side / 2 + 0.5) ** 2 <= (target_size / 2) ** 2).float()
+    config = TrainConfig(iterations=iterations + 1, min_steps=steps, max_steps=steps + 1, pool_size=8,
+                         checkpoint_every=10**6)
+    trainer = Trainer(torch.stack([disc * 0.5, disc * 0.3, disc * 0.2, disc]), config, device,
+                      target_size=target_size, padding=padding)
+    trainer.pool[:, 3:] = disc.to(device)  # alpha and hidden channels alive on the disc
+
+    def timed() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    trainer.train_step()  # warm-up: allocations, first kernels
+    start = timed()
+    for _ in range(iterations):
+        trainer.train_step()
+    return (timed() - start) / (iterations * steps)
