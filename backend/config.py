@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_image_pixels: int | None = None
     cutout_seconds: float = 10.0  # time limit of a photo's subject cut-out; past it the whole image is used
     max_iterations: int = 20_000
+    max_minutes: float = Field(12 * 60, gt=0)  # the longest time budget (`minutes`) a job may ask for
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 
     # Stream service (docs/stream-protocol.md); it plays on `device` too.

@@ -127,6 +127,11 @@ class Health(BaseModel):
     queued_messages: int | None = None
 
 
+# The Train form's training-time choices: minutes of a time budget; "paper" (the article's 8000
+# iterations, as long as they take) and "custom" (minutes typed in) are the form's other two.
+BUDGET_CHOICES = {"quick": 5.0, "good": 20.0}
+
+
 class ConfigOut(BaseModel):
     stream_url: str | None = Field(description="the stream's base URL (NCA_PUBLIC_STREAM_URL); null: the page's "
                                                "own origin, where the proxy routes /ws/stream")
@@ -136,6 +141,15 @@ class ConfigOut(BaseModel):
     defaults: dict[str, Any]
     limits: dict[str, dict[str, float]]
     auth_required: bool = Field(False, description="creating and cancelling jobs need a bearer token")
+    budgets: dict[str, float] = Field(description="the form's time-budget choices, in minutes")
+    default_budget: Literal["quick", "good", "paper"] = Field(
+        description="what the form leads with: 'paper' where the fastest live worker trains the paper recipe "
+                    "within 30 minutes, else 'good' (a time budget); 'good' also when no worker is running")
+    paper_minutes: float | None = Field(description="the paper recipe's expected minutes on the fastest live worker "
+                                                    "(null: no worker is running)")
+    max_minutes: float = Field(description="the longest time budget this server allows")
+    budget_defaults: dict[str, Any] = Field(description="options a request with `minutes` gets when it leaves "
+                                                        "them out (the budget recipe)")
 
 
 class ErrorOut(BaseModel):

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.config import Settings
-from backend.nca.jobspec import JobSpec
+from backend.nca.jobspec import BUDGET_RECIPE, JobSpec
 from backend.nca.target import ProcessedTarget, TargetOptions, process_target
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, new_job_id
@@ -94,24 +94,43 @@ def validation_message(exc: ValidationError) -> str:
 
 def job_spec(upload: Upload, settings: Settings) -> JobSpec:
     """The spec the upload asks for, with what the server chooses when the request does not; 422 if invalid."""
+    return spec_of(upload.options, settings, PurePath(upload.filename).stem[:80] or "image")
+
+
+def spec_of(raw: dict[str, Any], settings: Settings, default_name: str) -> JobSpec:
+    """The spec these request options ask for (POST /api/jobs, /api/estimate); 422 naming the field if invalid.
+
+    A time budget (`minutes`) plans the iterations itself: sending `iterations` too is refused, and options
+    left out follow the budget recipe (backend.nca.jobspec.JobSpec.from_options).
+    """
     try:
-        request = JobOptions.model_validate(upload.options)
+        request = JobOptions.model_validate(raw)
     except ValidationError as exc:
         raise HTTPException(422, f"invalid options: {validation_message(exc)}") from None
+    given = request.model_fields_set
     options = request.model_dump()
     if options.pop("key_background"):  # clients from before `background` keep working
-        if "background" in request.model_fields_set and options["background"] != "key":
+        if "background" in given and options["background"] != "key":
             raise HTTPException(422, "invalid options: key_background=true means background=key: send only "
                                      "background")
         options["background"] = "key"
-    if "iterations" not in request.model_fields_set:  # the default, within this server's cap (as GET /api/config says)
+    if options["minutes"] is not None:
+        if "iterations" in given:
+            raise HTTPException(422, "invalid options: send minutes or iterations, not both: with a time budget "
+                                     "the iterations are planned to fit it")
+        if options["minutes"] > settings.max_minutes:
+            raise HTTPException(422, f"invalid options: minutes: at most {settings.max_minutes:g} minutes are "
+                                     "allowed on this server")
+        options["iterations"] = settings.max_iterations  # the cap of the plan
+        options = {k: v for k, v in options.items() if k in given or k not in BUDGET_RECIPE}
+    elif "iterations" not in given:  # the default, within this server's cap (as GET /api/config says)
         options["iterations"] = min(options["iterations"], settings.max_iterations)
     if options["seed"] is None:
         options["seed"] = random.randrange(2**31)
     if options["checkpoint_every"] is None:
         options["checkpoint_every"] = settings.checkpoint_every
     if options["name"] is None or not options["name"].strip():  # a blank name would leave the job unnamed in lists
-        options["name"] = PurePath(upload.filename).stem[:80] or "image"
+        options["name"] = default_name
     try:
         spec = JobSpec.from_options(options)
     except ValueError as exc:

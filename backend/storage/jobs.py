@@ -87,6 +87,10 @@ class Job(BaseModel):
     loss_history: list[tuple[int, float]] = []  # (iteration, loss), downsampled
     iterations_per_second: float | None = None
     eta_seconds: float | None = None
+    # With a time budget (options.minutes): the trainer's schedule as last re-planned (backend.nca.budget.Plan:
+    # iterations, lr_decay_at, short_until, short_steps, steps, expected_seconds, ...); `total` follows it.
+    plan: dict[str, Any] | None = None
+    trained_seconds: float | None = None  # training wall time so far, all runs together (queue time not counted)
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -124,12 +128,13 @@ class Job(BaseModel):
     def from_hash(cls, raw: dict) -> Job:
         """Parse a stored record; its spec strictly (a spec stored before JobSpec existed is migrated)."""
         fields = {text(k): text(v) for k, v in raw.items()}
-        for name in ("loss_history", "options", "resumed_from"):
-            if name in fields:
+        for name in ("loss_history", "options", "resumed_from", "plan"):
+            if fields.get(name):
                 fields[name] = json.loads(fields[name])
         fields["cancel_requested"] = fields.get("cancel_requested") == "1"
-        for name in ("loss", "iterations_per_second", "eta_seconds", "started_at", "finished_at", "error", "warning",
-                     "device", "worker", "checkpoint_iteration", "checkpoint_loss", "checkpoint_at", "interrupted_by"):
+        for name in ("loss", "iterations_per_second", "eta_seconds", "plan", "trained_seconds", "started_at",
+                     "finished_at", "error", "warning", "device", "worker", "checkpoint_iteration", "checkpoint_loss",
+                     "checkpoint_at", "interrupted_by"):
             if fields.get(name) == "":
                 fields[name] = None
         version = int(fields.get("spec_version") or 1)
@@ -490,11 +495,13 @@ class JobStore:
 
     def progress(self, job_id: str, token: str, iteration: int, history: LossHistory, loss: float | None = None,
                  iterations_per_second: float | None = None, eta_seconds: float | None = None,
-                 resumed_from: list[int] | None = None) -> bool:
-        """Where training is; None leaves loss and rate as they are. `resumed_from` at the start of a run."""
+                 resumed_from: list[int] | None = None, total: int | None = None, plan: dict | None = None,
+                 trained_seconds: float | None = None) -> bool:
+        """Where training is; None leaves a field as it is. `resumed_from` at the start of a run; `total` and
+        `plan` as a time budget's plan changes them."""
         fields: dict[str, Any] = {"iteration": iteration, "loss_history": history.points, "loss_every": history.every}
-        if loss is not None:
-            fields["loss"] = loss
+        optional = {"loss": loss, "total": total, "plan": plan, "trained_seconds": trained_seconds}
+        fields.update({name: value for name, value in optional.items() if value is not None})
         if iterations_per_second is not None:
             fields.update(iterations_per_second=iterations_per_second, eta_seconds=eta_seconds)
         if resumed_from is not None:

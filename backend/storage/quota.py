@@ -76,6 +76,11 @@ class JobQuota:
         raise QuotaExceeded(f"you already have {count} queued or running jobs (at most {self.max_per_client}); "
                             "wait for one to finish or cancel one")
 
+    def job_ids(self) -> list[str]:
+        """The jobs that held a slot when last counted, oldest slot first: queued or running ones, and
+        finished ones until the next reservation drops them (read their status)."""
+        return [text(m) for m in self._client.zrangebyscore(ACTIVE_KEY, JOB_SCORE, "+inf")]
+
     def settle(self, reservation: str, client: str, job_id: str | None) -> None:
         """The reservation becomes the job's slot (it counts until the job finishes), or is dropped."""
         with self._client.pipeline(transaction=True) as pipe:

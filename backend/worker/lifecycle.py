@@ -1,7 +1,8 @@
 """Worker start and stop: presence heartbeat, crash recovery, cooperative shutdown.
 
-A background thread keeps `nca:worker:<id>` alive (for /api/health) and re-queues jobs whose
-worker vanished (lease expired): at start (worker_ready) and then every half lease.
+At start (worker_ready) the worker measures its training speed (backend.nca.train.calibrate). A
+background thread keeps `nca:worker:<id>` alive with that speed (for /api/health and the API's
+estimates) and re-queues jobs whose worker vanished (lease expired): at start and then every half lease.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import torch
 from celery import Celery, signals
 
+from backend.nca.train import calibrate
 from backend.storage.shared import Storage
 
 from .tasks import INTERRUPTIONS, TrainingWorker
@@ -47,7 +49,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         worker = self.worker
         info = {"id": worker.id, "device": str(worker.device), "job": worker.current_job,
-                "started_at": self.started_at, "seen_at": time.time()}
+                "started_at": self.started_at, "seen_at": time.time(), "threads": torch.get_num_threads(),
+                "speed": worker.speed.as_dict()}
         worker.storage.workers.beat(worker.id, info, ttl_seconds=3 * self.period)
 
     def run(self) -> None:
@@ -79,7 +82,12 @@ def connect_signals(celery: Celery, worker: TrainingWorker) -> None:
             return
         if worker.settings.torch_threads:
             torch.set_num_threads(worker.settings.torch_threads)
-        log.info("worker %s ready; training on %s", worker.id, worker.device)
+        try:  # about a second: what this device does, for the API's estimates and the first plan of a budget
+            worker.speed = calibrate(worker.device)
+        except Exception:  # a device that cannot train fails its jobs with the reason; the guess stays
+            log.warning("could not measure the training speed", exc_info=True)
+        log.info("worker %s ready; training on %s (%.3g s per cell-step)", worker.id, worker.device,
+                 worker.speed.cell_step_seconds)
         heartbeat.start()
 
     def shutting_down(**_: object) -> None:  # sent with the host name only; a process runs one worker

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import torch
@@ -23,6 +24,7 @@ from celery import Celery
 
 from backend.config import Settings
 from backend.nca import Trainer, TrainingFailed
+from backend.nca.budget import GUESSED_SPEED, Speed
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress, TrainResult
@@ -47,6 +49,9 @@ class TrainingWorker:
         self.device = pick_device(settings.device)
         self.stopping = threading.Event()  # asked to stop: the job checkpoints and goes back to the queue
         self.current_job: str | None = None  # shown in the worker's presence key
+        # What this device does (backend.nca.budget): measured when the worker is ready (lifecycle.py),
+        # refined by every job it trains; published with its presence for the API's estimates.
+        self.speed: Speed = replace(GUESSED_SPEED, device=str(self.device))
         self.storage = Storage.connect(settings, celery)  # the app resends recovered jobs
 
     def train(self, job_id: str) -> dict:
@@ -66,8 +71,10 @@ class TrainingWorker:
                 except ValueError as exc:  # a spec this worker cannot read (say, written by a newer version)
                     store.finish(job_id, token, "failed", f"this worker cannot read the job's options: {exc}")
                     return {"job_id": job_id, "status": "failed"}
-                status = JobRun(store, job, token, self.device, self.settings, lease, stopping=self.stopping,
-                                worker_id=self.id).run()
+                run = JobRun(store, job, token, self.device, self.settings, lease, stopping=self.stopping,
+                             worker_id=self.id, speed=self.speed)
+                status = run.run()
+                self.speed = run.speed  # refined by what the run measured
         finally:
             self.current_job = None
         log.info("job %s: %s", job_id, status)
@@ -121,10 +128,11 @@ class JobRun:
     """One run of a job on this worker: from its latest checkpoint (if any) to the end, a cancel or a shutdown."""
 
     def __init__(self, store: JobStore, job: Job, token: str, device: torch.device, settings: Settings,
-                 lease: Lease, stopping: threading.Event | None = None, worker_id: str = "this worker"):
+                 lease: Lease, stopping: threading.Event | None = None, worker_id: str = "this worker",
+                 speed: Speed = GUESSED_SPEED):
         self.store, self.job, self.token, self.device, self.settings, self.lease = \
             store, job, token, device, settings, lease
-        self.stopping, self.worker_id = stopping or threading.Event(), worker_id
+        self.stopping, self.worker_id, self.speed = stopping or threading.Event(), worker_id, speed
         self.history = LossHistory(job.loss_history, job.loss_every)
         self.last_write = 0.0
         self.last_checkpoint: bytes | None = None  # what Redis holds: exported as is on success
@@ -137,7 +145,10 @@ class JobRun:
                                          "(out of memory?); try a smaller target or pool")
         try:
             trainer = until_redis(self.prepare, self.stopping, f"job {job.id}: start")
+            start = time.perf_counter()
             result = trainer.run(self.on_progress, self.should_stop, self.on_checkpoint)
+            predicted = self.speed.seconds(trainer.steps, trainer.sample_steps, trainer.live_cells())
+            self.speed = self.speed.refined(time.perf_counter() - start, predicted)
         except TrainingFailed as exc:
             return self.finish("failed", str(exc))
         except REDIS_DOWN_ERRORS:
@@ -160,8 +171,10 @@ class JobRun:
             log.info("job %s: resuming from the checkpoint at iteration %d %s", job.id, start,
                      INTERRUPTIONS.get(job.interrupted_by, ""))
         trainer = Trainer(self.store.target(job.id), spec.train, self.device, resume=resume, name=spec.name,
-                          target_size=spec.target.size, padding=spec.target.padding)
-        if not self.store.progress(job.id, self.token, trainer.iteration, self.history, resumed_from=resumed_from):
+                          target_size=spec.target.size, padding=spec.target.padding, speed=self.speed)
+        plan = trainer.plan.as_dict() if trainer.plan is not None else None
+        if not self.store.progress(job.id, self.token, trainer.iteration, self.history, resumed_from=resumed_from,
+                                   total=trainer.total, plan=plan):
             self.lease.lost.set()
         return trainer
 
@@ -171,7 +184,10 @@ class JobRun:
             self.store_checkpoint(self.unsaved)
         if self.lease.lost.is_set():
             return "lease lost"
-        self.write_progress(result.iteration, result.loss, None, force=True)
+        model = result.model_file.info
+        plan = model.extra.get("plan")
+        self.write_progress(result.iteration, result.loss, None, force=True, total=model.total_iterations,
+                            plan=plan, trained_seconds=model.extra.get("trained_seconds"))
         if result.status == "succeeded":
             return self.finish("succeeded", warning=self.export())
         if self.store.cancel_requested(self.job.id):
@@ -189,19 +205,28 @@ class JobRun:
 
     def on_progress(self, p: Progress) -> None:
         self.history.add(p.iteration, p.loss)
-        self.write_progress(p.iteration, p.loss, p.iterations_per_second)
+        eta = None
+        if p.plan is not None:  # the plan fits the budget (or ends sooner, at the iteration cap)
+            eta = p.plan.expected_seconds - p.trained_seconds
+        elif p.iterations_per_second:
+            eta = (p.total - p.iteration) / p.iterations_per_second
+        self.write_progress(p.iteration, p.loss, p.iterations_per_second, eta=eta, total=p.total,
+                            plan=p.plan.as_dict() if p.plan is not None else None, trained_seconds=p.trained_seconds)
 
-    def write_progress(self, iteration: int, loss: float, rate: float | None, force: bool = False) -> None:
+    def write_progress(self, iteration: int, loss: float, rate: float | None, force: bool = False,
+                       eta: float | None = None, total: int | None = None, plan: dict | None = None,
+                       trained_seconds: float | None = None) -> None:
         now = time.monotonic()
         if not force and now - self.last_write < self.settings.progress_every:
             return
         self.last_write = now
-        eta = round((self.job.total - iteration) / rate, 1) if rate else None
         try:
             owned = self.store.progress(
                 self.job.id, self.token, iteration, self.history,
                 loss=None if math.isnan(loss) else loss,  # NaN: no iteration in this run yet (resumed at the end)
-                iterations_per_second=None if rate is None else round(rate, 3), eta_seconds=eta)
+                iterations_per_second=None if rate is None else round(rate, 3),
+                eta_seconds=None if eta is None else round(max(eta, 0.0), 1), total=total, plan=plan,
+                trained_seconds=None if trained_seconds is None else round(trained_seconds, 1))
         except REDIS_DOWN_ERRORS:  # progress is best effort; checkpoints are not
             log.warning("job %s: could not write progress", self.job.id)
             return

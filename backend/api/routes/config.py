@@ -1,11 +1,17 @@
-"""What the frontend needs to know: where the stream is, limits, experiments and option defaults."""
+"""What the frontend needs to know: where the stream is, limits, experiments, option defaults and which
+training time to lead with (a time budget where the paper recipe would take over half an hour)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..deps import SettingsDep
-from ..schemas import EXPERIMENT_HELP, LEGACY_FIELDS, ConfigOut, JobOptions
+from backend.nca.jobspec import JobSpec
+from backend.nca.train import BUDGET_RECIPE
+from backend.storage.connection import REDIS_DOWN_ERRORS
+
+from ..deps import SettingsDep, StorageDep
+from ..estimates import default_budget
+from ..schemas import BUDGET_CHOICES, EXPERIMENT_HELP, LEGACY_FIELDS, ConfigOut, JobOptions
 
 router = APIRouter(prefix="/api", tags=["config"])
 
@@ -23,13 +29,21 @@ def option_limits(max_iterations: int) -> dict[str, dict[str, float]]:
 
 
 @router.get("/config", response_model=ConfigOut, summary="Settings the frontend uses")
-def config(settings: SettingsDep) -> ConfigOut:
+def config(settings: SettingsDep, storage: StorageDep) -> ConfigOut:
     defaults = JobOptions().model_dump(exclude=set(LEGACY_FIELDS))  # a form offers today's options only
     defaults["checkpoint_every"] = settings.checkpoint_every
     defaults["iterations"] = min(defaults["iterations"], settings.max_iterations)
+    try:
+        budget, paper_minutes = default_budget(storage, JobSpec())
+    except REDIS_DOWN_ERRORS:  # the page still loads; uploads will say what is wrong
+        budget, paper_minutes = "good", None
+    limits = option_limits(settings.max_iterations)
+    limits["minutes"]["maximum"] = min(limits["minutes"]["maximum"], settings.max_minutes)
     return ConfigOut(
+        budgets=BUDGET_CHOICES, default_budget=budget, paper_minutes=paper_minutes, max_minutes=settings.max_minutes,
+        budget_defaults=BUDGET_RECIPE,
         stream_url=settings.public_stream_url or None,
         max_upload_bytes=settings.max_upload_bytes, max_iterations=settings.max_iterations,
-        experiments=EXPERIMENT_HELP, defaults=defaults, limits=option_limits(settings.max_iterations),
+        experiments=EXPERIMENT_HELP, defaults=defaults, limits=limits,
         auth_required=bool(settings.access_token),
     )
