@@ -20,7 +20,7 @@ async function request(path, options = {}) {
   if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
   let response;
   try {
-    response = await fetch(path, { headers, ...options });
+    response = await fetch(path, { ...options, headers: { ...headers, ...options.headers } });
   } catch {
     throw new ApiError(0, 'Cannot reach the server. Check your connection and try again.');
   }
@@ -45,3 +45,14 @@ export const cancelJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}/ca
 export const createJob = (form) => request('/api/jobs', { method: 'POST', body: form });
 /** The target an upload becomes (same body as createJob); `signal` aborts a preview that is no longer wanted. */
 export const previewTarget = (form, signal) => request('/api/targets/preview', { method: 'POST', body: form, signal });
+/**
+ * How long a job with these options would take here, and the wait before it (POST /api/estimate): `options`
+ * is an object of job options as the upload sends them, without the image. `signal` aborts an estimate that
+ * newer options have overtaken.
+ */
+export const estimateJob = (options, signal) => request('/api/estimate', {
+  method: 'POST',
+  headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify(options),
+  signal,
+});

@@ -2,6 +2,7 @@
 // Only active jobs are polled (GET /api/jobs/{id}); polling slows down while the tab is hidden.
 
 import { cancelJob, getJob, listJobs } from './api.js';
+import { roughDuration } from './budget.js';
 import { drawLossChart } from './chart.js';
 import { showStrip } from './timeline.js';
 
@@ -141,8 +142,10 @@ function nextOffset(page) {
 
 // --- rendering ---------------------------------------------------------------------------------
 
-/** How long a job has trained so far (or in all, once finished), in seconds, from the server's times. */
+/** How long a job has trained so far (or in all, once finished), in seconds, from the server's times. A
+ * finished job's own count of training time leaves out the time between runs (a stop, a lost worker). */
 function trainedSeconds(job) {
+  if (!ACTIVE.has(job.status) && job.trained_seconds != null) return job.trained_seconds;
   if (!job.started_at) return 0;
   return (job.finished_at ?? Date.now() / 1000) - job.started_at;
 }
@@ -163,6 +166,7 @@ function createCard(job, { onWatch, onCancel, current }) {
         <span class="badge" data-role="status"></span>
       </div>
       <p class="job-meta hint"></p>
+      <p class="job-plan hint" hidden></p>
       <progress max="1" value="0"></progress>
       <p class="job-numbers"></p>
       <p class="job-note" role="status" aria-live="polite"></p>
@@ -225,6 +229,10 @@ function updateCard(li, job, message = '') {
   li.querySelector('.job-meta').textContent = [job.options.experiment, active && job.device && `on ${job.device}`,
     job.created_at && `submitted ${formatTime(job.created_at)}`, resumed].filter(Boolean).join(' · ');
 
+  const plan = li.querySelector('.job-plan');
+  plan.textContent = budgetText(job);
+  plan.hidden = !plan.textContent;
+
   const progress = li.querySelector('progress');
   progress.max = Math.max(total, 1);
   progress.value = Math.min(iteration, progress.max);
@@ -274,6 +282,17 @@ function showPreview(li, job) {
   image.dataset.version = job.model_version;
   image.dataset.loadedAt = now;
   image.src = `${job.links.preview}?scale=1&version=${job.model_version}`;
+}
+
+/** A job with a time budget: the budget and the trainer's latest plan for it (it re-plans as it measures). */
+function budgetText(job) {
+  const minutes = job.options?.minutes;
+  if (minutes == null) return '';
+  const budget = `Time budget ${roughDuration(minutes * 60)}`;
+  const plan = job.plan;
+  if (!plan) return budget;
+  return `${budget} · plan: ${plan.iterations.toLocaleString()} iterations, learning rate drops at `
+    + `${plan.lr_decay_at.toLocaleString()}`;
 }
 
 function drawChart(li, job) {

@@ -18,7 +18,7 @@ async function main() {
   }
   const watch = initWatch(config);
   const jobs = initJobs((modelId) => { location.hash = `#watch/${encodeURIComponent(modelId)}`; });
-  initUpload(config, (job) => {
+  const upload = initUpload(config, (job) => {
     jobs.add(job);
     location.hash = '#jobs';
   });
@@ -35,6 +35,7 @@ async function main() {
     if (current === 'watch' && view !== 'watch') watch.hide();
     if (view === 'watch') watch.show(arg ? decodeURIComponent(arg) : null);
     if (view === 'jobs' && current !== 'jobs') jobs.refresh();
+    if (view === 'train' && current !== null && current !== 'train') upload.show(); // the queue has moved on
     if (current !== null && current !== view) document.getElementById(`${view}-title`).focus({ preventScroll: true });
     current = view;
   }

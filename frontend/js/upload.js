@@ -1,6 +1,7 @@
 // The Train view: pick or drop an image, see it before and after processing, choose options, submit.
 
 import { createJob, previewTarget, setAccessToken } from './api.js';
+import { initBudget, presetMinutes } from './budget.js';
 import { deviceSide, drawCells } from './pixels.js';
 import { drawPhoto, frameImage, targetOnWhite } from './target.js';
 
@@ -20,7 +21,8 @@ const BACKGROUND_DONE = {
 };
 
 /**
- * Wire up the form. `config` is GET /api/config; `onCreated(job)` runs after a job is accepted.
+ * Wire up the form. `config` is GET /api/config; `onCreated(job)` runs after a job is accepted. Returns
+ * {show}: the view is shown again (its estimate asks the server anew: the queue has moved on).
  */
 export function initUpload(config, onCreated) {
   const form = document.getElementById('upload-form');
@@ -48,6 +50,7 @@ export function initUpload(config, onCreated) {
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
   applyDefaults(form, config.defaults || {});
   applyLimits(form, config.limits || {});
+  const budget = initBudget(form, config, () => Object.fromEntries(jobOptions(form, config)));
 
   const tokenInput = document.getElementById('access-token');
   document.getElementById('token-field').hidden = !config.auth_required;
@@ -194,7 +197,7 @@ export function initUpload(config, onCreated) {
     submit.disabled = true;
     statusLine.textContent = 'Uploading…';
     try {
-      const job = await createJob(formData(form, file));
+      const job = await createJob(formData(form, file, config));
       statusLine.textContent = 'Job queued.';
       onCreated(job);
     } catch (error) {
@@ -205,6 +208,7 @@ export function initUpload(config, onCreated) {
       submit.disabled = false;
     }
   });
+  return { show: budget.refresh };
 }
 
 function renderExperiments(experiments) {
@@ -263,16 +267,30 @@ function previewData(form, file) {
   return data;
 }
 
-/** The upload as multipart: the image plus every filled-in option as a form field. */
-function formData(form, file) {
+/**
+ * The job options the form asks for, as [name, value] pairs: every enabled, filled-in field (numbers as
+ * numbers) plus a preset time budget's minutes. The training-time choice itself is the form's, no option.
+ * The upload and the estimate both send these, so the estimate is for the job the upload would start.
+ */
+function jobOptions(form, config) {
+  const options = [];
+  for (const field of form.elements) {
+    if (!field.name || field.name === 'image' || field.name === 'budget' || field.disabled) continue;
+    if (field.type === 'radio' && !field.checked) continue;
+    const value = field.value.trim();
+    if (field.type === 'checkbox') options.push([field.name, field.checked]);
+    else if (value !== '') options.push([field.name, field.type === 'number' ? Number(value) : value]);
+  }
+  const minutes = presetMinutes(form, config);
+  if (minutes != null) options.push(['minutes', minutes]);
+  return options;
+}
+
+/** The upload as multipart: the image plus every option as a form field. */
+function formData(form, file, config) {
   const data = new FormData();
   data.append('image', file, file.name);
-  for (const field of form.elements) {
-    if (!field.name || field.name === 'image' || field.disabled) continue;
-    if (field.type === 'radio' && !field.checked) continue;
-    if (field.type === 'checkbox') data.append(field.name, field.checked ? 'true' : 'false');
-    else if (field.value.trim() !== '') data.append(field.name, field.value.trim());
-  }
+  for (const [name, value] of jobOptions(form, config)) data.append(name, String(value));
   return data;
 }
 

@@ -97,6 +97,7 @@ def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
     assert np.abs(cell_centres(preview_cells(page), whole) - whole).max() <= 2
 
     page.select_option("#background", "auto")
+    page.check("#budget-paper")  # a set number of iterations, not a time budget
     page.click("details.advanced summary")
     for selector, value in TINY.items():
         page.fill(selector, value)
@@ -120,6 +121,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     # The preview mirrors the core: at the defaults 48x48 -> 40x40 cells with 16 empty cells around.
     expect(page.locator("#preview-caption")).to_contain_text("40×40 cells on a 72×72 grid")
     screenshot(page, "train")
+    page.check("#budget-paper")  # a set number of iterations, not a time budget
     page.click("details.advanced summary")
     for selector, value in TINY.items():
         page.fill(selector, value)  # `fill` fires input events: the preview follows
@@ -165,6 +167,7 @@ def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
     heart_png(image)
     open_app(page, "train")
     page.set_input_files("#image-input", str(image))
+    page.check("#budget-paper")  # a set number of iterations, not a time budget
     page.click("details.advanced summary")
     for selector, value in {**TINY, "#iterations": "5000", "#name": "long apple"}.items():
         page.fill(selector, value)
@@ -236,6 +239,7 @@ def test_access_token_for_a_protected_server(page, stack, tmp_path):
         page.wait_for_selector("body[data-ready=true]")
         expect(page.locator("#access-token")).to_be_visible()
         page.set_input_files("#image-input", str(image))
+        page.check("#budget-paper")  # a set number of iterations, not a time budget
         page.click("details.advanced summary")
         for selector, value in {**TINY, "#iterations": "5000", "#name": "token apple"}.items():
             page.fill(selector, value)
