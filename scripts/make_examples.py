@@ -79,10 +79,88 @@ def draw_heart(d: ImageDraw.ImageDraw) -> None:
     d.ellipse(_scaled((0.17, 0.2, 0.33, 0.36)), fill=(255, 235, 240, 255))
 
 
+def draw_apple(d: ImageDraw.ImageDraw) -> None:
+    """A red apple with a darker rim, a brown stem, a green leaf and a highlight."""
+    for inset, colour in ((0.0, (120, 10, 20, 255)), (0.04, (215, 35, 40, 255))):
+        for cx in (0.36, 0.64):
+            d.ellipse(_scaled((cx - 0.3 + inset, 0.22 + inset, cx + 0.3 - inset, 0.94 - inset)), fill=colour)
+    d.rectangle(_scaled((0.47, 0.06, 0.53, 0.3)), fill=(100, 60, 20, 255))
+    d.ellipse(_scaled((0.54, 0.06, 0.84, 0.2)), fill=(60, 150, 40, 255))
+    d.ellipse(_scaled((0.2, 0.34, 0.32, 0.52)), fill=(255, 200, 200, 255))
+
+
+def draw_star(d: ImageDraw.ImageDraw) -> None:
+    """A five-pointed yellow star with an orange rim."""
+    def star(radius: float, colour: tuple[int, int, int, int]) -> None:
+        points = []
+        for i in range(10):
+            r = radius if i % 2 == 0 else radius * 0.45
+            angle = -math.pi / 2 + i * math.pi / 5
+            points += [0.5 + r * math.cos(angle), 0.54 + r * math.sin(angle)]
+        d.polygon(_scaled(tuple(points)), fill=colour)
+
+    star(0.5, (230, 110, 10, 255))
+    star(0.4, (255, 215, 40, 255))
+
+
+def draw_fish(d: ImageDraw.ImageDraw) -> None:
+    """A blue fish: body, tail, fin, a white eye with a pupil and stripes."""
+    d.polygon(_scaled((0.62, 0.5, 0.98, 0.2, 0.98, 0.8)), fill=(20, 80, 170, 255))
+    d.ellipse(_scaled((0.02, 0.22, 0.74, 0.78)), fill=(40, 130, 220, 255))
+    d.polygon(_scaled((0.3, 0.26, 0.5, 0.1, 0.52, 0.3)), fill=(20, 80, 170, 255))
+    for x in (0.38, 0.5):
+        d.rectangle(_scaled((x, 0.3, x + 0.05, 0.7)), fill=(250, 200, 40, 255))
+    d.ellipse(_scaled((0.12, 0.38, 0.24, 0.5)), fill=(255, 255, 255, 255))
+    d.ellipse(_scaled((0.15, 0.41, 0.21, 0.47)), fill=(0, 0, 0, 255))
+
+
+def draw_mushroom(d: ImageDraw.ImageDraw) -> None:
+    """A red toadstool with white spots on a beige stem."""
+    d.rectangle(_scaled((0.36, 0.45, 0.64, 0.96)), fill=(235, 215, 180, 255))
+    d.pieslice(_scaled((0.02, 0.04, 0.98, 0.9)), 180, 360, fill=(200, 20, 30, 255))
+    for box in ((0.2, 0.2, 0.32, 0.32), (0.44, 0.1, 0.58, 0.24), (0.68, 0.22, 0.8, 0.34), (0.4, 0.32, 0.5, 0.42)):
+        d.ellipse(_scaled(box), fill=(255, 255, 255, 255))
+
+
+def draw_flower(d: ImageDraw.ImageDraw) -> None:
+    """Six pink petals around a yellow and orange centre."""
+    for i in range(6):
+        angle = i * math.pi / 3
+        cx, cy = 0.5 + 0.28 * math.cos(angle), 0.5 + 0.28 * math.sin(angle)
+        d.ellipse(_scaled((cx - 0.2, cy - 0.2, cx + 0.2, cy + 0.2)), fill=(235, 90, 160, 255))
+    d.ellipse(_scaled((0.32, 0.32, 0.68, 0.68)), fill=(240, 140, 20, 255))
+    d.ellipse(_scaled((0.39, 0.39, 0.61, 0.61)), fill=(255, 220, 50, 255))
+
+
+def draw_leaf(d: ImageDraw.ImageDraw) -> None:
+    """A green leaf on a slant (a lens between its two tips), a light midrib and veins."""
+    tip, end = (0.12, 0.88), (0.9, 0.1)
+    normal = (0.7071, 0.7071)  # across the leaf
+    edge = []
+    for side in (1, -1):
+        for i in range(25):
+            t = i / 24 if side == 1 else 1 - i / 24
+            width = 0.2 * math.sin(math.pi * t) * side
+            x, y = tip[0] + (end[0] - tip[0]) * t, tip[1] + (end[1] - tip[1]) * t
+            edge += [x + normal[0] * width, y + normal[1] * width]
+    d.polygon(_scaled(tuple(edge)), fill=(40, 140, 50, 255))
+    d.line(_scaled((0.04, 0.96, *end)), fill=(170, 230, 120, 255), width=int(0.03 * CANVAS))
+    for t in (0.3, 0.5, 0.7):
+        x, y = tip[0] + (end[0] - tip[0]) * t, tip[1] + (end[1] - tip[1]) * t
+        d.line(_scaled((x, y, x + 0.02, y - 0.16)), fill=(170, 230, 120, 255), width=int(0.018 * CANVAS))
+        d.line(_scaled((x, y, x + 0.16, y - 0.02)), fill=(170, 230, 120, 255), width=int(0.018 * CANVAS))
+
+
 EXAMPLES: dict[str, tuple[Callable[[ImageDraw.ImageDraw], None], int]] = {
     # name: (drawing, training seed)
     "smiley": (draw_smiley, 1),
     "heart": (draw_heart, 2),
+    "apple": (draw_apple, 3),
+    "star": (draw_star, 4),
+    "fish": (draw_fish, 5),
+    "mushroom": (draw_mushroom, 6),
+    "flower": (draw_flower, 7),
+    "leaf": (draw_leaf, 8),
 }
 
 
