@@ -22,7 +22,7 @@ from .jobspec import OPTIONS, JobSpec, OptionField
 from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
 from .target import TargetError, process_target
-from .train import PRESETS, Progress, Trainer, TrainingFailed
+from .train import PRESETS, Progress, Trainer, TrainingFailed, calibrate
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 FLAG_ALIASES = {"target_size": ["--size"]}  # the flag's older, shorter name
+BUDGET_ITERATION_CAP = 1_000_000  # --minutes without --iterations: the plan is bounded by the time alone
 
 
 def _add_option(p: argparse.ArgumentParser, opt: OptionField) -> None:
@@ -75,7 +76,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     given = {opt.name: value for opt in OPTIONS if (value := getattr(args, opt.name, None)) is not None}
-    spec = JobSpec.from_options({**PRESETS[args.preset], **given, "name": args.image.stem[:80]})
+    preset = dict(PRESETS[args.preset])
+    if "minutes" in given:  # a time budget plans the iterations: the option's maximum is only the plan's cap
+        if "iterations" in given:
+            print("error: give --minutes or --iterations, not both", file=sys.stderr)
+            return 2
+        preset["iterations"] = BUDGET_ITERATION_CAP
+    spec = JobSpec.from_options({**preset, **given, "name": args.image.stem[:80]})
     processed = process_target(args.image, spec.target)
     target = processed.target
     print(f"target: {target.shape[2]}x{target.shape[1]} cells, background {processed.background}, "
@@ -85,17 +92,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = spec.train
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None
+    speed = calibrate(device) if config.minutes is not None else None  # about a second: the first plan
     trainer = Trainer(target, config, device, resume=resume, name=spec.name,
-                      target_size=spec.target.size, padding=spec.target.padding)
+                      target_size=spec.target.size, padding=spec.target.padding, speed=speed)
     writer = None
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(args.tensorboard))
         writer.add_image("target", torch.from_numpy(_rgb_target(target)), dataformats="HWC")
-    bar = tqdm(total=config.iterations, initial=trainer.iteration, unit="it", dynamic_ncols=True)
+    bar = tqdm(total=trainer.total, initial=trainer.iteration, unit="it", dynamic_ncols=True)
 
     def on_progress(p: Progress) -> None:
+        if bar.total != p.total:  # a time budget re-planned
+            bar.total = p.total
         bar.update(1)
         bar.set_postfix(loss=f"{p.loss:.5f}", lr=f"{p.lr:.0e}")
         if writer is not None:
@@ -118,7 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.close()
         if writer is not None:
             writer.close()
-    print(f"{result.status} after {result.iteration} iterations, loss {result.loss:.6f} on {device}; wrote {args.out}")
+    took = f" in {trainer.trained_seconds / 60:.1f} min" if config.minutes is not None else ""
+    print(f"{result.status} after {result.iteration} iterations{took}, loss {result.loss:.6f} on {device}; "
+          f"wrote {args.out}")
     return 0
 
 

@@ -142,3 +142,26 @@ def test_preset_preview_sets_the_small_recipe_and_flags_still_win(disc_image, tm
     assert (info.target_size, info.padding, info.iterations) == (24, 5, 2)  # preset size, explicit padding
     assert (config["min_steps"], config["max_steps"], config["lr_decay_at"]) == (32, 48, 1000)
     assert (info.grid_height, info.grid_width) == (12 + 10, 24 + 10)
+
+
+def test_train_with_a_time_budget_plans_and_stops_on_time(disc_image, tmp_path):
+    image, out = tmp_path / "disc.png", tmp_path / "b.safetensors"
+    disc_image.save(image)
+    result = nca("train", str(image), "--out", str(out), "--minutes", "0.05", "--size", "10", "--padding", "3",
+                 "--min-steps", "8", "--max-steps", "12", "--experiment", "persistent")
+    assert result.returncode == 0, result.stderr
+    assert "in 0.1 min" in result.stdout or "in 0.0 min" in result.stdout
+    info = modelfile.load(out).info
+    plan, config = info.extra["plan"], info.extra["train_config"]
+    assert config["minutes"] == 0.05 and (config["batch_size"], config["pool_size"]) == (4, 128)  # budget recipe
+    assert plan["iterations"] == info.iterations == info.total_iterations > 0 and plan["short_steps"] == [4, 6]
+    assert 3.0 <= info.extra["trained_seconds"] < 4.5
+
+
+def test_train_refuses_a_budget_and_iterations_together(disc_image, tmp_path):
+    image = tmp_path / "disc.png"
+    disc_image.save(image)
+    result = nca("train", str(image), "--out", str(tmp_path / "x.safetensors"), "--minutes", "1",
+                 "--iterations", "10")
+    assert result.returncode == 2 and "--minutes or --iterations, not both" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
