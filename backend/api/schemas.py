@@ -28,6 +28,8 @@ def _request_field(opt: OptionField) -> tuple[Any, Any]:
     """The pydantic field of a job option: its type, default, bounds and help, all from the core."""
     meta = opt.meta
     bounds = {k: v for k in ("ge", "gt", "le", "max_length") if (v := getattr(meta, k)) is not None}
+    if float in opt.kinds:
+        bounds["allow_inf_nan"] = False  # "Input should be a finite number", not a bound NaN happens to fail
     if opt.name in SERVER_DEFAULTS:
         return opt.type | None, Field(None, description=f"{meta.help}; default: {SERVER_DEFAULTS[opt.name]}",
                                       **bounds)
