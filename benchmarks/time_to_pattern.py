@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/time_to_pattern.py                          # 3 targets, 5 and 10 min, 40 cells
     .venv/bin/python benchmarks/time_to_pattern.py --budgets 5 10 30 --targets smiley
     .venv/bin/python benchmarks/time_to_pattern.py --size 24 --padding 6 --budgets 5   # the preview size
+    .venv/bin/python benchmarks/time_to_pattern.py --plot a/curves-40.csv b/curves-40.csv --out docs/ttp  # one plot
 
 For each target (drawn by scripts/make_examples.py: no third-party pictures) and each budget, one
 job with `minutes` trains through `Trainer.run` exactly as a worker does (the plan from this
@@ -99,7 +100,7 @@ def plot(curves: dict[str, list[tuple[float, int, float]]], path: Path, width: i
     d = ImageDraw.Draw(image)
     left, right, top, bottom = 60, width - 220, 20, height - 40
     t_max = max((c[-1][0] for c in curves.values() if c), default=1.0) / 60
-    lo, hi = -2.7, -0.7  # log10 loss
+    lo, hi = -3.0, -0.7  # log10 loss
     d.rectangle((left, top, right, bottom), outline=(120, 120, 120))
     for k in range(int(lo), int(hi) + 1):
         if lo <= k <= hi:
@@ -139,7 +140,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "time_to_pattern")
+    parser.add_argument("--plot", type=Path, nargs="+", help="only plot these curves-<size>.csv files together")
     args = parser.parse_args()
+    if args.plot:
+        curves: dict[str, list] = {}
+        for path in args.plot:
+            with path.open() as f:
+                for row in csv.DictReader(f):
+                    curves.setdefault(row["run"], []).append((float(row["seconds"]), int(row["iteration"]),
+                                                              float(row["loss"])))
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(curves, args.out / f"loss-{args.size}.png", height=460)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,9 @@ SHORT_SHARE = 0.3
 LR_DROP_SHARE = 0.6
 REPLAN_SHARE = 0.05  # re-plan after every this much of the budget
 FIRST_REPLAN_ITERATIONS = 10  # ... and once after this many iterations: the first measured speed
-HALO = 3  # cells of the live pattern beyond the target's box (the growth front and its alive margin)
+# Cells of the live pattern beyond the target's box: the growth front, faint cells and the alive margin.
+# Fitted to the paper recipe's last iterations on 40-cell targets (docs/benchmarks.md, "Time to a pattern").
+HALO = 8
 PAPER_MINUTES_LIMIT = 30.0  # slower than this, the form leads with a budget instead of the paper recipe
 
 
