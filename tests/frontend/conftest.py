@@ -17,7 +17,7 @@ import pytest
 
 from backend.storage.embedded_redis import free_port, start_redis
 from tests.conftest import SERVICE_ENV, Worker
-from tests.frontend.pages import DESKTOP, SCREENSHOTS
+from tests.frontend.pages import DESKTOP, PHONE, SCREENSHOTS
 from tests.helpers import UvicornServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,3 +122,12 @@ def page(browser, stack: Stack):
     context.close()
     assert not errors, f"script errors on the page: {errors}"
 
+
+@pytest.fixture
+def phone(browser, stack: Stack):
+    """A fresh phone-sized touch tab on the app."""
+    context = browser.new_context(viewport=PHONE, base_url=stack.api_url, device_scale_factor=2,
+                                  is_mobile=True, has_touch=True)
+    page = context.new_page()
+    yield page
+    context.close()

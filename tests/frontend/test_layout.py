@@ -7,17 +7,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import png_image
-from tests.frontend.pages import PHONE, open_app, screenshot
+from tests.frontend.pages import open_app, screenshot
 from tests.helpers import synthetic_photo
-
-
-@pytest.fixture
-def phone(browser, stack):
-    context = browser.new_context(viewport=PHONE, base_url=stack.api_url, device_scale_factor=2,
-                                  is_mobile=True, has_touch=True)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 @pytest.fixture

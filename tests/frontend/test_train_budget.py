@@ -7,7 +7,6 @@ import math
 import re
 
 import httpx
-import pytest
 from playwright.sync_api import expect
 
 from tests.frontend.pages import PHONE, open_app, screenshot
@@ -25,15 +24,6 @@ def api_estimate(stack, **options) -> httpx.Response:
 def js_seconds(seconds: float) -> str:
     """jobs.js's formatDuration under a minute (JavaScript rounds halves up)."""
     return f"{math.floor(seconds + 0.5)}s"
-
-
-@pytest.fixture
-def phone(browser, stack):
-    context = browser.new_context(viewport=PHONE, base_url=stack.api_url, device_scale_factor=2,
-                                  is_mobile=True, has_touch=True)
-    page = context.new_page()
-    yield page
-    context.close()
 
 
 def test_the_estimate_names_the_device_and_follows_the_options(page, stack):
