@@ -20,7 +20,8 @@ Options = Annotated[dict[str, Any], Body(description="JobOptions, as POST /api/j
 
 
 @router.post("/estimate", response_model=EstimateOut, summary="Expected training time and wait for a set of options",
-             responses={code: {"model": ErrorOut} for code in (422, 503)})
+             responses={400: {"model": ErrorOut, "description": "the body is not JSON"},
+                        **{code: {"model": ErrorOut} for code in (422, 503)}})
 async def estimate(options: Options, settings: SettingsDep, storage: StorageDep) -> EstimateOut:
     """The same options and the same 422s as POST /api/jobs; the answer uses the fastest live worker's
     measured speed and the queued and running jobs ahead."""
