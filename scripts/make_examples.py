@@ -8,11 +8,11 @@
 
 The pictures are drawn here with Pillow primitives (no third-party artwork, nothing to license).
 Each example is trained with the `regenerating` experiment (pool + damage) on the `preview`
-recipe's small grid (24-cell target, 36x36 grid), 2000 iterations: about 17 minutes per model
-on one core of the 2-core development VM, both in parallel. The recipe and seeds are fixed and
-training is deterministic for a given code version and thread count, but MKL's float rounding
-can differ between processes (it depends on memory alignment) and training amplifies it, so a
-rerun gives an equivalent model, not bit-identical weights (docs/benchmarks.md, "Example models").
+recipe's small grid (24-cell target, 36x36 grid) with a 5-minute time budget (the budget recipe,
+backend/nca/budget.py), one torch thread per model, two in parallel on the 2-core development VM.
+A time budget plans from the speed it measures, so a rerun trains a different number of
+iterations and gives an equivalent model, not bit-identical weights (docs/benchmarks.md,
+"Example models"); each shipped model passes its own card (it regrows).
 Writes models/<name>.png (the drawn target), models/<name>.safetensors, its model card
 models/<name>.card.json (backend/nca/card.py; the API serves it), and a loss log (iteration,
 seconds, loss) to artifacts/examples/<name>.csv.
@@ -47,8 +47,10 @@ CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-alias
 PNG_SIZE = 128
 PREVIEW = PRESETS["preview"]
 TARGET_SIZE, PADDING = int(PREVIEW["target_size"]), int(PREVIEW["padding"])  # the example grid is 36x36 cells
-# The preview recipe's grid and steps, trained longer (the lr drops at 1400), regenerating.
-RECIPE = {**PREVIEW, "experiment": "regenerating", "iterations": 2000, "lr_decay_at": 1400, "checkpoint_every": 250}
+# The preview recipe's grid and steps, regenerating, with a time budget (backend.nca.budget: the budget
+# recipe and its plan). heart.safetensors is older: 2000 iterations of the preview recipe, lr drop at 1400.
+RECIPE = {"target_size": TARGET_SIZE, "padding": PADDING, "min_steps": 32, "max_steps": 48,
+          "experiment": "regenerating", "minutes": 5.0, "iterations": 20_000, "checkpoint_every": 250}
 
 
 def _scaled(box: tuple[float, ...]) -> list[float]:
@@ -89,29 +91,25 @@ def draw_apple(d: ImageDraw.ImageDraw) -> None:
     d.ellipse(_scaled((0.2, 0.34, 0.32, 0.52)), fill=(255, 200, 200, 255))
 
 
-def draw_star(d: ImageDraw.ImageDraw) -> None:
-    """A five-pointed yellow star with an orange rim."""
-    def star(radius: float, colour: tuple[int, int, int, int]) -> None:
-        points = []
-        for i in range(10):
-            r = radius if i % 2 == 0 else radius * 0.45
-            angle = -math.pi / 2 + i * math.pi / 5
-            points += [0.5 + r * math.cos(angle), 0.54 + r * math.sin(angle)]
-        d.polygon(_scaled(tuple(points)), fill=colour)
-
-    star(0.5, (230, 110, 10, 255))
-    star(0.4, (255, 215, 40, 255))
+def draw_ladybug(d: ImageDraw.ImageDraw) -> None:
+    """A red ladybug from above: black head, a line between the wings and six black spots."""
+    d.ellipse(_scaled((0.3, 0.02, 0.7, 0.36)), fill=(25, 25, 25, 255))
+    d.ellipse(_scaled((0.08, 0.16, 0.92, 0.98)), fill=(25, 25, 25, 255))
+    d.ellipse(_scaled((0.12, 0.2, 0.88, 0.94)), fill=(220, 30, 30, 255))
+    d.rectangle(_scaled((0.485, 0.2, 0.515, 0.94)), fill=(25, 25, 25, 255))
+    for cx, cy in ((0.3, 0.4), (0.7, 0.4), (0.24, 0.62), (0.76, 0.62), (0.36, 0.8), (0.64, 0.8)):
+        d.ellipse(_scaled((cx - 0.07, cy - 0.07, cx + 0.07, cy + 0.07)), fill=(25, 25, 25, 255))
+    for cx in (0.4, 0.6):
+        d.ellipse(_scaled((cx - 0.035, 0.1, cx + 0.035, 0.17)), fill=(255, 255, 255, 255))
 
 
-def draw_fish(d: ImageDraw.ImageDraw) -> None:
-    """A blue fish: body, tail, fin, a white eye with a pupil and stripes."""
-    d.polygon(_scaled((0.62, 0.5, 0.98, 0.2, 0.98, 0.8)), fill=(20, 80, 170, 255))
-    d.ellipse(_scaled((0.02, 0.22, 0.74, 0.78)), fill=(40, 130, 220, 255))
-    d.polygon(_scaled((0.3, 0.26, 0.5, 0.1, 0.52, 0.3)), fill=(20, 80, 170, 255))
-    for x in (0.38, 0.5):
-        d.rectangle(_scaled((x, 0.3, x + 0.05, 0.7)), fill=(250, 200, 40, 255))
-    d.ellipse(_scaled((0.12, 0.38, 0.24, 0.5)), fill=(255, 255, 255, 255))
-    d.ellipse(_scaled((0.15, 0.41, 0.21, 0.47)), fill=(0, 0, 0, 255))
+def draw_beachball(d: ImageDraw.ImageDraw) -> None:
+    """A beach ball: red, white and blue segments around a yellow cap, with a dark rim."""
+    d.ellipse(_scaled((0.02, 0.02, 0.98, 0.98)), fill=(30, 40, 90, 255))
+    box = _scaled((0.06, 0.06, 0.94, 0.94))
+    for i, colour in enumerate([(225, 40, 40, 255), (250, 250, 250, 255), (40, 90, 220, 255)] * 2):
+        d.pieslice(box, i * 60 - 90, i * 60 - 30, fill=colour)
+    d.ellipse(_scaled((0.4, 0.4, 0.6, 0.6)), fill=(255, 210, 40, 255))
 
 
 def draw_mushroom(d: ImageDraw.ImageDraw) -> None:
@@ -156,8 +154,8 @@ EXAMPLES: dict[str, tuple[Callable[[ImageDraw.ImageDraw], None], int]] = {
     "smiley": (draw_smiley, 1),
     "heart": (draw_heart, 2),
     "apple": (draw_apple, 3),
-    "star": (draw_star, 4),
-    "fish": (draw_fish, 5),
+    "ladybug": (draw_ladybug, 4),
+    "beachball": (draw_beachball, 5),
     "mushroom": (draw_mushroom, 6),
     "flower": (draw_flower, 7),
     "leaf": (draw_leaf, 8),
@@ -173,10 +171,10 @@ def draw(name: str, out_dir: Path = ROOT / "models") -> Path:
     return path
 
 
-def train(name: str, iterations: int | None = None, out_dir: Path = ROOT / "models") -> Path:
+def train(name: str, minutes: float | None = None, out_dir: Path = ROOT / "models", seed: int | None = None) -> Path:
     png = draw(name, out_dir)
-    spec = JobSpec.from_options({**RECIPE, "name": name, "seed": EXAMPLES[name][1],
-                                 **({"iterations": iterations} if iterations else {})})
+    spec = JobSpec.from_options({**RECIPE, "name": name, "seed": EXAMPLES[name][1] if seed is None else seed,
+                                 **({"minutes": minutes} if minutes else {})})
     config = spec.train
     trainer = Trainer(load_target(png, spec.target), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
     out = out_dir / f"{name}.safetensors"
@@ -242,7 +240,8 @@ def main() -> None:
     parser.add_argument("--draw-only", action="store_true", help="only draw the target PNGs")
     parser.add_argument("--evaluate", action="store_true", help="only report how well the shipped models grow")
     parser.add_argument("--cards", action="store_true", help="only write the model cards of the shipped models")
-    parser.add_argument("--iterations", type=int, help="override the recipe's iteration count")
+    parser.add_argument("--minutes", type=float, help="override the recipe's time budget")
+    parser.add_argument("--seed", type=int, help="override the example's training seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per example in parallel)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "models", help="where to write (default models/)")
     args = parser.parse_args()
@@ -253,7 +252,7 @@ def main() -> None:
         elif args.cards:
             print(write_card(name, args.out_dir))
         else:
-            print(draw(name, args.out_dir) if args.draw_only else train(name, args.iterations, args.out_dir))
+            print(draw(name, args.out_dir) if args.draw_only else train(name, args.minutes, args.out_dir, args.seed))
 
 
 if __name__ == "__main__":
