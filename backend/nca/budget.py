@@ -25,9 +25,10 @@ SHORT_SHARE = 0.3
 LR_DROP_SHARE = 0.6
 REPLAN_SHARE = 0.05  # re-plan after every this much of the budget
 FIRST_REPLAN_ITERATIONS = 10  # ... and once after this many iterations: the first measured speed
-# Cells of the live pattern beyond the target's box: the growth front, faint cells and the alive margin.
-# Fitted to the paper recipe's last iterations on 40-cell targets (docs/benchmarks.md, "Time to a pattern").
-HALO = 8
+# Cells of the live pattern beyond the target's box: the growth front and its alive margin. A trained
+# pattern's faint halo can reach further: the estimate ran 0.64-1.12x of what the paper recipe's last
+# iterations took (docs/benchmarks.md, "Time to a pattern"), lowest for 40-cell targets.
+HALO = 3
 PAPER_MINUTES_LIMIT = 30.0  # slower than this, the form leads with a budget instead of the paper recipe
 
 
