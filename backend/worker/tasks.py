@@ -69,6 +69,7 @@ class TrainingWorker:
                 try:
                     job = until_redis(lambda: store.get(job_id), self.stopping, f"job {job_id}: read")
                 except ValueError as exc:  # a spec this worker cannot read (say, written by a newer version)
+                    lease.release()
                     store.finish(job_id, token, "failed", f"this worker cannot read the job's options: {exc}")
                     return {"job_id": job_id, "status": "failed"}
                 run = JobRun(store, job, token, self.device, self.settings, lease, stopping=self.stopping,
@@ -109,11 +110,17 @@ class Lease(threading.Thread):
         while not self._done.wait(self.seconds / 3):
             try:
                 if not self.store.refresh_lease(self.job_id, self.token, self.seconds):
+                    if self._done.is_set():  # the run ended the job (finish, suspend) during this renewal
+                        return
                     log.warning("job %s: lease lost, another worker owns it now", self.job_id)
                     self.lost.set()
                     return
             except REDIS_DOWN_ERRORS:  # the lease is taken back when Redis is back, if nobody took the job
                 log.warning("job %s: could not renew the lease (Redis unreachable)", self.job_id)
+
+    def release(self) -> None:
+        """No more renewals: the run is ending the job itself (its end step deletes the lease)."""
+        self._done.set()
 
     def __enter__(self) -> Lease:
         self.start()
@@ -192,6 +199,7 @@ class JobRun:
             return self.finish("succeeded", warning=self.export())
         if self.store.cancel_requested(self.job.id):
             return self.finish("cancelled")
+        self.lease.release()
         self.store.suspend(self.job.id, self.token)  # worker shutdown: recovery sends it again, it resumes from here
         return "suspended"
 
@@ -267,5 +275,6 @@ class JobRun:
         return None
 
     def finish(self, status: JobStatus, error: str | None = None, warning: str | None = None) -> str:
+        self.lease.release()
         self.store.finish(self.job.id, self.token, status, error, warning)  # announced to the stream by the store
         return status
