@@ -106,6 +106,12 @@ class Plan:
         plan["minutes"] = round(self.seconds / 60, 3)
         return plan
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> Plan:
+        """A plan as `as_dict` wrote it (in a model file's info, say)."""
+        fields = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "short_steps": tuple(fields["short_steps"]), "steps": tuple(fields["steps"])})
+
 
 def short_range(low: int, high: int) -> tuple[int, int]:
     """Half the configured step range (at least 1 to 2 steps)."""

@@ -204,9 +204,7 @@ class Trainer:
     def _first_plan(self, speed: Speed | None, stored: dict | None) -> Plan:
         cfg = self.config
         if stored is not None and self.iteration > 0:  # a resumed run goes on with its plan until it re-plans
-            fields = {k: v for k, v in stored.items() if k in Plan.__dataclass_fields__}
-            fields.update(short_steps=tuple(fields["short_steps"]), steps=tuple(fields["steps"]))
-            return Plan(**fields)
+            return Plan.from_dict(stored)
         rate = (speed or GUESSED_SPEED).sample_step_seconds(cfg.batch_size, self.live_cells())
         return make_plan(cfg, cfg.minutes * 60, rate, self.iteration, self.trained_seconds)
 

@@ -24,7 +24,7 @@ from celery import Celery
 
 from backend.config import Settings
 from backend.nca import Trainer, TrainingFailed
-from backend.nca.budget import GUESSED_SPEED, Speed
+from backend.nca.budget import GUESSED_SPEED, Plan, Speed
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress, TrainResult
@@ -144,6 +144,7 @@ class JobRun:
         self.last_write = 0.0
         self.last_checkpoint: bytes | None = None  # what Redis holds: exported as is on success
         self.unsaved: ModelFile | None = None  # a checkpoint Redis was down for; stored before the run ends
+        self.trainer: Trainer | None = None  # made by prepare()
 
     def run(self) -> str:
         job = self.job
@@ -179,6 +180,7 @@ class JobRun:
                      INTERRUPTIONS.get(job.interrupted_by, ""))
         trainer = Trainer(self.store.target(job.id), spec.train, self.device, resume=resume, name=spec.name,
                           target_size=spec.target.size, padding=spec.target.padding, speed=self.speed)
+        self.trainer = trainer
         plan = trainer.plan.as_dict() if trainer.plan is not None else None
         if not self.store.progress(job.id, self.token, trainer.iteration, self.history, resumed_from=resumed_from,
                                    total=trainer.total, plan=plan):
@@ -191,10 +193,9 @@ class JobRun:
             self.store_checkpoint(self.unsaved)
         if self.lease.lost.is_set():
             return "lease lost"
-        model = result.model_file.info
-        plan = model.extra.get("plan")
-        self.write_progress(result.iteration, result.loss, None, force=True, total=model.total_iterations,
-                            plan=plan, trained_seconds=model.extra.get("trained_seconds"))
+        trainer = self.trainer
+        self.write_progress(result.iteration, result.loss, None, force=True, total=trainer.total, plan=trainer.plan,
+                            trained_seconds=trainer.trained_seconds)
         if result.status == "succeeded":
             return self.finish("succeeded", warning=self.export())
         if self.store.cancel_requested(self.job.id):
@@ -218,11 +219,11 @@ class JobRun:
             eta = p.plan.expected_seconds - p.trained_seconds
         elif p.iterations_per_second:
             eta = (p.total - p.iteration) / p.iterations_per_second
-        self.write_progress(p.iteration, p.loss, p.iterations_per_second, eta=eta, total=p.total,
-                            plan=p.plan.as_dict() if p.plan is not None else None, trained_seconds=p.trained_seconds)
+        self.write_progress(p.iteration, p.loss, p.iterations_per_second, eta=eta, total=p.total, plan=p.plan,
+                            trained_seconds=p.trained_seconds)
 
     def write_progress(self, iteration: int, loss: float, rate: float | None, force: bool = False,
-                       eta: float | None = None, total: int | None = None, plan: dict | None = None,
+                       eta: float | None = None, total: int | None = None, plan: Plan | None = None,
                        trained_seconds: float | None = None) -> None:
         now = time.monotonic()
         if not force and now - self.last_write < self.settings.progress_every:
@@ -233,7 +234,8 @@ class JobRun:
                 self.job.id, self.token, iteration, self.history,
                 loss=None if math.isnan(loss) else loss,  # NaN: no iteration in this run yet (resumed at the end)
                 iterations_per_second=None if rate is None else round(rate, 3),
-                eta_seconds=None if eta is None else round(max(eta, 0.0), 1), total=total, plan=plan,
+                eta_seconds=None if eta is None else round(max(eta, 0.0), 1), total=total,
+                plan=None if plan is None else plan.as_dict(),
                 trained_seconds=None if trained_seconds is None else round(trained_seconds, 1))
         except REDIS_DOWN_ERRORS:  # progress is best effort; checkpoints are not
             log.warning("job %s: could not write progress", self.job.id)
