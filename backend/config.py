@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     stream_stall_timeout: float = 10.0  # seconds a client may leave a frame unaccepted before it is closed (4429)
     stream_torch_threads: int = 0  # intra-op threads for the batched steps; 0: torch's default (one per core)
     stream_send_buffer: int = 256 * 1024  # kernel send buffer per viewer, bytes (0: the OS's autotuning)
+    # A job still training replays its growth: each viewer regrows from the seed every this many times the
+    # job's longest training run (max_steps CA steps), so it shows what the model learned, not 700 steps
+    # past it. 0: never (a training job's stream then plays on as a finished model's does).
+    stream_loop_multiple: float = Field(3.0, ge=0)
 
     # Training service: crash recovery and limits (docs/api.md).
     lease_seconds: float = 15.0  # a running job whose worker stops renewing its lease this long is re-queued

@@ -52,7 +52,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         status = "ready" if model_id.startswith(EXAMPLE_PREFIX) else catalog.get_entry(model_id).status
         return data, version, status
 
-    engine = Engine(fetch, pick_device(settings.device), settings.stream_max_sessions)
+    engine = Engine(fetch, pick_device(settings.device), settings.stream_max_sessions,
+                    loop_multiple=settings.stream_loop_multiple)
     slots_client = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
     slots = StreamSlots(slots_client, settings.stream_max_sessions_per_client)
     app.state.engine, app.state.settings, app.state.checkpoints = engine, settings, "connecting"
@@ -133,7 +134,8 @@ async def _stream(ws: WebSocket) -> None:
         log.exception("could not open a stream of model %s", params.model)
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} could not be loaded")
     try:
-        session.send_event("model", **session.model.describe(), on_checkpoint=session.on_checkpoint)
+        session.send_event("model", **session.model.describe(), on_checkpoint=session.on_checkpoint,
+                           loop_steps=engine.loop_steps(session.model))
         session.send_state()
         outcome = await _serve(ws, session, engine, settings)
     finally:

@@ -33,6 +33,8 @@ from .sessions import FrameClock, LoadedModel, Session
 log = logging.getLogger(__name__)
 
 TICK_HISTORY = 100  # ticks whose compute time /health summarises
+TRAINING = ("queued", "running")  # job statuses whose viewers replay growth (a new checkpoint may still come)
+PAPER_MAX_STEPS = 96  # a model file that does not say how long it was trained to run: the paper's range
 
 # fetch(model_id) -> (model file bytes, version, status); raises ModelNotFound for unknown ids.
 Fetch = Callable[[str], tuple[bytes, int, str]]
@@ -71,8 +73,11 @@ class _Group:
 
 
 class Engine:
-    def __init__(self, fetch: Fetch, device: torch.device, max_sessions: int):
+    def __init__(self, fetch: Fetch, device: torch.device, max_sessions: int, loop_multiple: float = 0.0):
+        """`loop_multiple`: a training job's viewers regrow from the seed every this many times its training
+        run length (settings.stream_loop_multiple; 0: never)."""
         self.fetch, self.device, self.max_sessions = fetch, device, max_sessions
+        self.loop_multiple = loop_multiple
         self.models: dict[str, LoadedModel] = {}
         self.sessions: set[Session] = set()
         self._loading: dict[str, asyncio.Future[LoadedModel]] = {}
@@ -95,7 +100,7 @@ class Engine:
         channels, height, width = loaded.shape
         session = Session(loaded, make_seed(height, width, channels, device=self.device),
                           FrameClock(params.fps, time.monotonic()), params.steps_per_frame, params.angle,
-                          params.on_checkpoint)
+                          params.on_checkpoint, loop=params.loop)
         loaded.sessions.add(session)
         self.sessions.add(session)
         self.wake()
@@ -110,6 +115,14 @@ class Engine:
         loaded.sessions.discard(session)
         if not loaded.sessions and self.models.get(loaded.id) is loaded:
             del self.models[loaded.id]  # free the weights; the next viewer loads the newest version
+
+    def loop_steps(self, loaded: LoadedModel) -> int | None:
+        """The replay length of `loaded`'s viewers in CA steps, or None where it plays on: an example, a
+        finished job, a snapshot of a history. A model still training is shown doing what it was trained
+        for, growing, rather than running on for the hundreds of steps between two checkpoints."""
+        if self.loop_multiple <= 0 or loaded.snapshot or loaded.status not in TRAINING:
+            return None
+        return max(1, round(self.loop_multiple * (loaded.training_steps() or PAPER_MAX_STEPS)))
 
     def frames_dropped(self) -> int:
         """Frames replaced before a slow client took them, since the service started."""
@@ -215,6 +228,7 @@ class Engine:
             return []
         groups: dict[tuple[LoadedModel, float], _Group] = {}
         for session in self.sessions:
+            self._replay(session)
             if _shows_without_step(session):
                 steps = 0
             elif not session.paused and session.clock.take(now):  # a tick happens anyway: due soon comes along
@@ -233,6 +247,14 @@ class Engine:
         for group in groups.values():
             group.work.sort(key=lambda w: -w.steps)
         return list(groups.values())
+
+    def _replay(self, session: Session) -> None:
+        """A training job's viewer past its loop length starts over from the seed (its planted cells too).
+        One who keeps its cells across checkpoints (`on_checkpoint=keep`) or turned the loop off plays on."""
+        length = self.loop_steps(session.model) if session.loop and session.on_checkpoint != KEEP else None
+        if length is None or session.step < length or any(e.cmd in RESTARTS for e in session.edits):
+            return
+        session.regrow()
 
     def _compute(self, groups: list[_Group]) -> list[tuple[torch.Tensor, list[bytes]] | None]:
         """Worker thread: each group's batch and frames, or None for a group that failed."""

@@ -48,6 +48,8 @@ FINAL_CLOSE_CODES = frozenset({CLOSE_INVALID_TEXT, CLOSE_POLICY_VIOLATION, CLOSE
 REGROW, KEEP = "regrow", "keep"
 ON_CHECKPOINT = (REGROW, KEEP)
 DEFAULT_ON_CHECKPOINT = REGROW
+# Whether a viewer of a job still training replays its growth (regrows every `loop_steps`; see Engine).
+LOOP_CHOICES = ("on", "off")
 
 
 class ProtocolError(ValueError):
@@ -94,6 +96,7 @@ class StreamParams:
     steps_per_frame: int = DEFAULT_STEPS_PER_FRAME
     angle: float = 0.0
     on_checkpoint: str = DEFAULT_ON_CHECKPOINT  # REGROW or KEEP
+    loop: bool = True  # replay growth while the job trains (the service's stream_loop_multiple sets how long)
 
     @property
     def snapshot(self) -> bool:
@@ -130,11 +133,13 @@ _QUERY_PARSERS: dict[str, Callable[[str], Any]] = {
                                             *STEPS_PER_FRAME_RANGE),
     "angle": lambda raw: _angle(_parse_query_number(raw, "angle")),
     "on_checkpoint": lambda raw: _choice(raw, "on_checkpoint", ON_CHECKPOINT),
+    "loop": lambda raw: _choice(raw, "loop", LOOP_CHOICES) == "on",
 }
 
 
 def parse_params(query: Mapping[str, str]) -> StreamParams:
-    """`?model=...&fps=...&steps_per_frame=...&angle=...&on_checkpoint=...` -> StreamParams, or ProtocolError."""
+    """`?model=...&fps=...&steps_per_frame=...&angle=...&on_checkpoint=...&loop=...` -> StreamParams,
+    or ProtocolError."""
     model = query.get("model", "").strip()
     if not model:
         raise ProtocolError("the model query parameter is required: /ws/stream?model=<model id>")
@@ -156,10 +161,11 @@ class Command:
     fps: float | None = None
     steps_per_frame: int | None = None
     angle: float | None = None
+    on: bool | None = None  # loop only
     cells: tuple[tuple[int, int], ...] = ()  # regrow only: (x, y) of seeds to plant again
 
 
-COMMANDS = ("reset", "seed", "erase", "pause", "play", "speed", "rotate", "step")
+COMMANDS = ("reset", "seed", "erase", "pause", "play", "speed", "rotate", "step", "loop")
 RESTARTS = ("reset", "regrow")  # edits that start the state over from the seed
 
 
@@ -192,6 +198,10 @@ def parse_command(text: str, width: int, height: int) -> Command:
         return Command(cmd, fps=fps, steps_per_frame=spf)
     if cmd == "rotate":
         return Command(cmd, angle=_angle(msg.get("angle")))
+    if cmd == "loop":
+        if not isinstance(msg.get("on"), bool):
+            raise ProtocolError('loop needs "on": true or false')
+        return Command(cmd, on=msg["on"])
     raise ProtocolError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
 
 

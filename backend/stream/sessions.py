@@ -84,6 +84,12 @@ class LoadedModel:
         """(channels, height, width) of one session's state."""
         return self.info.channels, self.info.grid_height, self.info.grid_width
 
+    def training_steps(self) -> int | None:
+        """The longest CA run of one training iteration (the file's train_config.max_steps), if it says."""
+        config = self.info.extra.get("train_config") if isinstance(self.info.extra, dict) else None
+        steps = config.get("max_steps") if isinstance(config, dict) else None
+        return steps if isinstance(steps, int) and steps > 0 else None
+
     def describe(self) -> dict:
         """The `model` event's fields."""
         i = self.info
@@ -106,6 +112,7 @@ class Session:
     steps_per_frame: int
     angle: float  # degrees
     on_checkpoint: str = REGROW  # what a new checkpoint does to the cells: REGROW or KEEP
+    loop: bool = True  # the viewer's wish: replay growth while the job trains (Engine.loop_steps says how long)
     paused: bool = False
     step: int = 0  # CA steps since the last reset
     frame: int = 0  # frames rendered so far (the next frame's number)
@@ -166,6 +173,8 @@ class Session:
                     self.steps_per_frame = command.steps_per_frame
             case "rotate":
                 self.angle = command.angle
+            case "loop":
+                self.loop = bool(command.on)
             case "step":
                 if not self.paused:
                     raise ProtocolError("step works while paused; send pause first")
@@ -182,7 +191,7 @@ class Session:
 
     def send_state(self) -> None:
         self.send_event("state", paused=self.paused, fps=self.fps, steps_per_frame=self.steps_per_frame,
-                        angle=self.angle)
+                        angle=self.angle, loop=self.loop)
 
     def regrow(self, replant: bool = True) -> int:
         """Start over from the seed, plus (`replant`) the cells planted since the last reset: new weights

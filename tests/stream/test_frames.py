@@ -20,7 +20,8 @@ def test_events_then_seed_frame_with_documented_header(server: StreamServer) -> 
             assert model["type"] == "model" and model["id"] == RANDOM
             assert (model["width"], model["height"]) == (40, 48)  # the grid from the model file
             state = await v.next()
-            assert state == {"type": "state", "paused": False, "fps": 30.0, "steps_per_frame": 1, "angle": 0.0}
+            assert state == {"type": "state", "paused": False, "fps": 30.0, "steps_per_frame": 1, "angle": 0.0,
+                             "loop": True}
             seed = await v.next()
             assert isinstance(seed, Frame)
             assert (seed.number, seed.step, seed.width, seed.height, seed.flags) == (0, 0, 40, 48, 0)

@@ -133,12 +133,16 @@ def _distill(mf: ModelFile) -> tuple:
 
 @router.get("/{model_id}/player.html", response_class=Response, summary="A one-file web player",
             responses={200: {"content": {"text/html": {}}}, **EXPORT_ERRORS})
-async def player(model_id: str, catalog: CatalogDep, renders: RendersDep) -> Response:
+async def player(model_id: str, catalog: CatalogDep, renders: RendersDep,
+                 inline: Annotated[bool, Query(description="true: shown in the browser tab (the page's "
+                                               "'open' link) instead of downloaded")] = False) -> Response:
     """One self-contained HTML file (weights inside, no network) that runs the model in the browser:
-    WebGL2 where there is one, plain JavaScript otherwise. Open it from disk."""
+    WebGL2 where there is one, plain JavaScript otherwise. Open it from disk, or with `?inline=true` in
+    a tab straight from here."""
     data = await model_bytes(catalog, model_id)
     (page, name), _ = await computed(renders, model_id, "player", data, lambda mf: (player_html(mf), mf.info.name))
-    return HTMLResponse(page, headers=disposition("attachment", download_name(model_id, name, ".html")))
+    kind = "inline" if inline else "attachment"
+    return HTMLResponse(page, headers=disposition(kind, download_name(model_id, name, ".html")))
 
 
 @router.get("/{model_id}/video.{fmt}", response_class=Response, summary="Growth, damage and regrowth as a video",
