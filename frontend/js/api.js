@@ -56,3 +56,28 @@ export const estimateJob = (options, signal) => request('/api/estimate', {
   body: JSON.stringify(options),
   signal,
 });
+
+/** A model's card (GET /api/models/{ref}/card): verdict, goal and pictures; computed on first request (seconds). */
+export const getCard = (ref, signal) => request(`/api/models/${encodeURIComponent(ref)}/card`, { signal });
+
+/**
+ * A file the API makes (an export, a video): {blob, filename, headers}. `signal` aborts it. Errors are
+ * ApiErrors with the server's sentence, as for JSON requests.
+ */
+export async function getFile(path, signal) {
+  let response;
+  try {
+    response = await fetch(path, { signal });
+  } catch (error) {
+    if (error.name === 'AbortError') throw error;
+    throw new ApiError(0, 'Cannot reach the server. Check your connection and try again.');
+  }
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    const detail = body && typeof body.detail === 'string' ? body.detail : '';
+    throw new ApiError(response.status, detail || `The server answered ${response.status} ${response.statusText}.`);
+  }
+  const blob = await response.blob();
+  const named = /filename="([^"]+)"/.exec(response.headers.get('content-disposition') || '');
+  return { blob, filename: named ? named[1] : path.split('/').pop(), headers: response.headers };
+}

@@ -2,6 +2,8 @@
 // a live estimate of how long the job would take on this server (POST /api/estimate) as the options change.
 
 import { estimateJob } from './api.js';
+import { roughDuration } from './formats.js';
+import { latestWins } from './latest.js';
 
 const ESTIMATE_DELAY_MS = 300; // typing a number: ask the server once the typing pauses
 const PAPER = 'paper';
@@ -13,16 +15,6 @@ const DEVICE_WORDS = [[/^cuda/, "this server's GPU"], [/^mps/, "this server's Ap
  * `minutes` field is sent as it is. */
 export function presetMinutes(form, config) {
   return config.budgets?.[form.elements.budget.value] ?? null;
-}
-
-/** A rough duration, as the form talks about time: "45 s", "6 min", "2 h 10 min". */
-export function roughDuration(seconds) {
-  const s = Math.max(0, Math.round(seconds));
-  if (s < 60) return `${s} s`;
-  const minutes = Math.round(s / 60);
-  if (minutes < 60) return `${minutes} min`;
-  const rest = minutes % 60;
-  return `${Math.floor(minutes / 60)} h${rest ? ` ${rest} min` : ''}`;
 }
 
 /**
@@ -43,7 +35,7 @@ export function initBudget(form, config, collect) {
   let budgeted = false; // the Advanced fields start at the paper recipe's values (config.defaults)
   let paperIterations = iterations.value; // given back when the paper recipe is chosen again
   let timer = null;
-  let pending = null; // the estimate in flight, aborted when newer options ask again
+  const estimates = latestWins(); // the estimate in flight is aborted when newer options ask again
 
   if (!config.budgets) {
     // A server without time budgets (or no config at all): the paper recipe and iterations, as before.
@@ -94,19 +86,16 @@ export function initBudget(form, config, collect) {
   /** Ask the server about the current options; the latest request wins. */
   async function request() {
     clearTimeout(timer);
-    pending?.abort();
-    const controller = new AbortController();
-    pending = controller;
+    const ticket = estimates.next();
     line.setAttribute('aria-busy', 'true');
     let answer = null;
     let error = null;
     try {
-      answer = await estimateJob(collect(), controller.signal);
+      answer = await estimateJob(collect(), ticket.signal);
     } catch (failure) {
       error = failure;
     }
-    if (pending !== controller) return; // newer options asked again (this one was aborted or is stale)
-    pending = null;
+    if (!ticket.current()) return; // newer options asked again (this one was aborted or is stale)
     line.removeAttribute('aria-busy');
     show(answer, error);
   }

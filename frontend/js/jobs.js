@@ -2,11 +2,12 @@
 // Only active jobs are polled (GET /api/jobs/{id}); polling slows down while the tab is hidden.
 
 import { cancelJob, getJob, listJobs } from './api.js';
-import { roughDuration } from './budget.js';
 import { drawLossChart } from './chart.js';
-import { showStrip } from './timeline.js';
+import { clockTime, duration, isTraining, iterationText, lossText, shortId } from './formats.js';
+import { createCardView } from './modelcard.js';
+import { createTakeaway } from './takeaway.js';
+import { createStrip } from './timeline.js';
 
-const ACTIVE = new Set(['queued', 'running']);
 const POLL_MS = 1000;
 const HIDDEN_POLL_MS = 15000;
 const PAGE_SIZE = 20;
@@ -21,35 +22,34 @@ export function initJobs(onWatch) {
   const empty = document.getElementById('jobs-empty');
   const statusLine = document.getElementById('jobs-status');
   const more = document.getElementById('more-jobs');
-  const cards = new Map(); // job id -> {element, job, message}; message: the last action's failure
+  const cards = new Map(); // job id -> a Card
   const lost = new Map(); // job id -> why its last poll failed
   let timer = null;
   let nextPage = null;
+  let statusSource = ''; // who wrote the line above the list: 'poll' or 'list'
 
   // The line above the list says only what is true now: a message belongs to its source and goes with it.
   function setStatus(text, source) {
     statusLine.textContent = text;
-    statusLine.dataset.source = text ? source : '';
+    statusSource = text ? source : '';
   }
   function clearStatus(source) {
-    if (statusLine.dataset.source === source) setStatus('', '');
+    if (statusSource === source) setStatus('', '');
   }
 
   function upsert(job) {
     let card = cards.get(job.id);
     if (!card) {
-      const current = () => cards.get(job.id).job;
-      card = { element: createCard(job, { onWatch, onCancel: cancel, current }), job, message: '' };
+      card = createCard(job, { onWatch, onCancel: cancel });
       // Newest first, wherever the job came from (this page, a refresh, an older page).
-      const createdAt = (id) => cards.get(id)?.job.created_at ?? 0;
-      const older = [...list.children].find((el) => createdAt(el.dataset.jobId) < (job.created_at ?? 0));
-      list.insertBefore(card.element, older ?? null);
+      const older = [...cards.values()].filter((c) => (c.job.created_at ?? 0) < (job.created_at ?? 0))
+        .sort((a, b) => (b.job.created_at ?? 0) - (a.job.created_at ?? 0))[0];
+      list.insertBefore(card.element, older?.element ?? null);
       cards.set(job.id, card);
     }
     if (card.job.status !== job.status || card.job.cancel_requested !== job.cancel_requested) card.message = '';
     card.job = job;
-    updateCard(card.element, job, card.message);
-    showStrip(card.element, job, onWatch); // its checkpoints grown from the seed
+    updateCard(card);
     empty.hidden = cards.size > 0;
   }
 
@@ -59,7 +59,7 @@ export function initJobs(onWatch) {
       upsert(await cancelJob(id));
     } catch (error) {
       card.message = `Could not cancel: ${error.message}`;
-      updateCard(card.element, card.job, card.message);
+      updateCard(card);
       card.element.querySelector('[data-action="cancel"]').disabled = false;
     }
     schedule(0);
@@ -67,7 +67,7 @@ export function initJobs(onWatch) {
 
   async function poll() {
     timer = null;
-    const active = [...cards.values()].filter((c) => ACTIVE.has(c.job.status));
+    const active = [...cards.values()].filter((c) => isTraining(c.job.status));
     await Promise.all(active.map(async (card) => {
       try {
         upsert(await getJob(card.job.id));
@@ -76,7 +76,7 @@ export function initJobs(onWatch) {
         lost.set(card.job.id, error.message);
       }
     }));
-    for (const id of lost.keys()) if (!ACTIVE.has(cards.get(id)?.job.status)) lost.delete(id);
+    for (const id of lost.keys()) if (!isTraining(cards.get(id)?.job.status)) lost.delete(id);
     const [id, why] = lost.entries().next().value ?? [];
     if (id) setStatus(`Lost touch with job ${shortId(id)}: ${why}`, 'poll');
     else clearStatus('poll');
@@ -86,7 +86,7 @@ export function initJobs(onWatch) {
   function schedule(delay) {
     if (timer !== null) clearTimeout(timer);
     timer = null;
-    const anyActive = [...cards.values()].some((c) => ACTIVE.has(c.job.status));
+    const anyActive = [...cards.values()].some((c) => isTraining(c.job.status));
     if (!anyActive) return;
     timer = setTimeout(poll, delay ?? (document.hidden ? HIDDEN_POLL_MS : POLL_MS));
   }
@@ -145,12 +145,16 @@ function nextOffset(page) {
 /** How long a job has trained so far (or in all, once finished), in seconds, from the server's times. A
  * finished job's own count of training time leaves out the time between runs (a stop, a lost worker). */
 function trainedSeconds(job) {
-  if (!ACTIVE.has(job.status) && job.trained_seconds != null) return job.trained_seconds;
+  if (!isTraining(job.status) && job.trained_seconds != null) return job.trained_seconds;
   if (!job.started_at) return 0;
   return (job.finished_at ?? Date.now() / 1000) - job.started_at;
 }
 
-function createCard(job, { onWatch, onCancel, current }) {
+/**
+ * One job's card: {element, job, message, ...}; `message` is the last failed action's. Its parts that keep
+ * state of their own (strip, model card, exports menu) are made here and updated by updateCard.
+ */
+function createCard(job, { onWatch, onCancel }) {
   const li = document.createElement('li');
   li.className = 'job card';
   li.dataset.jobId = job.id;
@@ -182,20 +186,29 @@ function createCard(job, { onWatch, onCancel, current }) {
         <button type="button" class="danger" data-action="confirm-cancel">Stop training</button>
         <button type="button" data-action="keep-training">Keep training</button>
       </div>
+      <section class="job-card-summary" aria-label="Model card" hidden></section>
+      <div class="job-takeaway" hidden></div>
     </div>
     <canvas class="loss-chart" role="img" aria-label="Loss over iterations, log scale"></canvas>`;
+  const card = {
+    element: li, job, message: '',
+    preview: { version: null, loadedAt: 0 }, // the grown picture shown, and when it was fetched
+    strip: createStrip(li.querySelector('.job-main'), job.id, onWatch),
+    summary: createCardView(li.querySelector('.job-card-summary')),
+    takeaway: createTakeaway(li.querySelector('.job-takeaway')),
+  };
   const cancelButton = li.querySelector('[data-action="cancel"]');
   const confirm = li.querySelector('.job-confirm');
   const stop = () => {
     confirm.hidden = true;
     cancelButton.disabled = true;
-    onCancel(li.dataset.jobId);
+    onCancel(job.id);
   };
-  li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(li.dataset.jobId));
+  li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(job.id));
   cancelButton.addEventListener('click', () => {
-    const seconds = trainedSeconds(current());
+    const seconds = trainedSeconds(card.job);
     if (seconds <= CONFIRM_AFTER_S) return stop(); // a misclick costs at most a minute: no question
-    confirm.querySelector('p').textContent = `It has trained for ${formatDuration(seconds)}. Stop it now? `
+    confirm.querySelector('p').textContent = `It has trained for ${duration(seconds, { exact: true })}. Stop it now? `
       + 'Its last checkpoint is kept.';
     confirm.hidden = false;
     confirm.querySelector('[data-action="confirm-cancel"]').focus();
@@ -205,19 +218,21 @@ function createCard(job, { onWatch, onCancel, current }) {
     confirm.hidden = true;
     cancelButton.focus();
   });
-  return li;
+  return card;
 }
 
-/** Everything on a card follows the job record; `message` is the last failed action's, if any. */
-function updateCard(li, job, message = '') {
+/** Everything on a card follows the job record; `card.message` is the last failed action's, if any. */
+function updateCard(card) {
+  const { element: li, job, message } = card;
   const { total } = job;
   const iteration = job.iteration ?? 0;
-  const active = ACTIVE.has(job.status);
-  li.dataset.status = job.status;
+  const active = isTraining(job.status);
+  li.dataset.status = job.status; // for the stylesheet
 
   const target = li.querySelector('.job-target');
   if (target.getAttribute('src') !== job.links.target) target.src = job.links.target;
-  showPreview(li, job);
+  showPreview(li, job, card.preview);
+  card.strip.show(job); // its checkpoints grown from the seed
 
   li.querySelector('.job-name').textContent = job.name || `Job ${shortId(job.id)}`;
   const badge = li.querySelector('[data-role="status"]');
@@ -227,7 +242,7 @@ function updateCard(li, job, message = '') {
   const resumed = lastResume === undefined ? ''
     : [`resumed from iteration ${lastResume}`, RESUMED_AFTER[job.interrupted_by]].filter(Boolean).join(' ');
   li.querySelector('.job-meta').textContent = [job.options.experiment, active && job.device && `on ${job.device}`,
-    job.created_at && `submitted ${formatTime(job.created_at)}`, resumed].filter(Boolean).join(' · ');
+    job.created_at && `submitted ${clockTime(job.created_at)}`, resumed].filter(Boolean).join(' · ');
 
   const plan = li.querySelector('.job-plan');
   plan.textContent = budgetText(job);
@@ -239,12 +254,14 @@ function updateCard(li, job, message = '') {
   progress.setAttribute('aria-label', `${iteration} of ${total} iterations`);
 
   const rate = job.iterations_per_second;
-  const numbers = [`${iteration.toLocaleString()} / ${total.toLocaleString()} it`];
-  if (job.loss != null) numbers.push(`loss ${Number(job.loss).toExponential(2)}`);
+  const numbers = [`${iterationText(iteration)} / ${iterationText(total)} it`];
+  if (job.loss != null) numbers.push(`loss ${lossText(job.loss, 2)}`);
   if (active && rate) numbers.push(`${rate.toFixed(rate < 10 ? 2 : 1)} it/s`);
-  if (job.status === 'running' && job.eta_seconds != null) numbers.push(`ETA ${formatDuration(job.eta_seconds)}`);
+  if (job.status === 'running' && job.eta_seconds != null) {
+    numbers.push(`ETA ${duration(job.eta_seconds, { exact: true })}`);
+  }
   if (!active && job.started_at && job.finished_at) {
-    numbers.push(`trained ${formatDuration(trainedSeconds(job))}${job.device ? ` on ${job.device}` : ''}`);
+    numbers.push(`trained ${duration(trainedSeconds(job), { exact: true })}${job.device ? ` on ${job.device}` : ''}`);
   } else if (job.status === 'cancelled' && !job.started_at) {
     numbers.push('cancelled before it started');
   }
@@ -269,18 +286,24 @@ function updateCard(li, job, message = '') {
   download.hidden = !hasModel;
   if (hasModel) download.href = modelUrl;
   li.querySelector('[data-action="watch"]').hidden = !hasModel;
+  // The model card once the model is final (a training job's changes every checkpoint), and the exports.
+  if (!hasModel) card.summary.show(null);
+  else if (active) card.summary.show(null, 'Its model card comes when the training ends.');
+  else card.summary.show(job.id);
+  card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment });
   drawChart(li, job);
 }
 
-/** The model grown from the seed (the server renders it), refreshed at most every PREVIEW_MS. */
-function showPreview(li, job) {
+/** The model grown from the seed (the server renders it), refreshed at most every PREVIEW_MS. `shown` is
+ * the card's record of the picture on screen. */
+function showPreview(li, job, shown) {
   const image = li.querySelector('.job-preview');
   image.closest('figure').hidden = !job.links.preview;
-  if (!job.links.preview || image.dataset.version === String(job.model_version)) return;
+  if (!job.links.preview || shown.version === job.model_version) return;
   const now = Date.now();
-  if (ACTIVE.has(job.status) && now - Number(image.dataset.loadedAt || 0) < PREVIEW_MS) return;
-  image.dataset.version = job.model_version;
-  image.dataset.loadedAt = now;
+  if (isTraining(job.status) && now - shown.loadedAt < PREVIEW_MS) return;
+  shown.version = job.model_version;
+  shown.loadedAt = now;
   image.src = `${job.links.preview}?scale=1&version=${job.model_version}`;
 }
 
@@ -288,28 +311,13 @@ function showPreview(li, job) {
 function budgetText(job) {
   const minutes = job.options?.minutes;
   if (minutes == null) return '';
-  const budget = `Time budget ${roughDuration(minutes * 60)}`;
+  const budget = `Time budget ${duration(minutes * 60)}`;
   const plan = job.plan;
   if (!plan) return budget;
-  return `${budget} · plan: ${plan.iterations.toLocaleString()} iterations, learning rate drops at `
-    + `${plan.lr_decay_at.toLocaleString()}`;
+  return `${budget} · plan: ${iterationText(plan.iterations)} iterations, learning rate drops at `
+    + `${iterationText(plan.lr_decay_at)}`;
 }
 
 function drawChart(li, job) {
   drawLossChart(li.querySelector('.loss-chart'), job.loss_history);
-}
-
-const shortId = (id) => String(id).slice(0, 8);
-
-function formatDuration(seconds) {
-  if (!Number.isFinite(seconds) || seconds < 0) return '–';
-  const s = Math.round(seconds);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
-  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
-}
-
-function formatTime(value) {
-  const date = typeof value === 'number' ? new Date(value * 1000) : new Date(value);
-  return Number.isNaN(date.getTime()) ? '' : date.toLocaleString();
 }

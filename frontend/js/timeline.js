@@ -4,23 +4,15 @@
 // snapshot; the latest plays as `model=<job id>`, live: each new checkpoint is swapped in.
 
 import { listCheckpoints } from './api.js';
+import { isJobId, isTraining, iterationText, lossText as shortLoss, splitRef } from './formats.js';
+import { latestWins } from './latest.js';
 
-const JOB_ID = /^[0-9a-f]{32}$/;
-const ACTIVE = ['queued', 'running']; // statuses in which new checkpoints may still come
 const POLL_MS = 5000; // the Watch slider's list, while the job trains
 const PICK_MS = 200; // a slider that stops moving this long plays where it stopped
 const STRIP_SIZE = 8; // pictures on a job card at most, evenly chosen
 const STRIP_MS = 10000; // a training job's strip is read again at most this often
 
-/** `<job id>@<iteration>` -> {id, iteration}; a plain model id -> {id, iteration: null}. */
-export function splitRef(ref) {
-  const at = String(ref).indexOf('@');
-  return at < 0 ? { id: String(ref), iteration: null }
-    : { id: ref.slice(0, at), iteration: Number(ref.slice(at + 1)) };
-}
-
-const iterationText = (n) => Number(n).toLocaleString();
-const lossText = (loss) => (loss == null ? '' : `, loss ${Number(loss).toExponential(1)}`);
+const lossText = (loss) => (loss == null ? '' : `, loss ${shortLoss(loss)}`);
 const previewUrl = (c) => `${c.links.preview}?scale=1&v=${c.version}`;
 
 // --- Watch: a slider over the job's checkpoints ----------------------------------------------------
@@ -48,7 +40,7 @@ export function initTimeline(field, onPick) {
   let playing = null; // the iteration the stream plays; null: the latest, live
   let timer = null;
   let pickTimer = null;
-  let loads = 0;
+  const loads = latestWins();
 
   const atLatest = () => Number(slider.value) === items.length - 1;
 
@@ -70,26 +62,26 @@ export function initTimeline(field, onPick) {
     value.textContent = `${Number(slider.value) + 1} / ${items.length}`;
     const what = `Iteration ${iterationText(checkpoint.iteration)}${lossText(checkpoint.loss)}`;
     info.textContent = atLatest()
-      ? `${what}: the latest checkpoint${ACTIVE.includes(status) ? ', live: each new one is swapped in' : ''}.`
+      ? `${what}: the latest checkpoint${isTraining(status) ? ', live: each new one is swapped in' : ''}.`
       : `${what}: a snapshot of the training at that point.`;
   }
 
   async function load() {
-    const load = ++loads;
+    const ticket = loads.next();
     clearTimeout(timer);
     let listing;
     try {
       listing = await listCheckpoints(jobId);
     } catch (error) {
-      if (load === loads) info.textContent = `Could not load the training history: ${error.message}`;
+      if (ticket.current()) info.textContent = `Could not load the training history: ${error.message}`;
       listing = null;
     }
-    if (load !== loads) return;
+    if (!ticket.current()) return;
     if (listing) {
       ({ items, status } = listing);
       render();
     }
-    if (!listing || ACTIVE.includes(status)) timer = setTimeout(load, POLL_MS);
+    if (!listing || isTraining(status)) timer = setTimeout(load, POLL_MS);
   }
 
   slider.addEventListener('input', () => {
@@ -113,7 +105,7 @@ export function initTimeline(field, onPick) {
         return;
       }
       this.hide();
-      if (!JOB_ID.test(id)) return; // an example: it has no history
+      if (!isJobId(id)) return; // an example: it has no history
       jobId = id;
       load();
     },
@@ -122,7 +114,7 @@ export function initTimeline(field, onPick) {
       if (jobId) load();
     },
     hide() {
-      loads += 1;
+      loads.cancel();
       clearTimeout(timer);
       clearTimeout(pickTimer);
       pickTimer = null;
@@ -153,60 +145,80 @@ export function evenly(items, size) {
 }
 
 /**
- * The job card's strip (created on first use in its .job-main): a handful of its checkpoints grown
- * from the seed, each a button that opens the Watch view on it (`onWatch(ref)`).
+ * A job card's strip (added to `parent` when first shown): a handful of the job's checkpoints grown from the
+ * seed, each a button that opens the Watch view on it (`onWatch(ref)`). `show(job)` follows the job record.
+ * New pictures are loaded off screen and shown together once all have arrived: never a half-loaded strip.
  */
-export function showStrip(card, job, onWatch) {
-  let strip = card.querySelector('.checkpoint-strip');
-  if (!job.model_version) {
-    if (strip) strip.hidden = true;
-    return;
+export function createStrip(parent, jobId, onWatch) {
+  const strip = document.createElement('div');
+  strip.className = 'checkpoint-strip';
+  strip.hidden = true;
+  strip.innerHTML = `<p class="hint">Grown from the seed at each checkpoint (a replay of the training; pick one to watch it)</p>
+    <ol aria-label="Checkpoints, oldest first"></ol>`;
+  parent.append(strip);
+  const list = strip.querySelector('ol');
+  const loads = latestWins();
+  let asked = null; // the job's `<model_version>/<status>` the strip was last read for
+  let askedAt = 0;
+  let shownKey = ''; // the checkpoints whose pictures are on screen
+
+  async function load() {
+    const ticket = loads.next();
+    let listing;
+    try {
+      listing = await listCheckpoints(jobId);
+    } catch {
+      if (ticket.current()) asked = null; // tried again at the next update
+      return;
+    }
+    if (!ticket.current()) return;
+    const items = evenly(listing.items, STRIP_SIZE);
+    const key = items.map((c) => `${c.iteration}:${c.version}`).join(',');
+    if (key === shownKey) return; // the same pictures: nothing reloads
+    const entries = items.map((checkpoint, i) => stripItem(checkpoint, i === items.length - 1, jobId, onWatch));
+    // Wait for every picture (a broken one counts as arrived: its alt text stands in), then show them together.
+    await Promise.all(entries.map(({ image }) => image.decode().catch(() => {})));
+    if (!ticket.current()) return;
+    shownKey = key;
+    list.replaceChildren(...entries.map(({ li }) => li));
+    strip.hidden = items.length === 0;
   }
-  if (!strip) {
-    strip = document.createElement('div');
-    strip.className = 'checkpoint-strip';
-    strip.innerHTML = `<p class="hint">Grown from the seed at each checkpoint (a replay of the training; pick one to watch it)</p>
-      <ol aria-label="Checkpoints, oldest first"></ol>`;
-    card.querySelector('.job-main').append(strip);
-  }
-  const state = `${job.model_version}/${job.status}`;
-  const now = Date.now();
-  const due = !strip.dataset.loadedAt || now - Number(strip.dataset.loadedAt) >= STRIP_MS || !ACTIVE.includes(job.status);
-  if (strip.dataset.state === state || !due) return;
-  strip.dataset.state = state;
-  strip.dataset.loadedAt = now;
-  listCheckpoints(job.id).then((listing) => {
-    if (strip.dataset.state === state) renderStrip(strip, job.id, evenly(listing.items, STRIP_SIZE), onWatch);
-  }, () => { delete strip.dataset.state; }); // tried again at the next update
+
+  return {
+    show(job) {
+      if (!job.model_version) {
+        strip.hidden = true;
+        return;
+      }
+      const state = `${job.model_version}/${job.status}`;
+      const now = Date.now();
+      const due = now - askedAt >= STRIP_MS || !isTraining(job.status);
+      if (asked === state || !due) return;
+      asked = state;
+      askedAt = now;
+      load();
+    },
+  };
 }
 
-function renderStrip(strip, jobId, items, onWatch) {
-  strip.hidden = items.length === 0;
-  const list = strip.querySelector('ol');
-  const key = items.map((c) => `${c.iteration}:${c.version}`).join(',');
-  if (list.dataset.key === key) return; // the same pictures: nothing reloads
-  list.dataset.key = key;
-  list.replaceChildren(...items.map((checkpoint, i) => {
-    const latest = i === items.length - 1;
-    const li = document.createElement('li');
-    const button = document.createElement('button');
-    button.type = 'button';
-    button.className = 'strip-item';
-    button.dataset.iteration = checkpoint.iteration;
-    button.title = `Iteration ${iterationText(checkpoint.iteration)}${lossText(checkpoint.loss)}`
-      + `${latest ? ' (latest)' : ''}: watch it`;
-    const image = document.createElement('img');
-    image.className = 'pixels';
-    image.loading = 'lazy';
-    image.width = 48;
-    image.height = 48;
-    image.alt = `Grown at iteration ${iterationText(checkpoint.iteration)}`;
-    image.src = previewUrl(checkpoint);
-    const label = document.createElement('span');
-    label.textContent = iterationText(checkpoint.iteration);
-    button.append(image, label);
-    button.addEventListener('click', () => onWatch(latest ? jobId : checkpoint.model));
-    li.append(button);
-    return li;
-  }));
+function stripItem(checkpoint, latest, jobId, onWatch) {
+  const li = document.createElement('li');
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = 'strip-item';
+  button.title = `Iteration ${iterationText(checkpoint.iteration)}${lossText(checkpoint.loss)}`
+    + `${latest ? ' (latest)' : ''}: watch it`;
+  const image = document.createElement('img');
+  image.className = 'pixels';
+  image.loading = 'eager'; // a handful of small pictures: all of them now, not when scrolled to
+  image.width = 48;
+  image.height = 48;
+  image.alt = `Grown at iteration ${iterationText(checkpoint.iteration)}`;
+  image.src = previewUrl(checkpoint);
+  const label = document.createElement('span');
+  label.textContent = iterationText(checkpoint.iteration);
+  button.append(image, label);
+  button.addEventListener('click', () => onWatch(latest ? jobId : checkpoint.model));
+  li.append(button);
+  return { li, image };
 }

@@ -2,6 +2,8 @@
 
 import { createJob, previewTarget, setAccessToken } from './api.js';
 import { initBudget, presetMinutes } from './budget.js';
+import { bytesText } from './formats.js';
+import { latestWins } from './latest.js';
 import { deviceSide, drawCells } from './pixels.js';
 import { drawPhoto, frameImage, targetOnWhite } from './target.js';
 
@@ -43,8 +45,7 @@ export function initUpload(config, onCreated) {
   let file = null;
   let bitmap = null; // the chosen image, decoded here for the "before" picture
   let preview = null; // the server's latest answer for it: {answer, image}, or {error, final}
-  let choice = 0; // counts preview requests: an older answer must not win
-  let pending = null; // the preview request in flight, aborted when a newer one starts
+  const previews = latestWins(); // an older answer must not win; the request in flight is aborted by a newer one
   let timer = null;
 
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
@@ -69,15 +70,14 @@ export function initUpload(config, onCreated) {
 
   async function useFile(chosen) {
     showError('');
-    pending?.abort(); // an answer about the previous file is of no use now
-    choice += 1;
+    previews.cancel(); // an answer about the previous file is of no use now
     file = chosen;
     bitmap?.close(); // a decoded photo can hold hundreds of MB: free it now, not at some later GC
     bitmap = null;
     preview = null;
-    fileName.textContent = chosen ? `${chosen.name} (${formatBytes(chosen.size)})` : '';
+    fileName.textContent = chosen ? `${chosen.name} (${bytesText(chosen.size)})` : '';
     if (chosen && config.max_upload_bytes && chosen.size > config.max_upload_bytes) {
-      const limit = `This file is ${formatBytes(chosen.size)}; the limit is ${formatBytes(config.max_upload_bytes)}.`;
+      const limit = `This file is ${bytesText(chosen.size)}; the limit is ${bytesText(config.max_upload_bytes)}.`;
       showError(limit);
       preview = { error: limit, final: true }; // no point asking the server
     } else if (chosen) {
@@ -103,20 +103,16 @@ export function initUpload(config, onCreated) {
   async function requestPreview() {
     clearTimeout(timer);
     if (!file) return;
-    pending?.abort();
-    const controller = new AbortController();
-    pending = controller;
-    choice += 1;
-    const mine = choice;
+    const ticket = previews.next();
     previewBox.setAttribute('aria-busy', 'true');
     let next;
     try {
-      const answer = await previewTarget(previewData(form, file), controller.signal);
+      const answer = await previewTarget(previewData(form, file), ticket.signal);
       next = { answer, image: await targetOnWhite(answer.png) };
     } catch (error) {
       next = { error: error.message };
     }
-    if (mine !== choice) return; // a newer request (or file) took over
+    if (!ticket.current()) return; // a newer request (or file) took over
     previewBox.removeAttribute('aria-busy');
     preview = next;
     render();
@@ -294,19 +290,6 @@ function formData(form, file, config) {
   return data;
 }
 
-/** A number field's value held within its min/max (the server's limits); its default if unreadable. */
-function fieldInt(field) {
-  const n = Number.parseInt(field.value, 10);
-  const value = Number.isFinite(n) ? n : Number.parseInt(field.defaultValue, 10);
-  return Math.min(Math.max(value, Number(field.min)), Number(field.max));
-}
-
 function formatShare(share) {
   return `${(share * 100).toFixed(1)} %`;
-}
-
-function formatBytes(bytes) {
-  if (bytes < 1024) return `${bytes} B`;
-  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
-  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }

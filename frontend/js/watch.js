@@ -2,9 +2,13 @@
 // double-click to plant a seed; play/pause, step, reset, speed and rotation go to the server.
 
 import { listModels } from './api.js';
+import { STATUS_TEXT, isTraining, iterationText, lossText, splitRef } from './formats.js';
+import { latestWins } from './latest.js';
+import { createCardView } from './modelcard.js';
 import { deviceSide, drawCells } from './pixels.js';
 import { StreamClient, streamBase } from './stream.js';
-import { initTimeline, splitRef } from './timeline.js';
+import { createTakeaway } from './takeaway.js';
+import { initTimeline } from './timeline.js';
 
 const CANVAS_SIDE = 576; // CSS pixels when the layout gives no width (hidden view)
 const STATE_TEXT = {
@@ -22,6 +26,10 @@ export function initWatch(config) {
   const statusLine = $('watch-status');
   const playPause = $('play-pause');
   const reconnect = $('reconnect');
+  const loopBox = $('loop');
+  const playMode = $('play-mode');
+  const cardView = createCardView($('watch-card'));
+  const takeaway = createTakeaway($('watch-takeaway'));
   const sliders = {
     fps: $('fps'), spf: $('steps-per-frame'), angle: $('angle'), eraser: $('eraser'),
   };
@@ -43,6 +51,7 @@ export function initWatch(config) {
     fps: sliders.fps.value,
     steps_per_frame: sliders.spf.value,
     angle: sliders.angle.value,
+    loop: loopBox.checked ? 'on' : 'off',
   });
   const send = (command) => client && client.send(command);
   const say = (text) => { statusLine.textContent = text; };
@@ -83,7 +92,7 @@ export function initWatch(config) {
       case 'model':
         modelDetails = event;
         showModel();
-        if (TRAINING.includes(event.status) && !event.snapshot) {
+        if (isTraining(event.status) && !event.snapshot) {
           say(event.on_checkpoint === 'keep'
             ? 'Still training: each new checkpoint is swapped in and the cells carry on with it.'
             : 'Still training: each new checkpoint regrows the pattern from the seed with it.');
@@ -102,6 +111,8 @@ export function initWatch(config) {
         break;
       case 'state':
         setPaused(Boolean(event.paused));
+        if (typeof event.loop === 'boolean' && document.activeElement !== loopBox) loopBox.checked = event.loop;
+        showPlayMode();
         syncSlider(sliders.fps, event.fps);
         syncSlider(sliders.spf, event.steps_per_frame);
         syncSlider(sliders.angle, event.angle);
@@ -114,7 +125,7 @@ export function initWatch(config) {
     }
   }
 
-  /** The model line and the picker's label follow the model's current checkpoint and status. */
+  /** The model line, the picker's label, the card and the exports follow the model's checkpoint and status. */
   function showModel() {
     modelInfo.textContent = describeModel(modelDetails);
     const entry = listed.get(modelDetails.id);
@@ -122,6 +133,28 @@ export function initWatch(config) {
     if (entry && option && modelDetails.status) {
       entry.status = modelDetails.status;
       option.textContent = optionLabel(entry);
+    }
+    // A model still training changes every checkpoint: its card waits for the final one (a snapshot has its own).
+    const live = isTraining(modelDetails.status) && !modelDetails.snapshot;
+    if (live) cardView.show(null, 'Its model card comes when the training ends.');
+    else cardView.show(modelId);
+    takeaway.setModel(modelId, { experiment: modelDetails.experiment });
+    showPlayMode();
+  }
+
+  /** Says what the stream does with time: replays growth (a model still training) or plays on. */
+  function showPlayMode() {
+    const loops = modelDetails.loop_steps != null && isTraining(modelDetails.status) && !modelDetails.snapshot
+      && modelDetails.on_checkpoint !== 'keep';
+    loopBox.closest('.field').hidden = !loops;
+    if (!modelDetails.id) {
+      playMode.textContent = '';
+    } else if (loops && loopBox.checked) {
+      playMode.textContent = `Replays its growth: back to the seed every ${iterationText(modelDetails.loop_steps)} `
+        + 'CA steps, to show what the model has learned so far.';
+    } else {
+      playMode.textContent = loops ? 'Plays on from the seed: the step count keeps going.'
+        : 'Plays on from the seed as long as you watch; drag to cut it, and see whether it repairs.';
     }
   }
 
@@ -172,6 +205,10 @@ export function initWatch(config) {
     send({ cmd: 'step' });
   };
   const reset = () => send({ cmd: 'reset' });
+  loopBox.addEventListener('change', () => {
+    send({ cmd: 'loop', on: loopBox.checked });
+    showPlayMode();
+  });
   playPause.addEventListener('click', togglePlay);
   reconnect.addEventListener('click', () => connect(modelId));
   $('step').addEventListener('click', step);
@@ -247,17 +284,17 @@ export function initWatch(config) {
     send({ cmd: 'seed', x: Math.min(w - 1, Math.floor(x)), y: Math.min(h - 1, Math.floor(y)) });
   });
 
-  let loads = 0; // only the newest model list may connect, and only while the view is shown
+  const loads = latestWins(); // only the newest model list may connect, and only while the view is shown
   async function loadModels(wanted) {
-    const load = ++loads;
+    const ticket = loads.next();
     let models;
     try {
       models = await listModels();
     } catch (error) {
-      if (load === loads) say(`Could not load models: ${error.message}`);
+      if (ticket.current()) say(`Could not load models: ${error.message}`);
       return;
     }
-    if (load !== loads) return;
+    if (!ticket.current()) return;
     listed = new Map(models.map((m) => [m.id, m]));
     fillSelect(select, models);
     if (!visible) return; // left the view while the list was loading: no stream for a hidden canvas
@@ -286,11 +323,17 @@ export function initWatch(config) {
   };
 }
 
+/** The picker's groups: which models are examples, which are jobs still training, which are finished. */
+const GROUPS = [
+  ['Examples', (m) => (m.source || 'example') === 'example'],
+  ['Training now', (m) => m.source === 'job' && isTraining(m.status)],
+  ['Finished jobs', (m) => m.source === 'job' && !isTraining(m.status)],
+];
+
 function fillSelect(select, models) {
-  const groups = [['example', 'Examples'], ['job', 'Trained here']];
   select.replaceChildren();
-  for (const [source, label] of groups) {
-    const members = models.filter((m) => (m.source || 'example') === source);
+  for (const [label, member] of GROUPS) {
+    const members = models.filter(member);
     if (!members.length) continue;
     const group = document.createElement('optgroup');
     group.label = label;
@@ -304,12 +347,6 @@ function fillSelect(select, models) {
   }
 }
 
-const TRAINING = ['queued', 'running']; // job statuses in which new checkpoints may still come
-const STATUS_TEXT = {
-  queued: 'training (waiting for a worker)', running: 'training', succeeded: 'training finished',
-  cancelled: 'training cancelled', failed: 'training failed',
-};
-
 /** The picker's label: name, experiment, and the job's status unless it is settled. */
 function optionLabel(model) {
   const settled = ['ready', 'succeeded'].includes(model.status);
@@ -317,9 +354,6 @@ function optionLabel(model) {
   const experiment = model.experiment ? ` · ${model.experiment}` : '';
   return `${model.name || model.id}${experiment}${status}`;
 }
-
-const iterationText = (n) => Number(n).toLocaleString();
-const lossText = (loss) => Number(loss).toExponential(1);
 
 function describeModel(info) {
   const parts = [];
@@ -337,7 +371,7 @@ function describeReload(event) {
     + (event.loss != null ? `, loss ${lossText(event.loss)}` : '');
   const planted = event.replanted
     ? ` and your ${event.replanted} planted cell${event.replanted === 1 ? '' : 's'}` : '';
-  const done = TRAINING.includes(event.status) ? '' : ` ${describeStatus(event)}`;
+  const done = isTraining(event.status) ? '' : ` ${describeStatus(event)}`;
   return event.regrown
     ? `Regrown from the seed${planted} with ${checkpoint}.${done}`
     : `Swapped in ${checkpoint}; the cells carry on.${done}`;
