@@ -186,6 +186,7 @@ function createCard(job, { onWatch, onCancel }) {
         <button type="button" class="danger" data-action="confirm-cancel">Stop training</button>
         <button type="button" data-action="keep-training">Keep training</button>
       </div>
+      <div class="job-strip"></div>
       <section class="job-card-summary" aria-label="Model card" hidden></section>
       <div class="job-takeaway" hidden></div>
     </div>
@@ -193,7 +194,7 @@ function createCard(job, { onWatch, onCancel }) {
   const card = {
     element: li, job, message: '',
     preview: { version: null, loadedAt: 0 }, // the grown picture shown, and when it was fetched
-    strip: createStrip(li.querySelector('.job-main'), job.id, onWatch),
+    strip: createStrip(li.querySelector('.job-strip'), job.id, onWatch),
     summary: createCardView(li.querySelector('.job-card-summary')),
     takeaway: createTakeaway(li.querySelector('.job-takeaway')),
   };

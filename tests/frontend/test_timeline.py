@@ -88,8 +88,9 @@ def test_the_job_card_shows_its_checkpoints_grown_and_opens_one(page, stack):
     expect(items).to_have_count(6)  # every checkpoint: 10, 20, ..., 60
     assert items.first.get_attribute("title").startswith("Iteration 10, loss ")
     pictures = card.locator(".strip-item img")
-    page.wait_for_function("(id) => [...document.querySelectorAll(`.job[data-job-id='${id}'] .strip-item img`)]"
-                           ".every((img) => img.complete && img.naturalWidth === 12)", arg=job_id)
+    # Shown only once every picture has arrived: never caught half loaded.
+    assert page.evaluate("(id) => [...document.querySelectorAll(`.job[data-job-id='${id}'] .strip-item img`)]"
+                         ".every((img) => img.complete && img.naturalWidth === 12)", job_id)
     sources = [pictures.nth(i).get_attribute("src") for i in range(6)]
     assert sources[0] == f"/api/jobs/{job_id}/checkpoints/10/preview.png?scale=1&v=1"
     first, last = (httpx.get(stack.api_url + src, timeout=10).content for src in (sources[0], sources[-1]))

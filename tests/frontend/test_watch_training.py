@@ -52,6 +52,8 @@ def test_a_new_checkpoint_regrows_the_pattern_and_the_page_says_which_one_plays(
     expect(page.locator("#model-info")).to_contain_text("iteration 100 · loss 4.0e-1 · training")
     expect(page.locator("#watch-status")).to_have_text(
         "Still training: each new checkpoint regrows the pattern from the seed with it.")
+    # With the replay off (it would regrow every 288 steps), the early model plays on into its noise.
+    page.locator("#loop").uncheck()
     set_range(page, "#steps-per-frame", 16)
     wait_painted(page, "p > 0.9")  # the early model's noise
     page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 600")
