@@ -1,6 +1,7 @@
 // The Watch view: a model growing live on a canvas, fed by the stream service. Drag to erase,
 // double-click to plant a seed; play/pause, step, reset, speed and rotation go to the server.
 
+import { createViewer } from '../player/ca.js';
 import { listModels } from './api.js';
 import { STATUS_TEXT, isTraining, iterationText, lossText, splitRef } from './formats.js';
 import { latestWins } from './latest.js';
@@ -37,7 +38,6 @@ export function initWatch(config) {
   const offscreen = document.createElement('canvas');
   let client = null;
   let modelId = null;
-  let paused = false;
   let latest = null; // newest frame not yet drawn: a slow screen skips frames, never queues them
   let lastSize = [0, 0];
   let frameTimes = [];
@@ -68,7 +68,7 @@ export function initWatch(config) {
     frameTimes = [];
     timeline.follow(id);
     if (!id) return;
-    setPaused(false);
+    viewer.setPaused(false);
     client = new StreamClient(base, params, { onFrame, onEvent, onState });
     client.open();
   }
@@ -110,7 +110,7 @@ export function initWatch(config) {
         say(describeStatus(event));
         break;
       case 'state':
-        setPaused(Boolean(event.paused));
+        viewer.setPaused(event.paused); // the server's word: it is the one that plays
         if (typeof event.loop === 'boolean' && document.activeElement !== loopBox) loopBox.checked = event.loop;
         showPlayMode();
         syncSlider(sliders.fps, event.fps);
@@ -180,39 +180,36 @@ export function initWatch(config) {
     fpsOut.textContent = frameTimes.length;
   }
 
-  function setPaused(value) {
-    paused = value;
-    playPause.textContent = paused ? 'Play' : 'Pause';
-    playPause.setAttribute('aria-pressed', String(paused));
-  }
-
   function syncSlider(slider, value) {
     if (value == null || document.activeElement === slider) return;
     slider.value = value;
     showSliderValue(slider);
   }
 
-  // --- controls ---------------------------------------------------------------------------------
-  const togglePlay = () => {
-    setPaused(!paused);
-    send({ cmd: paused ? 'pause' : 'play' });
-  };
-  const step = () => {
-    if (!paused) {
-      setPaused(true);
-      send({ cmd: 'pause' });
-    }
-    send({ cmd: 'step' });
-  };
-  const reset = () => send({ cmd: 'reset' });
+  // --- controls: pointer, keys and pause are the viewer's (shared with the one-file player) -------------
+  const viewer = createViewer(canvas, {
+    grid: () => lastSize,
+    actions: {
+      erase: (x, y) => send({ cmd: 'erase', x: round2(x), y: round2(y), r: Number(sliders.eraser.value) }),
+      plant: (x, y) => send({ cmd: 'seed', x, y }),
+      pause: (value) => send({ cmd: value ? 'pause' : 'play' }),
+      step: () => send({ cmd: 'step' }),
+      reset: () => send({ cmd: 'reset' }),
+    },
+    showPaused: (value) => {
+      playPause.textContent = value ? 'Play' : 'Pause';
+      playPause.setAttribute('aria-pressed', String(value));
+    },
+    active: () => visible,
+  });
   loopBox.addEventListener('change', () => {
     send({ cmd: 'loop', on: loopBox.checked });
     showPlayMode();
   });
-  playPause.addEventListener('click', togglePlay);
+  playPause.addEventListener('click', () => viewer.togglePause());
   reconnect.addEventListener('click', () => connect(modelId));
-  $('step').addEventListener('click', step);
-  $('reset').addEventListener('click', reset);
+  $('step').addEventListener('click', () => viewer.step());
+  $('reset').addEventListener('click', () => viewer.reset());
 
   for (const slider of Object.values(sliders)) {
     showSliderValue(slider);
@@ -231,57 +228,13 @@ export function initWatch(config) {
   // A hidden tab pauses its stream (the server then computes nothing for it) and resumes on return.
   document.addEventListener('visibilitychange', () => {
     if (!visible || !client) return;
-    if (document.hidden && !paused) {
+    if (document.hidden && !viewer.paused) {
       pausedWhileHidden = true;
       send({ cmd: 'pause' });
     } else if (!document.hidden && pausedWhileHidden) {
       pausedWhileHidden = false;
       send({ cmd: 'play' });
     }
-  });
-
-  // Space / S / R anywhere in the view, except where those keys already mean something.
-  document.addEventListener('keydown', (event) => {
-    if (!visible || event.ctrlKey || event.metaKey || event.altKey) return;
-    if (event.target.closest('input, select, textarea, button, a, summary, [contenteditable]')) return;
-    const action = { ' ': togglePlay, s: step, S: step, r: reset, R: reset }[event.key];
-    if (action) {
-      event.preventDefault();
-      action();
-    }
-  });
-
-  // --- pointer: drag to erase, double-click to plant a seed --------------------------------------
-  const cellAt = (event) => {
-    const rect = canvas.getBoundingClientRect();
-    const [w, h] = lastSize;
-    const clamp = (v, max) => Math.min(Math.max(v, 0), max);
-    return { // the pointer may leave the canvas while captured: keep it on the grid
-      x: clamp(((event.clientX - rect.left) / rect.width) * w, w),
-      y: clamp(((event.clientY - rect.top) / rect.height) * h, h),
-    };
-  };
-  let erasing = false;
-  const erase = (event) => {
-    if (!lastSize[0]) return;
-    const { x, y } = cellAt(event);
-    send({ cmd: 'erase', x: round2(x), y: round2(y), r: Number(sliders.eraser.value) });
-  };
-  canvas.addEventListener('pointerdown', (event) => {
-    if (event.button !== 0) return;
-    erasing = true;
-    canvas.setPointerCapture(event.pointerId);
-    erase(event);
-  });
-  canvas.addEventListener('pointermove', (event) => { if (erasing) erase(event); });
-  const stopErasing = () => { erasing = false; };
-  canvas.addEventListener('pointerup', stopErasing);
-  canvas.addEventListener('pointercancel', stopErasing);
-  canvas.addEventListener('dblclick', (event) => {
-    if (!lastSize[0]) return;
-    const { x, y } = cellAt(event);
-    const [w, h] = lastSize;
-    send({ cmd: 'seed', x: Math.min(w - 1, Math.floor(x)), y: Math.min(h - 1, Math.floor(y)) });
   });
 
   const loads = latestWins(); // only the newest model list may connect, and only while the view is shown

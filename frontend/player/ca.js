@@ -9,6 +9,10 @@
 // Two implementations behind one interface (createCA): WebGL2 (float textures, one fragment per
 // cell) where the browser has it with float render targets, plain JavaScript otherwise.
 // The random fire masks differ from torch's, so runs agree with the core in their statistics.
+//
+// At the end, createViewer: what a person does to a CA on a canvas (drag, double-click, keys, pause),
+// shared by the one-file player and the Watch view. It lives in this file because the player's builder
+// (backend/nca/player.py) inlines ca.js and player.js and nothing else.
 
 const ALIVE = 0.1;
 
@@ -499,4 +503,86 @@ class WebGLCA extends GridCA {
     }
     return out;
   }
+}
+
+// --- The viewer: canvas, pointer, keys and pause, for the player and the Watch view -------------------
+
+/** Where key presses already mean something of their own (typing, pressing a button or a link). */
+const KEYS_BELONG_TO = 'input, select, textarea, button, a, summary, [contenteditable]';
+
+/**
+ * What a person does to a CA shown on `canvas`, in one place: drag to erase, double-click to plant a seed,
+ * Space to play or pause, S to step, R to reset, and the paused state behind the Play/Pause button.
+ *
+ * `grid()` gives the grid's [width, height] in cells (zeros while nothing is shown). `actions`:
+ * erase(x, y) with cell coordinates in [0, width] x [0, height] (fractions: where the pointer is),
+ * plant(x, y) with whole cells, pause(paused) when the person pauses or plays, step(), reset().
+ * `showPaused(paused)` updates the page (the button's label); `active()` says whether the keys apply
+ * now (e.g. the view is shown). The paused state is the viewer's: `setPaused(value)` is for what the
+ * CA's owner reports (a server's `state` event) and does not call `actions.pause` back.
+ */
+export function createViewer(canvas, { grid, actions, showPaused = () => {}, active = () => true }) {
+  let paused = false;
+  let erasing = false;
+
+  function setPaused(value) {
+    paused = Boolean(value);
+    showPaused(paused);
+  }
+  function togglePause() {
+    setPaused(!paused);
+    actions.pause(paused);
+  }
+  function step() {
+    if (!paused) {
+      setPaused(true);
+      actions.pause(true);
+    }
+    actions.step();
+  }
+
+  /** The pointer's place on the grid; it may leave the canvas while captured: kept on the grid. */
+  function cellAt(event) {
+    const rect = canvas.getBoundingClientRect();
+    const [w, h] = grid();
+    const clamp = (v, max) => Math.min(Math.max(v, 0), max);
+    return [clamp(((event.clientX - rect.left) / rect.width) * w, w), clamp(((event.clientY - rect.top) / rect.height) * h, h)];
+  }
+  function erase(event) {
+    if (!grid()[0]) return;
+    actions.erase(...cellAt(event));
+  }
+  canvas.addEventListener('pointerdown', (event) => {
+    if (event.button !== 0) return;
+    erasing = true;
+    canvas.setPointerCapture(event.pointerId);
+    erase(event);
+  });
+  canvas.addEventListener('pointermove', (event) => { if (erasing) erase(event); });
+  canvas.addEventListener('pointerup', () => { erasing = false; });
+  canvas.addEventListener('pointercancel', () => { erasing = false; });
+  canvas.addEventListener('dblclick', (event) => {
+    const [w, h] = grid();
+    if (!w) return;
+    const [x, y] = cellAt(event);
+    actions.plant(Math.min(w - 1, Math.floor(x)), Math.min(h - 1, Math.floor(y)));
+  });
+
+  document.addEventListener('keydown', (event) => {
+    if (!active() || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target instanceof Element && event.target.closest(KEYS_BELONG_TO)) return;
+    const action = { ' ': togglePause, s: step, S: step, r: actions.reset, R: actions.reset }[event.key];
+    if (action) {
+      event.preventDefault();
+      action();
+    }
+  });
+
+  return {
+    get paused() { return paused; },
+    setPaused,
+    togglePause,
+    step,
+    reset: () => actions.reset(),
+  };
 }

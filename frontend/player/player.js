@@ -5,7 +5,7 @@
 // plant(x, y), pause(), play(), setAngle(degrees), stats(), state(); `backend` says which path runs
 // ('webgl2' or 'js', also in <html data-backend>), `reason` why WebGL2 was not used.
 
-import { createCA, decodeModel } from './ca.js';
+import { createCA, createViewer, decodeModel } from './ca.js';
 
 const $ = (id) => document.getElementById(id);
 const model = decodeModel(JSON.parse($('nca-model').textContent));
@@ -15,7 +15,6 @@ const ca = createCA(canvas, model, prefer);
 const [H, W] = model.grid;
 canvas.style.aspectRatio = `${W} / ${H}`;
 
-let paused = false;
 let steps = 0;
 let angle = 0; // radians
 let seed = 1;
@@ -34,7 +33,7 @@ $('backend').textContent = ca.backend === 'webgl2' ? 'WebGL2' : `plain JavaScrip
 function show() {
   ca.draw();
   $('step-count').textContent = `step ${steps}`;
-  $('play').textContent = paused ? 'Play' : 'Pause';
+  $('play').textContent = viewer.paused ? 'Play' : 'Pause';
 }
 
 function step(n = 1) {
@@ -47,11 +46,6 @@ function reset(newSeed = seed + 1) {
   seed = newSeed;
   ca.reset(seed);
   steps = 0;
-  show();
-}
-
-function setPaused(value) {
-  paused = value;
   show();
 }
 
@@ -76,56 +70,31 @@ function stats() {
   return { steps, alive: alive / (W * H), rgb: rgb.map((v) => v / (W * H)) };
 }
 
-// --- Pointer: drag to erase, double-click to plant a seed --------------------------------------
+// --- Pointer, keys and pause (the viewer of ca.js, as in the Watch view); the controls -----------------
 
-function cellAt(event) {
-  const r = canvas.getBoundingClientRect();
-  return [
-    Math.min(W - 1, Math.max(0, Math.floor(((event.clientX - r.left) / r.width) * W))),
-    Math.min(H - 1, Math.max(0, Math.floor(((event.clientY - r.top) / r.height) * H))),
-  ];
-}
-
-let erasing = false;
-const eraseAt = (event) => {
-  const [x, y] = cellAt(event);
-  ca.erase(x, y, Number($('eraser').value));
-  show();
-};
-canvas.addEventListener('pointerdown', (event) => {
-  if (event.button !== 0) return;
-  erasing = true;
-  canvas.setPointerCapture(event.pointerId);
-  eraseAt(event);
-});
-canvas.addEventListener('pointermove', (event) => { if (erasing) eraseAt(event); });
-canvas.addEventListener('pointerup', () => { erasing = false; });
-canvas.addEventListener('pointercancel', () => { erasing = false; });
-canvas.addEventListener('dblclick', (event) => {
-  const [x, y] = cellAt(event);
-  ca.plant(x, y);
-  show();
+const viewer = createViewer(canvas, {
+  grid: () => [W, H],
+  actions: {
+    erase: (x, y) => { ca.erase(Math.floor(x), Math.floor(y), Number($('eraser').value)); show(); },
+    plant: (x, y) => { ca.plant(x, y); show(); },
+    pause: show,
+    step: () => step(1),
+    reset: () => reset(),
+  },
+  showPaused: show,
 });
 
-// --- Controls and keys ---------------------------------------------------------------------------
-
-$('play').addEventListener('click', () => setPaused(!paused));
-$('step').addEventListener('click', () => { setPaused(true); step(1); });
+$('play').addEventListener('click', () => viewer.togglePause());
+$('step').addEventListener('click', () => viewer.step());
 $('reset').addEventListener('click', () => reset());
 $('speed').addEventListener('input', () => { $('speed-out').textContent = $('speed').value; });
 $('angle').addEventListener('input', () => setAngle(Number($('angle').value)));
 $('eraser').addEventListener('input', () => { $('eraser-out').textContent = $('eraser').value; });
 $('eraser').value = Math.max(2, Math.round(Math.min(W, H) / 10));
 $('eraser-out').textContent = $('eraser').value;
-document.addEventListener('keydown', (event) => {
-  if (event.target instanceof HTMLInputElement && event.key !== ' ') return;
-  if (event.key === ' ') { event.preventDefault(); setPaused(!paused); }
-  else if (event.key === 's' || event.key === 'S') { setPaused(true); step(1); }
-  else if (event.key === 'r' || event.key === 'R') reset();
-});
 
 function frame() {
-  if (!paused) step(Number($('speed').value));
+  if (!viewer.paused) step(Number($('speed').value));
   requestAnimationFrame(frame);
 }
 
@@ -135,11 +104,11 @@ window.ncaPlayer = {
   width: W,
   height: H,
   get steps() { return steps; },
-  get paused() { return paused; },
+  get paused() { return viewer.paused; },
   step,
   reset,
-  pause: () => setPaused(true),
-  play: () => setPaused(false),
+  pause: () => viewer.setPaused(true),
+  play: () => viewer.setPaused(false),
   setAngle,
   erase: (x, y, r) => { ca.erase(x, y, r); show(); },
   plant: (x, y) => { ca.plant(x, y); show(); },
