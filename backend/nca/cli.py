@@ -273,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export-distill", help="write the Distill demo's 8-bit JSON; reports what quantisation does")
     exp.add_argument("model", type=Path)
-    exp.add_argument("--out", type=Path, required=True, help="FILE.json (the demo's names: <experiment>_<name>.json)")
+    exp.add_argument("--out", type=Path, required=True,
+                     help="FILE.json; <experiment>_<name>.json lets import-distill read both back. The article's "
+                     "demo loads only webgl_models8/ex<1|2|3>_<emoji>.json (ex1 growing, ex2 persistent, ex3 "
+                     "regenerating): save it as one of those, e.g. ex3_🦎.json")
     exp.add_argument("--report", type=Path, help="also write the quantisation report here (JSON)")
     exp.set_defaults(func=cmd_export_distill)
 

@@ -50,7 +50,7 @@ export function suggestionText(card) {
   if (card.meets_goal) return '';
   const { does = {} } = card;
   const longer = 'train it longer (more iterations, or a longer training time than Quick look)';
-  if (!does.grows) return `Next: ${longer}, or give it a smaller target size.`;
+  if (!does.grows) return `Next: ${longer}: it has not learned to grow its pattern yet.`;
   if (!does.persists) {
     return `Next: ${longer}; the pool of grown states then teaches it to keep its shape. The CLI continues `
       + 'a model file where it stopped (python -m backend.nca train … --resume).';

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import TINY_TRAINING, png_image, wait_for
-from tests.frontend.pages import ca_step, open_app, screenshot, set_range
+from tests.frontend.pages import SCREENSHOTS, ca_step, open_app, screenshot, set_range
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 ALL_LOADED_JS = """(selector) => {
@@ -66,6 +66,7 @@ def test_a_finished_jobs_card_shows_its_verdict_its_pictures_and_what_to_do(page
     card.locator(".takeaway summary").click()
     card.scroll_into_view_if_needed()
     screenshot(page, "take-job-card")
+    card.screenshot(path=str(SCREENSHOTS / "take-job-card-only.png"))  # the README's picture
 
 
 def test_gif_and_webp_from_the_job_card_decode(page, stack, trained):
@@ -161,6 +162,16 @@ def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, tr
         page.locator("#watch-takeaway summary").click()
         page.wait_for_function(ALL_LOADED_JS, arg="#watch-card .card-gallery img")
         screenshot(page, "take-watch")
+        if stack.example_id:  # an example shows its card too: the README's picture
+            page.select_option("#model-select", stack.example_id)
+            expect(page.locator("#watch-card .verdict")).to_contain_text("trained", timeout=60_000)
+            page.locator("#watch-card .card-pictures summary").click()
+            page.wait_for_function(ALL_LOADED_JS, arg="#watch-card .card-gallery img")
+            expect(page.locator("#watch-takeaway details")).to_have_attribute("open", "")  # the menu stays open
+            set_range(page, "#steps-per-frame", 8)
+            page.wait_for_function("() => Number(document.getElementById('ca-step').textContent) > 150")
+            set_range(page, "#steps-per-frame", 1)
+            screenshot(page, "take-watch-example")
     finally:
         job.close()
 
