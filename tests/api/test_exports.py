@@ -65,6 +65,11 @@ def test_player_is_one_html_file_with_the_name_escaped(client: TestClient, model
     page = response.text
     assert XSS_NAME not in page and "&lt;/script&gt;&lt;script&gt;alert(1)" in page
     assert page.count("<script") == 2 and "http://" not in page and "https://" not in page
+    # The page's "Open" link: the same file, shown in the tab rather than downloaded.
+    shown = client.get("/api/models/example-hostile/player.html?inline=true")
+    assert shown.headers["content-disposition"] == 'inline; filename="script_script_alert_1_script.html"'
+    assert shown.text == page
+    assert client.get("/api/models/example-hostile/player.html?inline=perhaps").status_code == 422
 
 
 @pytest.mark.parametrize("fmt", ["gif", "webp", "mp4"])
