@@ -27,7 +27,7 @@ export function createTakeaway(box) {
           ${VIDEOS.map(([fmt, label]) => `<button type="button" class="small" data-export="${fmt}">${label}</button>`).join(' ')}</p>
         <p class="takeaway-row"><span class="takeaway-what">Model file (.safetensors)</span>
           <a class="button small" data-export="model" download>Download</a></p>
-        <div class="takeaway-progress" hidden><progress></progress> <span role="status" aria-live="polite"></span></div>
+        <div class="takeaway-progress" hidden><progress aria-label="The server is making the file"></progress> <span role="status" aria-live="polite"></span></div>
         <p class="takeaway-note" hidden></p>
         <p class="takeaway-error error" role="alert" hidden></p>
         <div class="takeaway-preview" hidden></div>

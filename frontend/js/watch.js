@@ -35,12 +35,9 @@ export function initWatch(config) {
     fps: $('fps'), spf: $('steps-per-frame'), angle: $('angle'), eraser: $('eraser'),
   };
   const base = streamBase(config);
-  const offscreen = document.createElement('canvas');
+  const picture = createPicture(canvas, stepOut, fpsOut);
   let client = null;
   let modelId = null;
-  let latest = null; // newest frame not yet drawn: a slow screen skips frames, never queues them
-  let lastSize = [0, 0];
-  let frameTimes = [];
   let visible = false;
   let modelDetails = {}; // the stream's `model` event, updated by `reloaded` and `status`
   let listed = new Map(); // id -> entry of GET /api/models, for the model picker's labels
@@ -64,12 +61,11 @@ export function initWatch(config) {
   function connect(id) {
     if (client) client.close();
     modelId = id;
-    latest = null;
-    frameTimes = [];
+    picture.clear();
     timeline.follow(id);
     if (!id) return;
     viewer.setPaused(false);
-    client = new StreamClient(base, params, { onFrame, onEvent, onState });
+    client = new StreamClient(base, params, { onFrame: picture.offer, onEvent, onState });
     client.open();
   }
 
@@ -158,28 +154,6 @@ export function initWatch(config) {
     }
   }
 
-  function onFrame(frame) {
-    const now = performance.now();
-    frameTimes.push(now);
-    while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
-    if (latest === null) requestAnimationFrame(draw);
-    latest = frame;
-  }
-
-  function draw() {
-    const frame = latest;
-    latest = null;
-    if (!frame) return;
-    const image = new ImageData(frame.width, frame.height);
-    image.data.set(frame.pixels);
-    // RGB is already composited on white (the spec's rendering); show it opaque.
-    for (let i = 3; i < image.data.length; i += 4) image.data[i] = 255;
-    drawCells(canvas, image, deviceSide(canvas, CANVAS_SIDE), offscreen);
-    lastSize = [frame.width, frame.height];
-    stepOut.textContent = frame.step;
-    fpsOut.textContent = frameTimes.length;
-  }
-
   function syncSlider(slider, value) {
     if (value == null || document.activeElement === slider) return;
     slider.value = value;
@@ -188,7 +162,7 @@ export function initWatch(config) {
 
   // --- controls: pointer, keys and pause are the viewer's (shared with the one-file player) -------------
   const viewer = createViewer(canvas, {
-    grid: () => lastSize,
+    grid: picture.grid,
     actions: {
       erase: (x, y) => send({ cmd: 'erase', x: round2(x), y: round2(y), r: Number(sliders.eraser.value) }),
       plant: (x, y) => send({ cmd: 'seed', x, y }),
@@ -273,6 +247,47 @@ export function initWatch(config) {
       client = null;
       timeline.hide();
     },
+  };
+}
+
+/**
+ * The stream's frames on the canvas, one crisp square per cell, with the CA step and the frames per second
+ * received. Only the newest frame is drawn at the next animation frame: a slow screen skips frames, never
+ * queues them.
+ */
+function createPicture(canvas, stepOut, fpsOut) {
+  const offscreen = document.createElement('canvas');
+  let latest = null; // newest frame not yet drawn
+  let size = [0, 0]; // the grid shown, in cells
+  let frameTimes = []; // arrivals within the last second
+
+  function draw() {
+    const frame = latest;
+    latest = null;
+    if (!frame) return;
+    const image = new ImageData(frame.width, frame.height);
+    image.data.set(frame.pixels);
+    // RGB is already composited on white (the spec's rendering); show it opaque.
+    for (let i = 3; i < image.data.length; i += 4) image.data[i] = 255;
+    drawCells(canvas, image, deviceSide(canvas, CANVAS_SIDE), offscreen);
+    size = [frame.width, frame.height];
+    stepOut.textContent = frame.step;
+    fpsOut.textContent = frameTimes.length;
+  }
+
+  return {
+    offer(frame) {
+      const now = performance.now();
+      frameTimes.push(now);
+      while (frameTimes.length && now - frameTimes[0] > 1000) frameTimes.shift();
+      if (latest === null) requestAnimationFrame(draw);
+      latest = frame;
+    },
+    clear() {
+      latest = null;
+      frameTimes = [];
+    },
+    grid: () => size,
   };
 }
 
