@@ -162,6 +162,18 @@ def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, tr
         page.locator("#watch-takeaway summary").click()
         page.wait_for_function(ALL_LOADED_JS, arg="#watch-card .card-gallery img")
         screenshot(page, "take-watch")
+
+        # A checkpoint picked in the timeline: its own card and exports.
+        page.locator("#timeline").evaluate("(el) => { el.value = 0; el.dispatchEvent(new Event('input')); }")
+        expect(page).to_have_url(f"{stack.api_url}/#watch/{trained}%4020")
+        menu = page.locator("#watch-takeaway")
+        expect(menu.locator('[data-export="model"]')).to_have_attribute("href", f"/api/models/{trained}%4020/file")
+        expect(menu.locator('[data-export="player-open"]')).to_have_attribute(
+            "href", f"/api/models/{trained}%4020/player.html?inline=true")
+        expect(page.locator("#watch-card .verdict")).to_contain_text("(trained to regrow).", timeout=60_000)
+        with page.expect_download() as download:
+            menu.locator('[data-export="gif"]').click()
+        assert download.value.suggested_filename.endswith("-20.gif")
         if stack.example_id:  # an example shows its card too: the README's picture
             page.select_option("#model-select", stack.example_id)
             expect(page.locator("#watch-card .verdict")).to_contain_text("trained", timeout=60_000)
