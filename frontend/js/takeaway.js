@@ -96,9 +96,10 @@ export function createTakeaway(box) {
       text(`Saved ${file.filename}. In 8 bits it grows to ${h('psnr-8bit')} dB (${h('psnr-float')} dB as trained).${grows}`),
     );
     if (h('warning')) note.append(strong(` Note: ${h('warning')}`));
-    note.append(text(` The article's demo loads its models by fixed names, webgl_models8/ex1_… (growing), ex2_… `
-      + `(persistent) and ex3_… (regenerating) followed by an emoji: save it there as ${code}_🦎.json (or `
-      + 'another emoji\'s name) and pick 🦎 with that experiment.'));
+    note.append(text(` To play it in the article's demo: the demo loads its models by fixed names, `
+      + 'webgl_models8/ex1_… (growing), ex2_… (persistent) and ex3_… (regenerating) followed by an emoji; '
+      + `save this file as webgl_models8/${code}_🦎.json (the lizard's place: any of its emoji works the same `
+      + `way) and pick the lizard with experiment ${code.slice(2)}.`));
     note.hidden = false;
   }
 

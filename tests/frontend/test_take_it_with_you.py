@@ -134,6 +134,7 @@ def test_the_mp4_plays_in_a_video_element_and_the_distill_json_says_what_8_bits_
                    "v.onloadeddata = resolve; v.onerror = () => reject(new Error('no decode: ' + v.error?.code)); })")
     duration, width, height = video.evaluate("(v) => [v.duration, v.videoWidth, v.videoHeight]")
     assert duration > 1 and (width, height) == (288, 288), (duration, width, height)  # 72 cells x 4 pixels
+    menu.screenshot(path=str(SCREENSHOTS / "take-watch-menu-mp4.png"))
 
     with page.expect_download() as download:
         menu.locator('[data-export="distill"]').click()
@@ -141,7 +142,9 @@ def test_the_mp4_plays_in_a_video_element_and_the_distill_json_says_what_8_bits_
     note = menu.locator(".takeaway-note")
     expect(note).to_contain_text("In 8 bits it grows to")
     expect(note).to_contain_text("dB as trained")
-    expect(note).to_contain_text("save it there as ex3_🦎.json")
+    expect(note).to_contain_text("save this file as webgl_models8/ex3_🦎.json")
+    expect(note).to_contain_text("pick the lizard with experiment 3")
+    menu.screenshot(path=str(SCREENSHOTS / "take-watch-menu-distill.png"))
 
 
 def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, trained):
