@@ -249,8 +249,11 @@ class Engine:
         return list(groups.values())
 
     def _replay(self, session: Session) -> None:
-        """A training job's viewer past its loop length starts over from the seed (its planted cells too).
-        One who keeps its cells across checkpoints (`on_checkpoint=keep`) or turned the loop off plays on."""
+        """A training job's viewer past its loop length starts over from the seed (its planted cells too)
+        when it plays on (or steps): a paused picture stays as it is. One who keeps its cells across
+        checkpoints (`on_checkpoint=keep`) or turned the loop off plays on."""
+        if session.paused and not session.pending_steps:
+            return
         length = self.loop_steps(session.model) if session.loop and session.on_checkpoint != KEEP else None
         if length is None or session.step < length or any(e.cmd in RESTARTS for e in session.edits):
             return

@@ -77,3 +77,25 @@ def test_a_bad_loop_choice_is_refused_with_what_to_send(server: StreamServer, jo
             assert (await v.closed()).code == 4400
 
     asyncio.run(scenario())
+
+
+def test_a_paused_viewer_past_the_loop_length_keeps_its_picture_until_it_steps(server: StreamServer,
+                                                                              job: TrainingJob) -> None:
+    async def scenario() -> None:
+        async with watch(server.url(job.id, fps=60, steps_per_frame=8, loop="off")) as v, \
+                watch(server.url(job.id, fps=60)) as other:  # plays all along: the ticks go on
+            past = await v.frame_at_step(LOOP + 20)
+            await v.send(cmd="pause")
+            await v.event("state")
+            await v.send(cmd="loop", on=True)
+            assert (await v.event("state"))["loop"] is True
+            held = await v.quiet(0.8)  # at most the frames of ticks planned before the pause
+            assert all(f.step > LOOP for f in held), [f.step for f in held]
+            assert await v.quiet(0.5) == []  # paused past the loop length: no regrow, no frame
+            await v.send(cmd="step")
+            seed = await v.frame()  # the step starts over: the seed first, then the step asked for
+            assert seed.step == 0 and seed.coverage < 0.01, (past.step, seed.step, seed.coverage)
+            assert (await v.frame()).step == 1
+            assert (await other.frame()).step >= 0
+
+    asyncio.run(scenario())
