@@ -291,7 +291,7 @@ function updateCard(card) {
   if (!hasModel) card.summary.show(null);
   else if (active) card.summary.show(null, 'Its model card comes when the training ends.');
   else card.summary.show(job.id);
-  card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment });
+  card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment, version: job.model_version });
   drawChart(li, job);
 }
 

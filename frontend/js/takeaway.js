@@ -24,10 +24,14 @@ export function createTakeaway(box) {
         <p class="takeaway-row"><span class="takeaway-what">For the article's demo (8-bit JSON)</span>
           <button type="button" class="small" data-export="distill">Download</button></p>
         <p class="takeaway-row"><span class="takeaway-what">Growth, a cut and regrowth</span>
-          ${VIDEOS.map(([fmt, label]) => `<button type="button" class="small" data-export="${fmt}">${label}</button>`).join(' ')}</p>
+          ${VIDEOS.map(([fmt, label]) => `<button type="button" class="small" data-export="${fmt}">${label}</button>`)
+    .join(' ')}</p>
         <p class="takeaway-row"><span class="takeaway-what">Model file (.safetensors)</span>
           <a class="button small" data-export="model" download>Download</a></p>
-        <div class="takeaway-progress" hidden><progress aria-label="The server is making the file"></progress> <span role="status" aria-live="polite"></span></div>
+        <div class="takeaway-progress" hidden>
+          <progress aria-label="The server is making the file"></progress>
+          <span role="status" aria-live="polite"></span>
+        </div>
         <p class="takeaway-note" hidden></p>
         <p class="takeaway-error error" role="alert" hidden></p>
         <div class="takeaway-preview" hidden></div>
@@ -41,6 +45,7 @@ export function createTakeaway(box) {
   const preview = $('.takeaway-preview');
   const requests = latestWins();
   let ref = null;
+  let shownVersion = null; // the model version the menu's notes and previews are of
   let experiment = null;
   let objectUrl = null; // the last file made here, released when the next one comes
 
@@ -62,7 +67,9 @@ export function createTakeaway(box) {
     error.hidden = true;
     preview.hidden = true;
     progress.hidden = false;
-    const tick = () => { progressText.textContent = `${what}… ${duration((performance.now() - started) / 1000, { exact: true })}`; };
+    const tick = () => {
+      progressText.textContent = `${what}… ${duration((performance.now() - started) / 1000, { exact: true })}`;
+    };
     tick();
     const timer = setInterval(tick, 500);
     try {
@@ -93,7 +100,8 @@ export function createTakeaway(box) {
     const code = DEMO_EXPERIMENT[experiment] || 'ex3';
     const grows = h('grows-8bit') === 'false' ? ' It no longer grows in 8 bits.' : '';
     note.replaceChildren(
-      text(`Saved ${file.filename}. In 8 bits it grows to ${h('psnr-8bit')} dB (${h('psnr-float')} dB as trained).${grows}`),
+      text(`Saved ${file.filename}. In 8 bits it grows to ${h('psnr-8bit')} dB (${h('psnr-float')} dB as trained).`
+        + grows),
     );
     if (h('warning')) note.append(strong(` Note: ${h('warning')}`));
     note.append(text(` To play it in the article's demo: the demo loads its models by fixed names, `
@@ -104,14 +112,16 @@ export function createTakeaway(box) {
   }
 
   async function video(button, fmt, label) {
-    for (const b of box.querySelectorAll('[data-export="gif"], [data-export="webp"], [data-export="mp4"]')) b.disabled = true;
+    for (const [other] of VIDEOS) box.querySelector(`[data-export="${other}"]`).disabled = true;
     const file = await fetchExport(modelPath(ref, `/video.${fmt}`), `The server renders the ${label}`);
     for (const b of box.querySelectorAll('button')) b.disabled = false;
     if (!file) return;
     const shown = fmt === 'mp4' ? document.createElement('video') : document.createElement('img');
     shown.src = file.url;
     shown.className = 'pixels';
-    if (fmt === 'mp4') Object.assign(shown, { controls: true, muted: true, loop: true, autoplay: true, playsInline: true });
+    if (fmt === 'mp4') {
+      Object.assign(shown, { controls: true, muted: true, loop: true, autoplay: true, playsInline: true });
+    }
     else shown.alt = `The ${label}: growth, a cut and regrowth`;
     const link = document.createElement('a');
     link.href = file.url;
@@ -123,16 +133,21 @@ export function createTakeaway(box) {
 
   box.querySelector('[data-export="distill"]').addEventListener('click', (event) => distill(event.currentTarget));
   for (const [fmt, label] of VIDEOS) {
-    box.querySelector(`[data-export="${fmt}"]`).addEventListener('click', (event) => video(event.currentTarget, fmt, label));
+    box.querySelector(`[data-export="${fmt}"]`)
+      .addEventListener('click', (event) => video(event.currentTarget, fmt, label));
   }
 
   return {
-    /** Point every export at `newRef` (a model id or `<job id>@<iteration>`); null hides the menu. */
-    setModel(newRef, options = {}) {
+    /**
+     * Point every export at `newRef` (a model id or `<job id>@<iteration>`); null hides the menu. `version`
+     * (the model's, which a training job's new checkpoint raises) drops what was made of an older one.
+     */
+    setModel(newRef, { experiment: newExperiment = null, version = null } = {}) {
       box.hidden = !newRef;
-      experiment = options.experiment ?? experiment;
-      if (newRef === ref) return;
+      experiment = newExperiment;
+      if (newRef === ref && version === shownVersion) return;
       ref = newRef;
+      shownVersion = version;
       reset();
       if (!ref) return;
       $('[data-export="player-open"]').href = modelPath(ref, '/player.html?inline=true');

@@ -134,7 +134,7 @@ export function initWatch(config) {
     const live = isTraining(modelDetails.status) && !modelDetails.snapshot;
     if (live) cardView.show(null, 'Its model card comes when the training ends.');
     else cardView.show(modelId);
-    takeaway.setModel(modelId, { experiment: modelDetails.experiment });
+    takeaway.setModel(modelId, { experiment: modelDetails.experiment, version: modelDetails.version });
     showPlayMode();
   }
 

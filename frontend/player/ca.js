@@ -546,7 +546,10 @@ export function createViewer(canvas, { grid, actions, showPaused = () => {}, act
     const rect = canvas.getBoundingClientRect();
     const [w, h] = grid();
     const clamp = (v, max) => Math.min(Math.max(v, 0), max);
-    return [clamp(((event.clientX - rect.left) / rect.width) * w, w), clamp(((event.clientY - rect.top) / rect.height) * h, h)];
+    return [
+      clamp(((event.clientX - rect.left) / rect.width) * w, w),
+      clamp(((event.clientY - rect.top) / rect.height) * h, h),
+    ];
   }
   function erase(event) {
     if (!grid()[0]) return;
