@@ -289,7 +289,7 @@ function updateCard(card) {
   li.querySelector('[data-action="watch"]').hidden = !hasModel;
   // The model card once the model is final (a training job's changes every checkpoint), and the exports.
   if (!hasModel) card.summary.show(null);
-  else if (active) card.summary.show(null, 'Its model card comes when the training ends.');
+  else if (active) card.summary.show(null, 'comes when the training ends.');
   else card.summary.show(job.id);
   card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment, version: job.model_version });
   drawChart(li, job);

@@ -132,7 +132,7 @@ export function initWatch(config) {
     }
     // A model still training changes every checkpoint: its card waits for the final one (a snapshot has its own).
     const live = isTraining(modelDetails.status) && !modelDetails.snapshot;
-    if (live) cardView.show(null, 'Its model card comes when the training ends.');
+    if (live) cardView.show(null, 'comes when the training ends.');
     else cardView.show(modelId);
     takeaway.setModel(modelId, { experiment: modelDetails.experiment, version: modelDetails.version });
     showPlayMode();

@@ -198,7 +198,7 @@ def test_watch_replays_a_training_model_and_plays_on_with_the_switch_off(page, s
         loop = 3 * 48  # stream_loop_multiple's default times the heart's max_steps
         open_app(page, f"watch/{job.id}")
         expect(page.locator("#play-mode")).to_contain_text(f"back to the seed every {loop} CA steps")
-        expect(page.locator("#watch-card .verdict")).to_have_text("Its model card comes when the training ends.")
+        expect(page.locator("#watch-card .verdict")).to_have_text("comes when the training ends.")
         set_range(page, "#steps-per-frame", 4)
         # Every step the page shows, until it goes back: it is near 0, and it was near the loop length.
         page.evaluate("""() => { window.steps = []; new MutationObserver(() => window.steps.push(
