@@ -77,7 +77,16 @@ export function createCardView(box) {
   const gallery = box.querySelector('.card-gallery');
   const requests = latestWins();
   let shown = null; // the ref whose card is on screen (or on its way)
+  let waiting = null; // a ref to load once the box scrolls into view
   let card = null;
+  // A card costs the server seconds to compute: a long job list asks only for the ones scrolled to.
+  const observer = new IntersectionObserver((entries) => {
+    if (!waiting || !entries.some((entry) => entry.isIntersecting)) return;
+    const ref = waiting;
+    waiting = null;
+    load(ref);
+  });
+  observer.observe(box);
 
   function clear(text) {
     card = null;
@@ -150,6 +159,7 @@ export function createCardView(box) {
       if (ref === null) {
         requests.cancel();
         shown = null;
+        waiting = null;
         box.removeAttribute('aria-busy');
         clear(text);
         box.hidden = !text;
@@ -158,7 +168,11 @@ export function createCardView(box) {
       box.hidden = false;
       if (ref === shown) return;
       shown = ref;
-      load(ref);
+      requests.cancel();
+      clear('');
+      waiting = ref; // loaded by the observer, at once if the box is in view
+      observer.unobserve(box);
+      observer.observe(box);
     },
   };
 }

@@ -43,6 +43,7 @@ def test_a_finished_jobs_card_shows_its_verdict_its_pictures_and_what_to_do(page
 
     open_app(page, "jobs")
     card = page.locator(f'.job[data-job-id="{trained}"]')
+    card.scroll_into_view_if_needed()  # a card is asked for once it is scrolled to
     verdict = card.locator(".model-card .verdict")
     expect(verdict).to_contain_text("(trained to regrow).", timeout=60_000)
     expect(verdict).to_have_attribute("data-meets", "false")
@@ -222,6 +223,7 @@ def test_watch_replays_a_training_model_and_plays_on_with_the_switch_off(page, s
 def test_phone_screenshots_of_the_job_card_and_watch(phone, stack, trained):
     open_app(phone, "jobs")
     card = phone.locator(f'.job[data-job-id="{trained}"]')
+    card.locator(".model-card").scroll_into_view_if_needed()
     expect(card.locator(".model-card .verdict")).to_contain_text("trained to regrow", timeout=60_000)
     card.locator(".card-pictures summary").click()
     card.locator(".takeaway summary").click()
@@ -230,6 +232,7 @@ def test_phone_screenshots_of_the_job_card_and_watch(phone, stack, trained):
     screenshot(phone, "take-job-card-phone")
 
     open_app(phone, f"watch/{trained}")
+    phone.locator("#watch-card").scroll_into_view_if_needed()  # after the controls on a phone
     expect(phone.locator("#watch-card .verdict")).to_contain_text("trained to regrow", timeout=60_000)
     phone.locator("#watch-takeaway summary").click()
     screenshot(phone, "take-watch-phone")
