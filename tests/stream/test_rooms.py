@@ -1,0 +1,227 @@
+"""Rooms on one real stream replica: one CA for every participant, host-only controls, edits rate limited,
+a slow participant dropped alone, unknown and closed rooms refused with their close codes.
+
+Rooms are made with the real RoomStore in the real Redis (what POST /api/rooms does; tests/api/test_rooms.py
+covers the API); participants are real websockets clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+import websockets
+
+from backend.storage.connection import connect
+from backend.storage.embedded_redis import EmbeddedRedis
+from backend.storage.rooms import Room, RoomStore
+from backend.stream import protocol
+from tests.stream.client import Frame, Viewer, watch
+from tests.stream.conftest import RANDOM, StreamServer
+
+
+@pytest.fixture
+def store(redis_server: EmbeddedRedis) -> Iterator[RoomStore]:
+    client = connect(redis_server.url)
+    yield RoomStore(client, idle_timeout=60, lease_seconds=3)
+    client.close()
+
+
+def room_url(server: StreamServer, room: Room, host: str | None = None) -> str:
+    url = f"ws://127.0.0.1:{server.port}/ws/stream?room={room.id}"
+    return url + (f"&host={host}" if host else "")
+
+
+async def same_step(a: Viewer, b: Viewer, timeout: float = 10.0) -> tuple[Frame, Frame]:
+    """A frame of the same CA step from each viewer."""
+    fa = await a.frame(timeout)
+    fb = await b.frame(timeout)
+    while fa.step != fb.step:
+        if fa.step < fb.step:
+            fa = await a.frame(timeout)
+        else:
+            fb = await b.frame(timeout)
+    return fa, fb
+
+
+def test_participants_share_one_ca_and_see_each_others_erase(server: StreamServer, store: RoomStore) -> None:
+    room, token = store.create(RANDOM, "test-share", 100)
+
+    async def run() -> None:
+        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+            joined = await guest.event("room")
+            assert joined["code"] == room.code and joined["host"] is False and joined["participants"] >= 1
+            while (await host.event("participants"))["count"] != 2:  # the first says 1: the host itself
+                pass
+            fa, fb = await same_step(host, guest)
+            assert fa.rgba.tobytes() == fb.rgba.tobytes(), "two participants of one room see different cells"
+            await guest.frame_at_step(30)
+            await guest.send(cmd="erase", x=20, y=24, r=10)
+            stroke = await host.event("stroke")
+            assert stroke["who"] == joined["you"] and stroke["cmd"] == "erase" and stroke["r"] == 10
+            # In the host's frames the circle is empty (the random model's cells are alive everywhere near it).
+            while True:
+                frame = await host.frame()
+                if frame.rgba[20:29, 16:25, 3].max() == 0:
+                    break
+            fa, fb = await same_step(host, guest)
+            assert fa.rgba.tobytes() == fb.rgba.tobytes()
+
+    asyncio.run(run())
+
+
+def test_only_the_host_pauses_and_the_pause_stops_everyone(server: StreamServer, store: RoomStore) -> None:
+    room, token = store.create(RANDOM, "test-pause", 100)
+
+    async def run() -> None:
+        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+            await guest.frame_at_step(3)
+            await guest.send(cmd="pause")
+            error = await guest.event("error")
+            assert "only the room's host can pause" in error["message"]
+            assert len(await guest.quiet(0.5)) > 5, "a guest's pause stopped the room"
+            await host.send(cmd="pause")
+            assert (await guest.event("state"))["paused"] is True
+            await asyncio.gather(host.quiet(0.5), guest.quiet(0.5))  # what was sent before the pause
+            after = await asyncio.gather(host.quiet(1.0), guest.quiet(1.0))
+            assert after == [[], []], "frames kept coming after the host paused"
+            await guest.send(cmd="reset")
+            assert "only the room's host can reset" in (await guest.event("error"))["message"]
+            await host.send(cmd="play")
+            await guest.frame()
+
+    asyncio.run(run())
+
+
+def test_edit_flood_is_throttled_and_the_room_plays_on(server: StreamServer, store: RoomStore) -> None:
+    room, _ = store.create(RANDOM, "test-flood", 100)
+
+    async def run() -> None:
+        async with watch(room_url(server, room)) as flooder, watch(room_url(server, room)) as other:
+            await other.frame()
+            for i in range(60):
+                await flooder.ws.send(f'{{"cmd": "seed", "x": {i % 40}, "y": 5}}')
+            throttled = await flooder.event("throttled")
+            assert "at most 8 edits per second" in throttled["message"]
+            assert len(await other.quiet(1.0)) > 10, "the flood slowed the room down for the others"
+            assert len(await flooder.quiet(0.5)) > 3, "the flooder was dropped"
+
+    asyncio.run(run())
+
+
+def test_a_stalled_participant_is_dropped_without_slowing_the_others(server: StreamServer, store: RoomStore) -> None:
+    """The `server` fixture closes a client that accepts no frame for 2 s (NCA_STREAM_STALL_TIMEOUT)."""
+    room, _ = store.create(RANDOM, "test-stall", 100)
+
+    async def run() -> None:
+        async with watch(room_url(server, room)) as reader:
+            stalled = socket.create_connection(("127.0.0.1", server.port))
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.sendall(f"GET /ws/stream?room={room.id} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                            "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+            try:
+                await reader.event("participants")
+                counts = []
+                for _ in range(8):  # the stalled one never reads: within ~2 s + the close wait it is gone
+                    frames = await reader.quiet(1.0)
+                    assert len(frames) >= 15, f"the reader got {len(frames)} frames in a second"
+                    counts += [e["count"] for e in reader.events if e["type"] == "participants"]
+                    reader.events.clear()
+                assert counts and counts[-1] == 1, f"the stalled participant was not dropped: {counts}"
+            finally:
+                stalled.close()
+
+    asyncio.run(run())
+
+
+def test_unknown_and_closed_rooms_get_their_close_codes(server: StreamServer, store: RoomStore) -> None:
+    room, token = store.create(RANDOM, "test-close", 100)
+
+    async def run() -> None:
+        async with watch(f"ws://127.0.0.1:{server.port}/ws/stream?room={'0' * 32}") as v:
+            assert "no open room" in (await v.event("error"))["message"]
+            assert (await v.closed()).code == protocol.CLOSE_UNKNOWN_MODEL
+        async with watch(room_url(server, room) + f"&model={RANDOM}") as v:
+            assert (await v.closed()).code == protocol.CLOSE_BAD_REQUEST
+        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+            await guest.frame()
+            await guest.send(cmd="close")
+            assert "only the room's host can close" in (await guest.event("error"))["message"]
+            await host.send(cmd="close")
+            for v in (guest, host):
+                close = await v.closed()
+                assert close.code == protocol.CLOSE_ROOM_CLOSED and "closed by its host" in close.reason
+        async with watch(room_url(server, room)) as v:
+            assert (await v.closed()).code == protocol.CLOSE_UNKNOWN_MODEL
+
+    asyncio.run(run())
+
+
+def test_a_room_closed_through_the_store_ends_within_a_second(server: StreamServer, store: RoomStore) -> None:
+    room, _ = store.create(RANDOM, "test-delete", 100)
+
+    async def run() -> None:
+        async with watch(room_url(server, room)) as guest:
+            await guest.frame()
+            store.close(room)  # what DELETE /api/rooms/{id} does
+            close = await guest.closed(timeout=3.0)
+            assert close.code == protocol.CLOSE_ROOM_CLOSED
+
+    asyncio.run(run())
+
+
+def test_the_host_switches_the_model_for_everyone(server: StreamServer, store: RoomStore, lizard: str) -> None:
+    room, token = store.create(RANDOM, "test-switch", 100)
+
+    async def run() -> None:
+        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+            await guest.frame()
+            await guest.send(cmd="model", model=lizard)
+            assert "only the room's host" in (await guest.event("error"))["message"]
+            await host.send(cmd="model", model="example-nope")
+            assert "unknown model 'example-nope'" in (await host.event("error"))["message"]
+            await host.send(cmd="model", model=lizard)
+            assert (await guest.event("model"))["id"] == lizard
+            frame = await guest.frame()
+            while frame.width != 72:
+                frame = await guest.frame()
+            assert store.get(room.id).model == lizard
+
+    asyncio.run(run())
+
+
+def test_frames_are_one_tick_for_the_whole_room(server: StreamServer, store: RoomStore) -> None:
+    """Eight participants cost one session: /health counts one per room, and they all get the same bytes."""
+    room, _ = store.create(RANDOM, "test-one-tick", 100)
+
+    async def run() -> None:
+        urls = [room_url(server, room)] * 8
+        async with contextlib_all(urls) as viewers:
+            await asyncio.gather(*(v.frame_at_step(10) for v in viewers))
+            health = server.health()
+            # One engine session per room (rooms that just emptied linger a few seconds), eight participants.
+            assert health["sessions"] == len(health["rooms"]) and health["rooms"][room.id]["participants"] == 8
+            frames = await asyncio.gather(*(v.frame_at_step(20) for v in viewers))
+            target = max(f.step for f in frames)
+            frames = [f if f.step == target else await v.frame_at_step(target) for f, v in zip(frames, viewers)]
+            assert len({f.rgba.tobytes() for f in frames if f.step == target}) == 1
+
+    asyncio.run(run())
+
+
+class contextlib_all:  # noqa: N801 (used like a function)
+    """Open several viewers at once."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls, self.sockets = urls, []
+
+    async def __aenter__(self) -> list[Viewer]:
+        self.sockets = [await websockets.connect(u, compression=None) for u in self.urls]
+        return [Viewer(ws) for ws in self.sockets]
+
+    async def __aexit__(self, *_: object) -> None:
+        await asyncio.gather(*(ws.close() for ws in self.sockets))
+
