@@ -204,10 +204,9 @@ def test_frames_are_one_tick_for_the_whole_room(server: StreamServer, store: Roo
             health = server.health()
             # One engine session per room (rooms that just emptied linger a few seconds), eight participants.
             assert health["sessions"] == len(health["rooms"]) and health["rooms"][room.id]["participants"] == 8
-            frames = await asyncio.gather(*(v.frame_at_step(20) for v in viewers))
-            target = max(f.step for f in frames)
-            frames = [f if f.step == target else await v.frame_at_step(target) for f, v in zip(frames, viewers)]
-            assert len({f.rgba.tobytes() for f in frames if f.step == target}) == 1
+            seen = await asyncio.gather(*(v.quiet(1.0) for v in viewers))
+            assert all(len(frames) >= 15 for frames in seen), [len(frames) for frames in seen]
+            assert identical_frames(seen) >= 10
 
     asyncio.run(run())
 
@@ -225,3 +224,12 @@ class contextlib_all:  # noqa: N801 (used like a function)
     async def __aexit__(self, *_: object) -> None:
         await asyncio.gather(*(ws.close() for ws in self.sockets))
 
+
+
+def identical_frames(seen: list[list[Frame]]) -> int:
+    """How many CA steps every viewer got a frame of; asserts each such frame is the same bytes for all."""
+    by_step = [{f.step: f.rgba.tobytes() for f in frames} for frames in seen]
+    common = set.intersection(*(set(steps) for steps in by_step))
+    for step in common:
+        assert len({steps[step] for steps in by_step}) == 1, f"viewers got different frames of step {step}"
+    return len(common)
