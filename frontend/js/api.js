@@ -56,3 +56,11 @@ export const estimateJob = (options, signal) => request('/api/estimate', {
   body: JSON.stringify(options),
   signal,
 });
+/** A room on `model` (POST /api/rooms): its id, join code and link, QR code, and the host token (shown once). */
+export const createRoom = (model) => request('/api/rooms', {
+  method: 'POST',
+  headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify({ model }),
+});
+/** A room by its id or join code (GET /api/rooms/{id or code}). */
+export const getRoom = (idOrCode) => request(`/api/rooms/${encodeURIComponent(idOrCode)}`);

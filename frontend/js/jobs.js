@@ -4,6 +4,7 @@
 import { cancelJob, getJob, listJobs } from './api.js';
 import { roughDuration } from './budget.js';
 import { drawLossChart } from './chart.js';
+import { openRoom } from './rooms.js';
 import { showStrip } from './timeline.js';
 
 const ACTIVE = new Set(['queued', 'running']);
@@ -174,6 +175,7 @@ function createCard(job, { onWatch, onCancel, current }) {
       <p class="job-warning hint" hidden></p>
       <div class="job-actions">
         <button type="button" data-action="watch">Watch</button>
+        <button type="button" data-action="room">Open a room</button>
         <button type="button" data-action="cancel">Cancel</button>
         <a data-action="download" class="button" download>Download model</a>
       </div>
@@ -192,6 +194,9 @@ function createCard(job, { onWatch, onCancel, current }) {
     onCancel(li.dataset.jobId);
   };
   li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(li.dataset.jobId));
+  li.querySelector('[data-action="room"]').addEventListener('click', () => openRoom(li.dataset.jobId, (message) => {
+    li.querySelector('.job-note').textContent = message;
+  }));
   cancelButton.addEventListener('click', () => {
     const seconds = trainedSeconds(current());
     if (seconds <= CONFIRM_AFTER_S) return stop(); // a misclick costs at most a minute: no question
@@ -269,6 +274,7 @@ function updateCard(li, job, message = '') {
   download.hidden = !hasModel;
   if (hasModel) download.href = modelUrl;
   li.querySelector('[data-action="watch"]').hidden = !hasModel;
+  li.querySelector('[data-action="room"]').hidden = !hasModel;
   drawChart(li, job);
 }
 

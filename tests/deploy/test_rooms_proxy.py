@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -228,3 +227,103 @@ def test_a_killed_hosting_replica_hands_the_room_on_from_its_snapshot(stack: Roo
             print(f"after the restart: {moved} participants moved, the room plays on replica {hosting}")
 
     asyncio.run(scenario())
+
+
+CANVAS_PIXELS_JS = """([selector, box]) => {
+  const canvas = document.querySelector(selector);
+  const [x0, y0, x1, y1] = box.map((v, i) => Math.floor(v * (i % 2 ? canvas.height : canvas.width)));
+  return Array.from(canvas.getContext('2d').getImageData(x0, y0, x1 - x0, y1 - y0).data);
+}"""
+# RGB at the centre of each of n x n cells: canvases of different sizes (desktop, phone) compared cell by cell.
+CELLS_JS = """(n) => {
+  const canvas = document.getElementById('room-canvas');
+  const ctx = canvas.getContext('2d');
+  const cells = [];
+  for (let y = 0; y < n; y++) for (let x = 0; x < n; x++) {
+    const px = Math.floor((x + 0.5) * canvas.width / n), py = Math.floor((y + 0.5) * canvas.height / n);
+    const d = ctx.getImageData(px, py, 1, 1).data;
+    cells.push([d[0], d[1], d[2]]);
+  }
+  return cells;
+}"""
+CENTRE = (0.35, 0.35, 0.65, 0.65)  # of the canvas: where the heart is and where the participant erases
+
+
+def _step(page) -> int:
+    return int(page.inner_text("#room-step"))
+
+
+def test_two_browsers_in_one_room_see_each_others_erase_and_the_hosts_pause(stack: RoomStack) -> None:
+    """Real chromium, two contexts through the proxy: the host opens a room from the Watch view; a phone joins
+    with the code; an erase on the phone shows in the host's pixels; only the host has the controls, and its
+    pause stops both."""
+    from tests.frontend.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.frontend.pages import DESKTOP, PHONE, open_app, painted, screenshot
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            host = browser.new_context(viewport=DESKTOP, base_url=stack.base).new_page()
+            errors: list[str] = []
+            host.on("pageerror", lambda e: errors.append(str(e)))
+            open_app(host, f"watch/{EXAMPLE}")
+            expect(host.locator("#model-select")).to_have_value(EXAMPLE)
+            host.click("#open-room")
+            host.wait_for_url("**/room.html?code=*#host=*")
+            expect(host.locator("#host-panel")).to_be_visible(timeout=20_000)
+            host.wait_for_function("() => document.getElementById('room-qr').naturalWidth > 100")
+            code = host.inner_text("#room-code")
+            host.wait_for_function("() => Number(document.getElementById('room-step').textContent) > 80")
+
+            phone_context = browser.new_context(viewport=PHONE, base_url=stack.base, device_scale_factor=2,
+                                                is_mobile=True, has_touch=True)
+            phone = phone_context.new_page()
+            phone.on("pageerror", lambda e: errors.append(str(e)))
+            phone.goto("/room.html")  # no code in the link: type it
+            phone.fill("#code-input", code.lower())
+            phone.click("#join-form button")
+            phone.wait_for_function("() => Number(document.getElementById('room-step').textContent) > 80")
+            expect(host.locator("#room-people")).to_have_text("2")
+            expect(phone.locator("#host-panel")).to_be_hidden()  # a participant has no pause, reset, close
+
+            host.click("#host-pause")
+            expect(phone.locator("#host-pause")).to_have_text("Play")  # its state event came (panel hidden)
+            time.sleep(0.5)
+            frozen = (_step(host), _step(phone))
+            time.sleep(1.0)
+            assert (_step(host), _step(phone)) == frozen, "the host's pause did not stop both"
+            assert frozen[0] == frozen[1], "host and participant show different steps of one room"
+            assert painted(host, "#room-canvas", CENTRE) > 0.3, "the heart has not grown"
+
+            box = phone.locator("#room-canvas").bounding_box()
+            cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            phone.mouse.move(cx - 60, cy)
+            phone.mouse.down()
+            for dx in range(-60, 61, 10):
+                phone.mouse.move(cx + dx, cy)
+                time.sleep(0.12)
+            phone.mouse.up()
+            # The host's pixels show the phone's erase (paused: no step, so both canvases hold the same frame).
+            host.wait_for_function(
+                "(js) => { const d = eval(js)(['#room-canvas', [0.42, 0.47, 0.58, 0.53]]);"
+                " return d.every((v, i) => i % 4 === 3 || v > 245); }", arg=CANVAS_PIXELS_JS, timeout=10_000)
+            host_cells, phone_cells = host.evaluate(CELLS_JS, 36), phone.evaluate(CELLS_JS, 36)
+            assert host_cells == phone_cells, "the two browsers show different cells"
+            assert host_cells[18 * 36 + 18] == [255, 255, 255] and len({tuple(c) for c in host_cells}) > 5
+            screenshot(host, "room-host-after-phone-erase")
+            screenshot(phone, "room-phone-participant")
+
+            host.click("#host-pause")  # play
+            for page in (host, phone):
+                page.wait_for_function(f"() => Number(document.getElementById('room-step').textContent) > "
+                                       f"{frozen[0] + 10}")
+            host.click("#host-close")
+            expect(phone.locator("#room-connection")).to_have_text("closed", timeout=10_000)
+            expect(phone.locator("#room-status")).to_contain_text("closed by its host")
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -104,7 +104,7 @@ def test_edit_flood_is_throttled_and_the_room_plays_on(server: StreamServer, sto
             for i in range(60):
                 await flooder.ws.send(f'{{"cmd": "seed", "x": {i % 40}, "y": 5}}')
             throttled = await flooder.event("throttled")
-            assert "at most 8 edits per second" in throttled["message"]
+            assert "at most 10 edits per second" in throttled["message"]
             assert len(await other.quiet(1.0)) > 10, "the flood slowed the room down for the others"
             assert len(await flooder.quiet(0.5)) > 3, "the flooder was dropped"
 
