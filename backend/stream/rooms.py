@@ -324,6 +324,8 @@ async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, c
         if not may_see_model(room.model, None):
             return await refuse(ws, p.CLOSE_FORBIDDEN_ORIGIN, "you may not see this room's model")
         live = await hub.enter(room)
+        while live.ended:  # it emptied and went back to Redis just now: take it again
+            live = await hub.enter(room)
     except RoomNotFound:
         return await refuse(ws, p.CLOSE_UNKNOWN_MODEL, f"no open room {room_id[:40]!r}: it was closed, ended "
                                                        "idle, or never existed (POST /api/rooms makes one)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,10 +17,10 @@ import websockets
 
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import EmbeddedRedis
-from backend.storage.rooms import Room, RoomStore
+from backend.storage.rooms import Room, RoomNotFound, RoomStore
 from backend.stream import protocol
 from tests.stream.client import Frame, Viewer, watch
-from tests.stream.conftest import RANDOM, StreamServer
+from tests.stream.conftest import RANDOM, StreamServer, _start
 
 
 @pytest.fixture
@@ -233,3 +234,58 @@ def identical_frames(seen: list[list[Frame]]) -> int:
     for step in common:
         assert len({steps[step] for steps in by_step}) == 1, f"viewers got different frames of step {step}"
     return len(common)
+
+
+@pytest.fixture(scope="module")
+def small_rooms(models_dir, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[StreamServer]:
+    """A replica with tiny room limits: 2 participants, 2 s of idleness."""
+    srv = _start(models_dir, redis_server, tmp_path_factory.mktemp("stream-rooms") / "stream.log",
+                 room_max_participants=2, room_idle_timeout=2)
+    yield srv
+    srv.stop()
+
+
+def test_a_full_room_refuses_the_next_participant(small_rooms: StreamServer, store: RoomStore) -> None:
+    room, _ = store.create(RANDOM, "test-full", 100)
+
+    async def run() -> None:
+        async with watch(room_url(small_rooms, room)) as a, watch(room_url(small_rooms, room)) as b:
+            await asyncio.gather(a.frame(), b.frame())
+            async with watch(room_url(small_rooms, room)) as c:
+                assert "the room is full (max 2 participants)" in (await c.event("error"))["message"]
+                assert (await c.closed()).code == protocol.CLOSE_TRY_AGAIN_LATER
+            assert len(await a.quiet(0.3)) > 3, "the refusal disturbed the room"
+
+    asyncio.run(run())
+
+
+def test_an_idle_room_ends_by_itself(small_rooms: StreamServer, store: RoomStore) -> None:
+    room, _ = store.create(RANDOM, "test-idle", 100)
+
+    async def run() -> None:
+        async with watch(room_url(small_rooms, room)) as watcher:
+            await watcher.frame()
+            await asyncio.sleep(1.0)
+            await watcher.send(cmd="erase", x=5, y=5, r=2)  # activity: the room lives on past 2 s
+            await asyncio.sleep(1.5)
+            assert len(await watcher.quiet(0.3)) > 3
+            close = await watcher.closed(timeout=5.0)  # then nobody does anything for 2 s
+            assert close.code == protocol.CLOSE_ROOM_CLOSED and "nobody did anything for 2 s" in close.reason
+        with pytest.raises(RoomNotFound):
+            store.get(room.id)
+
+    asyncio.run(run())
+
+
+def test_a_room_nobody_joins_expires_in_redis(redis_server: EmbeddedRedis) -> None:
+    client = connect(redis_server.url)
+    short = RoomStore(client, idle_timeout=0.3)
+    room, _ = short.create(RANDOM, "test-expiry", 100)
+    assert short.by_code(room.code).id == room.id
+    time.sleep(0.5)
+    with pytest.raises(RoomNotFound):
+        short.by_code(room.code)
+    with pytest.raises(RoomNotFound):
+        short.get(room.id)
+    client.close()
