@@ -31,6 +31,7 @@ CODE_PREFIX = "nca:room:code:"
 CLIENT_PREFIX = "nca:rooms:client:"
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a projector
 CODE_LENGTH = 6
+TOUCH_MARGIN_MS = 30_000
 
 
 def room_key(room_id: str) -> str:
@@ -176,10 +177,11 @@ class RoomStore:
         self._r.zrem(f"{CLIENT_PREFIX}{room.client}", room.id)
 
     def touch(self, room: Room) -> None:
-        """Somebody is in the room: its record, code and snapshot live another idle timeout."""
+        """Somebody is in the room: its record, code and snapshot live another idle timeout (plus a margin, so
+        that a room being played never lapses between two touches; its replica ends it when idle)."""
         pipe = self._r.pipeline()
         for key in (room_key(room.id), f"{CODE_PREFIX}{room.code}", f"{room_key(room.id)}:snapshot"):
-            pipe.pexpire(key, self.idle_ms)
+            pipe.pexpire(key, self.idle_ms + TOUCH_MARGIN_MS)
         pipe.execute()
 
     # --- which replica plays it ----------------------------------------------------------------
