@@ -102,6 +102,17 @@ async def _first_frame(ws) -> int:
     return int.from_bytes(message[4:8], "little")
 
 
+async def _caught_up(ws) -> int:
+    """Read what is queued until the stream is live (no frame within 20 ms); the last CA step read."""
+    step = await _first_frame(ws)
+    with contextlib.suppress(TimeoutError):
+        while True:
+            message = await asyncio.wait_for(ws.recv(), 0.02)
+            if isinstance(message, bytes):
+                step = int.from_bytes(message[4:8], "little")
+    return step
+
+
 async def one_failover(url: str, n: int, ports: list[int], servers: list[subprocess.Popen], restart) -> dict:
     """n participants; kill -9 the replica that plays the room; seconds until each has a frame again."""
     import httpx
@@ -113,7 +124,7 @@ async def one_failover(url: str, n: int, ports: list[int], servers: list[subproc
         await asyncio.sleep(3.0)  # a snapshot or two
         room_id = url.rsplit("=", 1)[1]
         hosting = [i for i, p in enumerate(ports) if room_id in httpx.get(f"http://127.0.0.1:{p}/health").json()["rooms"]]
-        step_before = await _first_frame(sockets[0])
+        step_before = await _caught_up(sockets[0])
         victim = hosting[0]
         servers[victim].kill()
         killed = time.monotonic()
