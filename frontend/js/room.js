@@ -20,12 +20,12 @@ async function main() {
   const params = new URLSearchParams(location.search);
   const code = (params.get('code') || '').trim();
   const hostToken = new URLSearchParams(location.hash.replace(/^#/, '')).get('host') || '';
-  if (!code) return showJoin('');
+  if (!code) return showJoin('', '');
   let room;
   try {
     room = await getRoom(code);
   } catch (error) {
-    return showJoin(error.message);
+    return showJoin(error.message, code);
   }
   let config = {};
   try {
@@ -36,8 +36,9 @@ async function main() {
   enterRoom(room, hostToken, streamBase(config));
 }
 
-function showJoin(message) {
+function showJoin(message, code) {
   $('join').hidden = false;
+  $('code-input').value = code;
   $('join-error').hidden = !message;
   $('join-error').textContent = message;
   $('join-form').addEventListener('submit', (event) => {
