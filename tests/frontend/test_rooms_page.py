@@ -36,10 +36,20 @@ def test_a_job_card_opens_a_room_and_a_phone_joins_it(page, phone, stack, job) -
     phone.goto("/room.html?code=NOPE22")
     expect(phone.locator("#join-error")).to_contain_text("no open room")
     screenshot(phone, "room-phone-wrong-code")
+    sent: list[str] = []
+    phone.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(str(payload))))
     phone.goto(link)
     phone.wait_for_function("() => Number(document.getElementById('room-step').textContent) > 30")
     expect(page.locator("#room-people")).to_have_text("2")
     expect(phone.locator("#host-panel")).to_be_hidden()
+    # A double-tap on the phone plants a seed: the host's page rings the phone's stroke in its colour.
+    box = phone.locator("#room-canvas").bounding_box()
+    for _ in range(2):
+        phone.touchscreen.tap(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.8)
+    page.wait_for_function("""() => { const c = document.getElementById('room-strokes');
+        return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0); }""",
+                           timeout=5_000)
+    assert [m for m in sent if '"cmd"' in m] and all('"cmd":"seed"' in m for m in sent if '"cmd"' in m), sent
     screenshot(page, "room-host-from-job-card")
     screenshot(phone, "room-phone-joined-by-link")
     page.click("#host-fullscreen")  # for a projector: the pattern and the QR code fill the screen

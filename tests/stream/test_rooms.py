@@ -21,6 +21,7 @@ from backend.storage.rooms import Room, RoomNotFound, RoomStore
 from backend.stream import protocol
 from tests.stream.client import Frame, Viewer, watch
 from tests.stream.conftest import RANDOM, StreamServer, _start
+from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 
 @pytest.fixture
@@ -92,6 +93,11 @@ def test_only_the_host_pauses_and_the_pause_stops_everyone(server: StreamServer,
             assert "only the room's host can reset" in (await guest.event("error"))["message"]
             await host.send(cmd="play")
             await guest.frame()
+            await host.send(cmd="rotate", angle=90)
+            await host.send(cmd="speed", fps=12)
+            while (state := await guest.event("state"))["fps"] != 12:
+                pass
+            assert state["angle"] == 90 and state["paused"] is False
 
     asyncio.run(run())
 
@@ -289,3 +295,27 @@ def test_a_room_nobody_joins_expires_in_redis(redis_server: EmbeddedRedis) -> No
     with pytest.raises(RoomNotFound):
         short.get(room.id)
     client.close()
+
+
+def test_a_new_checkpoint_reaches_everyone_in_a_room_once(server: StreamServer, store: RoomStore,
+                                                         redis_server: EmbeddedRedis) -> None:
+    """A room on a job still training: its next checkpoint is swapped in for the room's one state; every
+    participant gets one `reloaded` and the room regrows from the seed."""
+    job = TrainingJob(redis_server.url, name="room job", total=1000)
+    try:
+        job.checkpoint(as_checkpoint(HEART, 100, 0.1))
+        room, _ = store.create(job.id, "test-hot-swap", 100)
+
+        async def run() -> None:
+            async with watch(room_url(server, room)) as a, watch(room_url(server, room)) as b:
+                await asyncio.gather(a.frame_at_step(20), b.frame_at_step(20))
+                await asyncio.to_thread(job.checkpoint, as_checkpoint(HEART, 200, 0.05))
+                events = await asyncio.gather(a.event("reloaded"), b.event("reloaded"))
+                assert [e["iteration"] for e in events] == [200, 200] and all(e["regrown"] for e in events)
+                fa, fb = await same_step(a, b)
+                assert fa.rgba.tobytes() == fb.rgba.tobytes()
+                assert not [e for e in a.events + b.events if e["type"] == "reloaded"], "reloaded twice"
+
+        asyncio.run(run())
+    finally:
+        job.close()
