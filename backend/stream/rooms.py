@@ -322,7 +322,7 @@ async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, c
     try:
         room = await asyncio.to_thread(hub.store.get, room_id)
         if not may_see_model(room.model, None):
-            return await refuse(ws, p.CLOSE_FORBIDDEN_ORIGIN, "you may not see this room's model")
+            return await refuse(ws, p.CLOSE_FORBIDDEN_ORIGIN, "you may not see this room's model")  # 4403: forbidden
         live = await hub.enter(room)
         while live.ended:  # it emptied and went back to Redis just now: take it again
             live = await hub.enter(room)

@@ -109,3 +109,14 @@ def test_rooms_per_creator_are_capped(redis_url: str, api_models_dir: Path) -> N
         assert third.status_code == 429 and "2 open rooms" in third.json()["detail"]
         capped.delete(f"/api/rooms/{first['id']}", headers={"X-Room-Host-Token": first["host_token"]})
         assert capped.post("/api/rooms", json={"model": HEART}).status_code == 201  # a closed room frees its place
+
+
+def test_a_model_the_caller_may_not_see_gets_no_room(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every model is public today; `may_see_model` is the one place that will say otherwise (owners). The room
+    routes ask it: a model it refuses is answered as an unknown one."""
+    from backend.api.routes import rooms
+
+    asked = []
+    monkeypatch.setattr(rooms, "may_see_model", lambda model, caller: asked.append((model, caller)) or False)
+    answer = client.post("/api/rooms", json={"model": HEART})
+    assert answer.status_code == 404 and asked == [(HEART, "testclient")]

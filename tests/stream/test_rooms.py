@@ -319,3 +319,30 @@ def test_a_new_checkpoint_reaches_everyone_in_a_room_once(server: StreamServer, 
         asyncio.run(run())
     finally:
         job.close()
+
+
+def test_a_joiner_who_may_not_see_the_model_is_refused(store: RoomStore, redis_server: EmbeddedRedis, models_dir,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream asks backend.storage.models.may_see_model on every join (true for every model today; owners
+    will make some private): the app in-process, the policy refusing, the join closed with 4403."""
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from backend.config import get_settings
+    from backend.stream import app as stream_app
+    from backend.stream import rooms
+
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("NCA_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("NCA_DEVICE", "cpu")
+    get_settings.cache_clear()
+    monkeypatch.setattr(rooms, "may_see_model", lambda model, caller: False)
+    room, _ = store.create(RANDOM, "test-private", 100)
+    try:
+        with TestClient(stream_app.app) as client, client.websocket_connect(f"/ws/stream?room={room.id}") as ws:
+            assert "may not see this room's model" in ws.receive_json()["message"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+        assert closed.value.code == protocol.CLOSE_FORBIDDEN_ORIGIN == 4403
+    finally:
+        get_settings.cache_clear()
