@@ -1,4 +1,4 @@
-"""Rooms: many participants on one CA (`WS /ws/stream?room=<id>[&host=<token>]`, docs/stream-protocol.md).
+"""Rooms: many participants on one CA (`WS /ws/stream?room=<id>`, docs/stream-protocol.md).
 
 A room is one engine session (one state, ticked once however many watch it) whose frames and events
 go, as the same bytes, into every participant's own one-frame outbox; each participant has its own
@@ -41,6 +41,8 @@ from .sessions import MAX_PENDING_EVENTS, Session
 log = logging.getLogger(__name__)
 
 HOST_COMMANDS = frozenset({"pause", "play", "step", "speed", "rotate", "reset", "model", "close"})
+HOST_IN_URL = ('the host token goes in a command, {"cmd": "host", "token": "..."}, not in the URL '
+               "(URLs end up in logs)")
 EDIT_COMMANDS = frozenset({"erase", "seed"})
 EMPTY_GRACE = 5.0  # seconds a room stays loaded on its replica after its last participant left
 Close = tuple[int, str]
@@ -311,13 +313,15 @@ Refuse = Callable[[WebSocket, int, str], Awaitable[None]]
 
 
 async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, close: Refuse) -> None:
-    """`WS /ws/stream?room=<id>[&host=<token>]`: admit, join, pump frames and commands until one side ends."""
+    """`WS /ws/stream?room=<id>`: admit, join, pump frames and commands until one side ends."""
     query = ws.query_params
     origin = ws.headers.get("origin")
     if not guard.origin_allowed(origin, ws.headers.get("host"), settings):
         return await refuse(ws, p.CLOSE_FORBIDDEN_ORIGIN, f"origin {origin[:60]} may not open streams here")
     if "model" in query:
         return await refuse(ws, p.CLOSE_BAD_REQUEST, "a room plays its own model: give room or model, not both")
+    if "host" in query:
+        return await refuse(ws, p.CLOSE_BAD_REQUEST, HOST_IN_URL)
     room_id = query.get("room", "").strip().lower()
     try:
         room = await asyncio.to_thread(hub.store.get, room_id)
@@ -343,7 +347,7 @@ async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, c
                             f"the room is full (max {settings.room_max_participants} participants)")
     ws.scope[guard.SCOPE_LIMITER] = guard.CommandLimiter(settings.stream_command_rate, settings.stream_command_burst)
     guard._limit_parser(ws, settings.stream_max_message_bytes)
-    participant = live.join(room.is_host(query.get("host")), settings)
+    participant = live.join(False, settings)  # the host says so with its first command
     tasks = {asyncio.create_task(_receive(ws, live, participant, settings)),
              asyncio.create_task(_send(ws, participant, settings.stream_stall_timeout))}
     try:
@@ -396,6 +400,15 @@ async def _command(live: LiveRoom, participant: Participant, text: str) -> Close
     session = live.session
     height, width = session.model.size
     command = _room_command(text, width, height)
+    if command[0] == "host":
+        if not live.room.is_host(str(command[1])):
+            raise ProtocolError("that is not this room's host token (POST /api/rooms returned it); "
+                                "you take part as a participant")
+        participant.host = True
+        room = live.room
+        participant.send_event("room", id=room.id, code=room.code, you=participant.number, host=True,
+                               participants=len(live.participants))
+        return None
     if command[0] in HOST_COMMANDS and not participant.host:
         raise ProtocolError(f"only the room's host can {command[0]}; everyone can erase (drag) and seed (double-click)")
     live.last_activity = time.monotonic()
@@ -431,13 +444,17 @@ async def _command(live: LiveRoom, participant: Participant, text: str) -> Close
 
 
 def _room_command(text: str, width: int, height: int) -> tuple[str, object]:
-    """("model", id) and ("close", None) are the room's own; everything else is a stream command."""
+    """("host", token), ("model", id) and ("close", None) are the room's own; the rest are stream commands."""
     try:
         msg = json.loads(text) if len(text) <= p.MAX_COMMAND_BYTES else None
     except (ValueError, RecursionError):
         msg = None
     if isinstance(msg, dict) and msg.get("cmd") == "close":
         return "close", None
+    if isinstance(msg, dict) and msg.get("cmd") == "host":
+        if not isinstance(msg.get("token"), str):
+            raise ProtocolError('host needs the host token: {"cmd": "host", "token": "..."}')
+        return "host", msg["token"]
     if isinstance(msg, dict) and msg.get("cmd") == "model":
         if not isinstance(msg.get("model"), str) or not msg["model"].strip():
             raise ProtocolError('model needs a model id: {"cmd": "model", "model": "example-lizard"}')

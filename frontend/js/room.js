@@ -1,6 +1,7 @@
 // The room page (room.html?code=<CODE>[#host=<token>]): everyone who opens it sees one CA and can erase
-// and plant seeds in it; the host (whose link carries the host token, after the #, never sent to the page's
-// server) also pauses, resets, changes speed, rotation and model, shows the QR code and closes the room.
+// and plant seeds in it; the host (whose link carries the host token after the #: never in a request line,
+// sent only inside the stream as its first command) also pauses, resets, changes speed, rotation and
+// model, shows the QR code and closes the room.
 // Protocol: docs/stream-protocol.md, "Rooms".
 
 import { getConfig, getRoom, listModels } from './api.js';
@@ -66,7 +67,7 @@ function enterRoom(room, hostToken, base) {
   document.title = `Room ${room.code} · Growing NCA studio`;
 
   const say = (text) => { $('room-status').textContent = text; };
-  const client = new StreamClient(base, () => ({ room: room.id, ...(hostToken ? { host: hostToken } : {}) }), {
+  const client = new StreamClient(base, () => ({ room: room.id }), {
     onFrame(frame) {
       if (latest === null) requestAnimationFrame(draw);
       latest = frame;
@@ -77,6 +78,7 @@ function enterRoom(room, hostToken, base) {
       $('room-connection').textContent = STATE_TEXT[state] || state;
       if (detail) say(state === 'closed' ? `The room is over: ${detail}.` : `${detail}.`);
       else if (state === 'open') say('');
+      if (state === 'open' && hostToken) client.send({ cmd: 'host', token: hostToken }); // on every (re)connect
     },
   });
 
@@ -86,7 +88,6 @@ function enterRoom(room, hostToken, base) {
         me = event.you;
         document.body.dataset.host = String(event.host);
         if (event.host) showHost(room, client);
-        else if (hostToken) say('This host link is not valid any more: you joined as a participant.');
         break;
       case 'participants':
         $('room-people').textContent = event.count;

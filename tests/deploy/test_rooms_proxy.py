@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -48,8 +49,8 @@ class RoomStack:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def room_url(self, room: dict, host: bool = False) -> str:
-        return f"ws://127.0.0.1:{self.port}{room['stream_path']}" + (f"&host={room['host_token']}" if host else "")
+    def room_url(self, room: dict) -> str:
+        return f"ws://127.0.0.1:{self.port}{room['stream_path']}"
 
     def create(self, model: str = EXAMPLE) -> dict:
         answer = httpx.post(f"{self.base}/api/rooms", json={"model": model}, timeout=10)
@@ -108,12 +109,15 @@ def _ok(url: str) -> bool:
         return False
 
 
-async def _join(url: str, deadline: float) -> Viewer:
-    """As frontend/js/stream.js does after a drop: try again with backoff (0.5 s doubling to 10 s)."""
+async def _join(url: str, deadline: float, host_token: str | None = None) -> Viewer:
+    """As frontend/js/stream.js does after a drop: try again with backoff (0.5 s doubling to 10 s); the host
+    says so with its first command, as room.js does on every (re)connect."""
     wait = RETRY_MIN
     while True:
         try:
             ws = await websockets.connect(url, compression=None, open_timeout=10, max_queue=None)
+            if host_token is not None:
+                await ws.send(json.dumps({"cmd": "host", "token": host_token}))
             return Viewer(ws)
         except (OSError, websockets.InvalidHandshake, TimeoutError):
             assert time.monotonic() < deadline, "could not (re)join the room through the proxy"
@@ -141,7 +145,8 @@ def test_thirty_participants_on_two_replicas_get_the_same_frames_at_the_rooms_ra
     async def scenario() -> tuple[list[dict[int, str]], dict[int, int]]:
         async with AsyncExitStack() as exits:
             deadline = time.monotonic() + 60
-            viewers = [await _join(stack.room_url(room, host=i == 0), deadline) for i in range(PARTICIPANTS)]
+            viewers = [await _join(stack.room_url(room), deadline, room["host_token"] if i == 0 else None)
+                       for i in range(PARTICIPANTS)]
             for viewer in viewers:
                 exits.push_async_callback(viewer.ws.close)
             await asyncio.gather(*(v.event("room", timeout=20) for v in viewers))
@@ -167,7 +172,8 @@ def test_a_killed_hosting_replica_hands_the_room_on_from_its_snapshot(stack: Roo
     async def scenario() -> None:
         async with AsyncExitStack() as exits:
             deadline = time.monotonic() + 60
-            viewers = [await _join(stack.room_url(room, host=i == 0), deadline) for i in range(3)]
+            viewers = [await _join(stack.room_url(room), deadline, room["host_token"] if i == 0 else None)
+                       for i in range(3)]
             for viewer in viewers:
                 exits.push_async_callback(viewer.ws.close)
             grown = await viewers[1].frame_at_step(120)
@@ -186,7 +192,8 @@ def test_a_killed_hosting_replica_hands_the_room_on_from_its_snapshot(stack: Roo
                 with pytest.raises(websockets.ConnectionClosed):
                     while True:
                         await viewer.next(timeout=5)
-                fresh = await _join(stack.room_url(room, host=viewer is viewers[0]), time.monotonic() + 30)
+                token = room["host_token"] if viewer is viewers[0] else None
+                fresh = await _join(stack.room_url(room), time.monotonic() + 30, token)
                 exits.push_async_callback(fresh.ws.close)
                 fresh_viewers.append(fresh)
                 again.append(await fresh.frame(timeout=20))

@@ -8,9 +8,11 @@ covers the API); participants are real websockets clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import websockets
@@ -31,9 +33,19 @@ def store(redis_server: EmbeddedRedis) -> Iterator[RoomStore]:
     client.close()
 
 
-def room_url(server: StreamServer, room: Room, host: str | None = None) -> str:
-    url = f"ws://127.0.0.1:{server.port}/ws/stream?room={room.id}"
-    return url + (f"&host={host}" if host else "")
+def room_url(server: StreamServer, room: Room) -> str:
+    return f"ws://127.0.0.1:{server.port}/ws/stream?room={room.id}"
+
+
+@contextlib.asynccontextmanager
+async def join(server: StreamServer, room: Room, token: str | None = None) -> AsyncIterator[Viewer]:
+    """A participant; with `token`, the host (its first command says so, and a `room` event confirms)."""
+    async with watch(room_url(server, room)) as viewer:
+        if token is not None:
+            await viewer.ws.send(json.dumps({"cmd": "host", "token": token}))
+            while not (await viewer.event("room"))["host"]:
+                pass
+        yield viewer
 
 
 async def same_step(a: Viewer, b: Viewer, timeout: float = 10.0) -> tuple[Frame, Frame]:
@@ -52,7 +64,7 @@ def test_participants_share_one_ca_and_see_each_others_erase(server: StreamServe
     room, token = store.create(RANDOM, "test-share", 100)
 
     async def run() -> None:
-        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+        async with join(server, room, token) as host, watch(room_url(server, room)) as guest:
             joined = await guest.event("room")
             assert joined["code"] == room.code and joined["host"] is False and joined["participants"] >= 1
             while (await host.event("participants"))["count"] != 2:  # the first says 1: the host itself
@@ -78,7 +90,7 @@ def test_only_the_host_pauses_and_the_pause_stops_everyone(server: StreamServer,
     room, token = store.create(RANDOM, "test-pause", 100)
 
     async def run() -> None:
-        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+        async with join(server, room, token) as host, watch(room_url(server, room)) as guest:
             await guest.frame_at_step(3)
             await guest.send(cmd="pause")
             error = await guest.event("error")
@@ -153,7 +165,15 @@ def test_unknown_and_closed_rooms_get_their_close_codes(server: StreamServer, st
             assert (await v.closed()).code == protocol.CLOSE_UNKNOWN_MODEL
         async with watch(room_url(server, room) + f"&model={RANDOM}") as v:
             assert (await v.closed()).code == protocol.CLOSE_BAD_REQUEST
-        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+        async with watch(room_url(server, room) + f"&host={token}") as v:  # a token in a URL lands in logs
+            assert "not in the URL" in (await v.event("error"))["message"]
+            assert (await v.closed()).code == protocol.CLOSE_BAD_REQUEST
+        async with watch(room_url(server, room)) as v:
+            await v.send(cmd="host", token="guess")
+            assert "not this room's host token" in (await v.event("error"))["message"]
+            await v.send(cmd="close")
+            assert "only the room's host can close" in (await v.event("error"))["message"]
+        async with join(server, room, token) as host, watch(room_url(server, room)) as guest:
             await guest.frame()
             await guest.send(cmd="close")
             assert "only the room's host can close" in (await guest.event("error"))["message"]
@@ -184,7 +204,7 @@ def test_the_host_switches_the_model_for_everyone(server: StreamServer, store: R
     room, token = store.create(RANDOM, "test-switch", 100)
 
     async def run() -> None:
-        async with watch(room_url(server, room, token)) as host, watch(room_url(server, room)) as guest:
+        async with join(server, room, token) as host, watch(room_url(server, room)) as guest:
             await guest.frame()
             await guest.send(cmd="model", model=lizard)
             assert "only the room's host" in (await guest.event("error"))["message"]

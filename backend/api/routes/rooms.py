@@ -42,8 +42,8 @@ class RoomOut(BaseModel):
 
 
 class RoomCreated(RoomOut):
-    host_token: str = Field(..., description="secret: join with `&host=<token>` to pause, reset, switch or close; "
-                                             "shown once")
+    host_token: str = Field(..., description='secret, shown once: send {"cmd": "host", "token": ...} on the '
+                                             "stream to pause, reset, switch or close the room")
     host_url: str = Field(..., description="the host's page (carries the host token: do not project it)")
 
 
