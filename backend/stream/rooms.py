@@ -96,9 +96,15 @@ class RoomSession(Session):
 
     participants: set[Participant] = field(default_factory=set)
     last_frame: bytes | None = None  # for a participant who joins a paused room
+    # Each participant's last stroke since the previous frame: one `strokes` event per frame however many
+    # draw (60 people erasing 10 times a second would otherwise be 600 events a second to each of them).
+    strokes: dict[int, dict] = field(default_factory=dict)
 
     def offer_frame(self, frame: bytes) -> None:
         self.last_frame = frame
+        if self.strokes:  # queued before the frame that shows them (a participant's events go out first)
+            self.send_event("strokes", strokes=list(self.strokes.values()))
+            self.strokes.clear()
         for participant in self.participants:
             participant.offer_frame(frame)
 
@@ -437,7 +443,8 @@ async def _command(live: LiveRoom, participant: Participant, text: str) -> Close
                 stroke = {"who": participant.number, "cmd": parsed.cmd, "x": parsed.x, "y": parsed.y}
                 if parsed.r is not None:
                     stroke["r"] = parsed.r
-                session.send_event("stroke", **stroke)
+                session.strokes.pop(participant.number, None)  # the latest last, in the order they came
+                session.strokes[participant.number] = stroke
             session.apply(parsed)
             live.hub.engine.wake()
     return None

@@ -92,11 +92,11 @@ function enterRoom(room, hostToken, base) {
       case 'participants':
         $('room-people').textContent = event.count;
         break;
-      case 'stroke':
-        if (event.who !== me) {
-          strokes.push({ ...event, at: performance.now() });
-          requestAnimationFrame(drawStrokes);
+      case 'strokes': // each other participant's latest erase or seed, with the frame that shows it
+        for (const stroke of event.strokes) {
+          if (stroke.who !== me) strokes.push({ ...stroke, at: performance.now() });
         }
+        if (strokes.length) requestAnimationFrame(drawStrokes);
         break;
       case 'state':
         paused = Boolean(event.paused);

@@ -73,8 +73,8 @@ def test_participants_share_one_ca_and_see_each_others_erase(server: StreamServe
             assert fa.rgba.tobytes() == fb.rgba.tobytes(), "two participants of one room see different cells"
             await guest.frame_at_step(30)
             await guest.send(cmd="erase", x=20, y=24, r=10)
-            stroke = await host.event("stroke")
-            assert stroke["who"] == joined["you"] and stroke["cmd"] == "erase" and stroke["r"] == 10
+            strokes = (await host.event("strokes"))["strokes"]
+            assert strokes == [{"who": joined["you"], "cmd": "erase", "x": 20, "y": 24, "r": 10}]
             # In the host's frames the circle is empty (the random model's cells are alive everywhere near it).
             while True:
                 frame = await host.frame()
@@ -366,3 +366,30 @@ def test_a_joiner_who_may_not_see_the_model_is_refused(store: RoomStore, redis_s
         assert closed.value.code == protocol.CLOSE_FORBIDDEN_ORIGIN == 4403
     finally:
         get_settings.cache_clear()
+
+
+def test_many_strokes_become_one_event_per_frame(server: StreamServer, store: RoomStore) -> None:
+    """Three participants drawing fast: a watcher gets at most one `strokes` event per frame, with each
+    drawer's latest stroke, never a flood of events ahead of the frames."""
+    room, _ = store.create(RANDOM, "test-strokes", 100)
+
+    async def run() -> None:
+        async with join(server, room) as watcher, contextlib_all([room_url(server, room)] * 3) as drawers:
+            await watcher.frame()
+            for i in range(8):
+                for d, drawer in enumerate(drawers):
+                    await drawer.ws.send(json.dumps({"cmd": "erase", "x": 5 + d, "y": 5 + i, "r": 2}))
+            frames, events = 0, []
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                item = await watcher.next()
+                if isinstance(item, dict) and item["type"] == "strokes":
+                    events.append(item["strokes"])
+                elif not isinstance(item, dict):
+                    frames += 1
+            assert events and len(events) <= frames, (len(events), frames)
+            assert all(len({s["who"] for s in batch}) == len(batch) for batch in events), "one stroke per drawer"
+            last = {s["who"]: s for batch in events for s in batch}
+            assert sorted(s["y"] for s in last.values()) == [12, 12, 12], "each drawer's latest stroke"
+
+    asyncio.run(run())
