@@ -60,6 +60,11 @@ class Participant:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     frames_dropped: int = 0
     closing: Close | None = None  # set by the room: the sender closes the connection with it
+    count: str | None = None  # the latest `participants` event not sent yet: a burst of joins is one event
+
+    def set_count(self, text: str) -> None:
+        self.count = text
+        self.ready.set()
 
     def offer_frame(self, frame: bytes) -> None:
         if self.latest_frame is not None:
@@ -79,11 +84,14 @@ class Participant:
         self.ready.set()
 
     async def next_message(self) -> str | bytes | Close:
-        while not self.events and self.latest_frame is None and self.closing is None:
+        while not self.events and self.count is None and self.latest_frame is None and self.closing is None:
             self.ready.clear()
             await self.ready.wait()
         if self.events:
             return self.events.popleft()
+        if self.count is not None:
+            count, self.count = self.count, None
+            return count
         if self.closing is not None:
             return self.closing
         frame, self.latest_frame = self.latest_frame, None
@@ -152,7 +160,9 @@ class LiveRoom:
         self._announce_count()
 
     def _announce_count(self) -> None:
-        self.session.send_event("participants", count=len(self.participants))
+        text = event("participants", count=len(self.participants))
+        for participant in self.participants:
+            participant.set_count(text)
 
     def end(self, code: int, reason: str) -> None:
         """Close every connection with (code, reason); the room is no longer played here."""
