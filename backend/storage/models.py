@@ -21,7 +21,7 @@ from backend.nca.modelfile import ModelFileError, ModelInfo, read_metadata
 from .jobs import CHECKPOINT_CHANNEL, Checkpoint, Job, JobStore, is_job_id
 
 __all__ = ["CHECKPOINT_CHANNEL", "EXAMPLE_PREFIX", "BadReference", "CheckpointNotFound", "ModelCatalog", "ModelEntry",
-           "ModelNotFound", "parse_reference", "reference"]
+           "ModelNotFound", "may_see_model", "parse_reference", "reference"]
 
 EXAMPLE_PREFIX = "example-"
 _HEADER_LIMIT = 1_000_000  # bytes of safetensors header read to list an example
@@ -213,3 +213,13 @@ class ModelCatalog:
             loss=job.checkpoint_loss, version=job.model_version,
             updated_at=job.checkpoint_at or job.created_at,
         )
+
+
+def may_see_model(model_id: str, caller: str | None) -> bool:
+    """Whether `caller` may see (play, open a room on, join a room of) the model `model_id`.
+
+    The one place that answers it (rooms call it when one is made and when someone joins): today
+    every model is visible to everyone; when jobs get owners, a private model is refused here.
+    """
+    del model_id, caller  # every model is public today
+    return True

@@ -17,6 +17,7 @@ from .jobs import JobStore
 from .models import ModelCatalog
 from .queue import TrainingQueue, make_sender
 from .quota import JobQuota
+from .rooms import RoomStore
 from .workers import Presence
 
 
@@ -28,6 +29,7 @@ class Storage:
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
         self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client)
         self.workers = Presence(client)
+        self.rooms = RoomStore(client, settings.room_idle_timeout, settings.room_lease_seconds)
         self.queue = TrainingQueue(client, celery if celery is not None else make_sender(settings))
 
     @classmethod

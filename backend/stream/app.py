@@ -22,9 +22,10 @@ from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.jobs import JobStore
 from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, CheckpointNotFound, ModelCatalog, ModelNotFound
+from backend.storage.rooms import RoomStore
 from backend.storage.stream_clients import StreamSlots
 
-from . import guard
+from . import guard, rooms
 from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, event, parse_command, parse_params
@@ -58,11 +59,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     slots = StreamSlots(slots_client, settings.stream_max_sessions_per_client)
     app.state.engine, app.state.settings, app.state.checkpoints = engine, settings, "connecting"
     app.state.client_slots = slots
+    app.state.rooms = rooms.Rooms(RoomStore(client, settings.room_idle_timeout, settings.room_lease_seconds),
+                                  engine, settings)
     tasks = [asyncio.create_task(engine.run()), asyncio.create_task(follow_checkpoints(app, settings.redis_url)),
              asyncio.create_task(slots.keep_renewing())]
     try:
         yield
     finally:
+        await app.state.rooms.shutdown()  # snapshots saved, leases let go: another replica resumes at once
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -87,6 +91,8 @@ async def health(request: Request) -> dict:
         "frames_dropped": engine.frames_dropped(),
         "models": {m.id: {"version": m.version, "sessions": len(m.sessions)} for m in engine.models.values()},
         "ticks": engine.ticks, "tick_ms": _summary(engine.tick_ms), "checkpoints": state.checkpoints,
+        "rooms": {r.room.id: {"participants": len(r.participants), "step": r.session.step}
+                  for r in state.rooms.live.values()},
     }
 
 
@@ -111,6 +117,8 @@ async def _stream(ws: WebSocket) -> None:
     await ws.accept()
     engine: Engine = ws.app.state.engine
     settings: Settings = ws.app.state.settings
+    if "room" in ws.query_params:  # one CA for many participants: backend/stream/rooms.py
+        return await rooms.serve(ws, ws.app.state.rooms, settings, _refuse, _close)
     if (refusal := await guard.admit(ws, ws.app.state.client_slots, settings)) is not None:  # origin, per client
         return await _refuse(ws, *refusal)
     try:

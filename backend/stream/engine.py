@@ -87,8 +87,10 @@ class Engine:
         self.tick_ms: deque[float] = deque(maxlen=TICK_HISTORY)  # compute time of the recent ticks
 
     # --- sessions ---------------------------------------------------------------------------
-    async def open(self, params: StreamParams) -> Session:
-        """A new session on its first (seed) frame; StreamsFull, ModelNotFound or ModelFileError."""
+    async def open(self, params: StreamParams, session_type: type[Session] = Session) -> Session:
+        """A new session on its first (seed) frame; StreamsFull, ModelNotFound or ModelFileError.
+
+        `session_type`: a Session subclass (a room's, which hands its frames to all its participants)."""
         if len(self.sessions) >= self.max_sessions:
             raise StreamsFull
         loaded = await self._model(params.model, params.snapshot)
@@ -98,7 +100,7 @@ class Engine:
         # leaves nothing behind, and one that ends just as the model's last viewer leaves stays registered.
         loaded = self.models.setdefault(params.model, loaded)
         channels, height, width = loaded.shape
-        session = Session(loaded, make_seed(height, width, channels, device=self.device),
+        session = session_type(loaded, make_seed(height, width, channels, device=self.device),
                           FrameClock(params.fps, time.monotonic()), params.steps_per_frame, params.angle,
                           params.on_checkpoint, loop=params.loop)
         loaded.sessions.add(session)

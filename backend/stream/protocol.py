@@ -31,18 +31,20 @@ CLOSE_INVALID_TEXT = 1007  # a text message that is not UTF-8 (closed by uvicorn
 CLOSE_POLICY_VIOLATION = 1008  # command flood
 CLOSE_MESSAGE_TOO_BIG = 1009  # a client message over stream_max_message_bytes
 CLOSE_SERVER_ERROR = 1011  # the model could not be loaded
+CLOSE_SERVICE_RESTART = 1012  # a room moved to another replica, or the service stops: reconnect
 CLOSE_TRY_AGAIN_LATER = 1013  # max concurrent streams reached (overall or for this address)
 CLOSE_BAD_REQUEST = 4400  # invalid query parameters
 CLOSE_FORBIDDEN_ORIGIN = 4403  # a browser page from an origin that may not open streams
 CLOSE_UNKNOWN_MODEL = 4404
 CLOSE_IDLE = 4408  # no client message for stream_idle_timeout_s
+CLOSE_ROOM_CLOSED = 4410  # the room was closed by its host, or ended idle
 CLOSE_TOO_SLOW = 4429  # the client accepted no frame for stream_stall_timeout_s
 
 CLOSE_CODES = {name: code for name, code in globals().items() if name.startswith("CLOSE_")}
 # After these the same request fails again: a client should not reconnect on its own (any other
 # code, and 1001/1006/1012 of a service going away, is worth a retry with backoff).
 FINAL_CLOSE_CODES = frozenset({CLOSE_INVALID_TEXT, CLOSE_POLICY_VIOLATION, CLOSE_MESSAGE_TOO_BIG, CLOSE_BAD_REQUEST,
-                               CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNKNOWN_MODEL, CLOSE_IDLE})
+                               CLOSE_FORBIDDEN_ORIGIN, CLOSE_UNKNOWN_MODEL, CLOSE_IDLE, CLOSE_ROOM_CLOSED})
 
 # What a viewer's cells do when its model gets a new checkpoint (a job still training).
 REGROW, KEEP = "regrow", "keep"

@@ -81,3 +81,12 @@ export async function getFile(path, signal) {
   const named = /filename="([^"]+)"/.exec(response.headers.get('content-disposition') || '');
   return { blob, filename: named ? named[1] : path.split('/').pop(), headers: response.headers };
 }
+
+/** A room on `model` (POST /api/rooms): its id, join code and link, QR code, and the host token (shown once). */
+export const createRoom = (model) => request('/api/rooms', {
+  method: 'POST',
+  headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify({ model }),
+});
+/** A room by its id or join code (GET /api/rooms/{id or code}). */
+export const getRoom = (idOrCode) => request(`/api/rooms/${encodeURIComponent(idOrCode)}`);

@@ -5,6 +5,7 @@ import { cancelJob, getJob, listJobs } from './api.js';
 import { drawLossChart } from './chart.js';
 import { clockTime, duration, isTraining, iterationText, lossText, shortId } from './formats.js';
 import { createCardView } from './modelcard.js';
+import { openRoom } from './rooms.js';
 import { createTakeaway } from './takeaway.js';
 import { createStrip } from './timeline.js';
 
@@ -178,6 +179,7 @@ function createCard(job, { onWatch, onCancel }) {
       <p class="job-warning hint" hidden></p>
       <div class="job-actions">
         <button type="button" data-action="watch">Watch</button>
+        <button type="button" data-action="room">Open a room</button>
         <button type="button" data-action="cancel">Cancel</button>
         <a data-action="download" class="button" download>Download model</a>
       </div>
@@ -206,6 +208,9 @@ function createCard(job, { onWatch, onCancel }) {
     onCancel(job.id);
   };
   li.querySelector('[data-action="watch"]').addEventListener('click', () => onWatch(job.id));
+  li.querySelector('[data-action="room"]').addEventListener('click', () => openRoom(job.id, (message) => {
+    li.querySelector('.job-note').textContent = message;
+  }));
   cancelButton.addEventListener('click', () => {
     const seconds = trainedSeconds(card.job);
     if (seconds <= CONFIRM_AFTER_S) return stop(); // a misclick costs at most a minute: no question
@@ -292,6 +297,7 @@ function updateCard(card) {
   else if (active) card.summary.show(null, 'comes when the training ends.');
   else card.summary.show(job.id);
   card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment, version: job.model_version });
+  li.querySelector('[data-action="room"]').hidden = !hasModel;
   drawChart(li, job);
 }
 

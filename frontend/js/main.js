@@ -3,6 +3,7 @@
 
 import { getConfig } from './api.js';
 import { initJobs } from './jobs.js';
+import { initRoomButton } from './rooms.js';
 import { initUpload } from './upload.js';
 import { initWatch } from './watch.js';
 
@@ -17,6 +18,7 @@ async function main() {
     showPageError(`The server did not send its settings (${error.message}). Some things may not work.`);
   }
   const watch = initWatch(config);
+  initRoomButton();
   const jobs = initJobs((modelId) => { location.hash = `#watch/${encodeURIComponent(modelId)}`; });
   const upload = initUpload(config, (job) => {
     jobs.add(job);

@@ -5,10 +5,10 @@ export const HEADER_BYTES = 16;
 const RETRY_MIN_MS = 500;
 const RETRY_MAX_MS = 10000;
 // Close codes after which the same request fails again (not UTF-8, flood, too big, bad query,
-// origin, unknown model, idle viewer): the reason says why, and we do not retry on our own. Any
+// origin, unknown model or room, idle viewer, room closed): the reason says why, and we do not retry on our own. Any
 // other code (server restart, too many streams, too slow) is worth another try after a wait.
 // The list is backend/stream/protocol.py's FINAL_CLOSE_CODES (a test checks that they match).
-export const FINAL_CLOSE_CODES = [1007, 1008, 1009, 4400, 4403, 4404, 4408];
+export const FINAL_CLOSE_CODES = [1007, 1008, 1009, 4400, 4403, 4404, 4408, 4410];
 
 /**
  * Decode one binary frame: 16-byte little-endian header <IIHHI (frame, CA step, width, height,

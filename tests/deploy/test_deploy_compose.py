@@ -166,19 +166,25 @@ def _proxy_handlers(config: dict) -> list[dict]:
 
 def test_the_caddyfile_finds_replicas_by_dns_in_compose_and_by_address_natively(compose) -> None:
     """Compose's environment: every address of the service names `api` and `stream` (so --scale works);
-    backend.run's: its fixed addresses. The stream route never buffers."""
+    backend.run's: its fixed addresses. The stream routes (rooms, and single viewers) never buffer; a room's
+    joiners go by a hash of its id, viewers to the replica with the fewest connections."""
     from backend.run import proxy_service
 
     in_compose = _proxy_handlers(_adapt(resolved_environment(compose["services"]["proxy"])))
     assert sorted((h["dynamic_upstreams"]["name"], h["dynamic_upstreams"]["port"]) for h in in_compose) == \
-        [("api", "8000"), ("stream", "8001")]
+        [("api", "8000"), ("stream", "8001"), ("stream", "8001")]
     assert all(h["dynamic_upstreams"]["source"] == "a" and h["dynamic_upstreams"]["refresh"] <= 5e9
                for h in in_compose)
     local = proxy_service(Settings(api_port=8101, stream_port=8102))
     natively = _proxy_handlers(_adapt({**local.env, "PATH": "/usr/bin:/bin"}))
-    assert sorted(u["dial"] for h in natively for u in h["upstreams"]) == ["127.0.0.1:8101", "127.0.0.1:8102"]
-    stream_route = next(h for h in natively if h["upstreams"][0]["dial"].endswith(":8102"))
-    assert stream_route["flush_interval"] == -1
+    assert sorted(u["dial"] for h in natively for u in h["upstreams"]) == \
+        ["127.0.0.1:8101", "127.0.0.1:8102", "127.0.0.1:8102"]
+    stream_routes = [h for h in natively if h["upstreams"][0]["dial"].endswith(":8102")]
+    assert all(h["flush_interval"] == -1 for h in stream_routes)
+    policies = sorted(h["load_balancing"]["selection_policy"]["policy"] for h in stream_routes)
+    assert policies == ["least_conn", "query"]
+    assert next(h for h in stream_routes if h["load_balancing"]["selection_policy"]["policy"] == "query"
+                )["load_balancing"]["selection_policy"]["key"] == "room"
 
 
 @pytest.mark.parametrize("variant", ["compose", "cpu_compose"])
