@@ -29,8 +29,9 @@ from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress, TrainResult
 from backend.storage.connection import REDIS_DOWN_ERRORS
-from backend.storage.jobs import Job, JobStatus, JobStore, LossHistory
+from backend.storage.jobs import Job, JobStatus, JobStore
 from backend.storage.shared import Storage
+from backend.worker.losses import LossHistory
 
 log = logging.getLogger(__name__)
 

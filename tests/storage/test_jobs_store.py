@@ -12,9 +12,10 @@ import torch
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, save, to_bytes
 from backend.storage.connection import connect
-from backend.storage.jobs import CHECKPOINT_CHANNEL, JobNotFound, JobStore, LossHistory, job_key, new_job_id
+from backend.storage.jobs import CHECKPOINT_CHANNEL, JobNotFound, JobStore, job_key, new_job_id
 from backend.storage.models import ModelCatalog, ModelNotFound
 from backend.storage.workers import WORKERS_KEY, Presence
+from backend.worker.losses import LossHistory
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ from backend.nca import JobSpec, Trainer
 from backend.nca.modelfile import to_bytes
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import free_port
-from backend.storage.jobs import ACTIVE_KEY, JobStore, LossHistory, job_key, new_job_id
+from backend.storage.jobs import ACTIVE_KEY, JobStore, job_key, new_job_id
 from backend.storage.queue import QUEUE, TRAIN_TASK, make_sender
+from backend.worker.losses import LossHistory
 from backend.worker.tasks import MAX_WORKERS_LOST, JobRun, Lease
 from tests.conftest import REPO_ROOT
 
