@@ -9,7 +9,7 @@ made with `spec.target`, as is. A spec is validated once, when it is built: the 
 the bounds and the rules between fields in the dataclasses' `__post_init__`.
 
 Adding a job option touches: its field in TrainConfig, made with `option(..., since=<SPEC_VERSION + 1>)`,
-and the trainer code that uses it (backend/nca/train.py), and its field in the form (frontend/index.html).
+and the trainer code that uses it (backend/nca/train.py); the API, the form, the CLI and the docs take it from here.
 SPEC_VERSION follows (the highest `since`), and specs stored before it get the option's default.
 """
 

@@ -33,6 +33,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from backend.config import CHECKPOINT_HISTORY
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
+from backend.nca.train import Progress
 
 from . import keys
 from .connection import text
@@ -105,6 +106,7 @@ class Job(BaseModel):
     # checkpoint: Ctrl-C, a deploy) or "worker_lost" (the worker vanished: a crash, kill -9).
     interrupted_by: Literal["stop", "worker_lost"] | None = None
     cancel_requested: bool = False
+    finished_early: str | None = None  # why it succeeded before its total (early_stop_patience), in words
     _spec: JobSpec = PrivateAttr()
     _loss_every: int = PrivateAttr(1)
 
@@ -199,7 +201,7 @@ class RecordCodec:
 _FIELD_KINDS = RecordCodec.fields()
 
 
-class JobProgressPoints(Protocol):
+class LossPoints(Protocol):
     """What the store needs of the worker's loss history (backend.worker.losses.LossHistory)."""
 
     points: list
@@ -325,17 +327,24 @@ class JobStore:
         keys = [job_key(job_id), job_key(job_id, "lease"), ACTIVE_KEY]
         return bool(self._run("refresh", keys, [token, int(lease_seconds * 1000), job_id]))
 
-    def progress(self, job_id: str, token: str, iteration: int, history: JobProgressPoints, loss: float | None = None,
-                 iterations_per_second: float | None = None, eta_seconds: float | None = None,
-                 resumed_from: list[int] | None = None, total: int | None = None, plan: dict | None = None,
-                 trained_seconds: float | None = None) -> bool:
-        """Where training is; None leaves a field as it is. `resumed_from` at the start of a run; `total` and
-        `plan` as a time budget's plan changes them."""
-        fields: dict[str, Any] = {"iteration": iteration, "loss_history": history.points, "loss_every": history.every}
-        optional = {"loss": loss, "total": total, "plan": plan, "trained_seconds": trained_seconds}
-        fields.update({name: value for name, value in optional.items() if value is not None})
-        if iterations_per_second is not None:
-            fields.update(iterations_per_second=iterations_per_second, eta_seconds=eta_seconds)
+    def progress(self, job_id: str, token: str, progress: Progress, history: LossPoints,
+                 resumed_from: list[int] | None = None) -> bool:
+        """Where training is: the trainer's record and the worker's loss history, in one write (False: the
+        lease is lost). What the record does not know yet (no loss, no measured rate) stays as it is;
+        `resumed_from` at the start of a run."""
+        fields: dict[str, Any] = {"iteration": progress.iteration, "total": progress.total,
+                                  "loss_history": history.points, "loss_every": history.every,
+                                  "trained_seconds": round(progress.trained_seconds, 1)}
+        if progress.loss is not None and math.isfinite(progress.loss):
+            fields["loss"] = progress.loss
+        if progress.plan is not None:
+            fields["plan"] = progress.plan.as_dict()
+        if progress.iterations_per_second is not None:
+            eta = progress.eta_seconds
+            fields.update(iterations_per_second=round(progress.iterations_per_second, 3),
+                          eta_seconds=None if eta is None else round(eta, 1))
+        if progress.finished_early is not None:
+            fields["finished_early"] = progress.finished_early
         if resumed_from is not None:
             fields["resumed_from"] = resumed_from
         args = [token, *RecordCodec.encode(fields)]

@@ -11,6 +11,7 @@ import torch
 
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, save, to_bytes
+from backend.nca.train import Progress
 from backend.storage.connection import connect
 from backend.storage.jobs import CHECKPOINT_CHANNEL, JobNotFound, JobStore, job_key, new_job_id
 from backend.storage.models import ModelCatalog, ModelNotFound
@@ -179,14 +180,20 @@ def test_worker_presence_is_listed_without_a_keyspace_scan(redis_url: str) -> No
 
 def test_progress_and_queue_failed_are_fenced(store: JobStore) -> None:
     job_id = new_job(store)
-    assert not store.progress(job_id, "a", 5, LossHistory([(5, 0.5)]))  # nobody claimed it
+    assert not store.progress(job_id, "a", Progress(5, 100, 0.5), LossHistory([(5, 0.5)]))  # nobody claimed it
     assert store.claim(job_id, "a", 5, "cpu", "w1") == "ok"
     assert not store.queue_failed(job_id, "could not send")  # a worker has it: not failed behind its back
-    assert store.progress(job_id, "a", 7, LossHistory([(5, 0.5), (7, 0.4)], every=1), loss=0.4,
-                          iterations_per_second=2.0, eta_seconds=46.5, resumed_from=[])
-    assert not store.progress(job_id, "b", 9, LossHistory())  # not the owner
+    assert store.progress(job_id, "a", Progress(7, 100, 0.4, iterations_per_second=2.0, trained_seconds=3.5),
+                          LossHistory([(5, 0.5), (7, 0.4)], every=1), resumed_from=[])
+    assert not store.progress(job_id, "b", Progress(9, 100, None), LossHistory())  # not the owner
     job = store.get(job_id)
     assert (job.iteration, job.loss, job.loss_history, job.eta_seconds) == (7, 0.4, [(5, 0.5), (7, 0.4)], 46.5)
+    assert (job.trained_seconds, job.iterations_per_second, job.finished_early) == (3.5, 2.0, None)
+    assert store.progress(job_id, "a", Progress(8, 100, None, finished_early="the loss stopped improving"),
+                          LossHistory([(5, 0.5), (7, 0.4)]))
+    job = store.get(job_id)  # no loss, no rate: those stay as they were
+    assert (job.iteration, job.loss, job.eta_seconds) == (8, 0.4, 46.5)
+    assert job.finished_early == "the loss stopped improving"
     unsent = new_job(store)
     assert store.queue_failed(unsent, "could not send")
     assert (store.get(unsent).status, store.get(unsent).error) == ("failed", "could not send")
