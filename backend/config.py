@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     # deployment); empty means the page's origin, path /ws/stream (the proxy routes it).
     public_stream_url: str = ""
 
-    checkpoint_every: int = 100  # training iterations between checkpoints
+    # Training iterations between checkpoints for jobs that do not say; None: the job option's own default
+    # (backend.nca.train.TrainConfig.checkpoint_every), so that the default is written in one place.
+    checkpoint_every: int | None = Field(None, ge=1)
     # Checkpoints kept in a job's history (its timeline); beyond it the history is thinned evenly, the first
     # and the latest always kept. At least 2.
     checkpoint_history: int = Field(CHECKPOINT_HISTORY, ge=2)

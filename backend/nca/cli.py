@@ -19,11 +19,11 @@ import torch
 
 from . import modelfile
 from .distill import DistillFormatError, import_distill
-from .jobspec import OPTIONS, JobSpec, OptionField
+from .jobspec import DEFAULTS, OPTIONS, Limits, OptionField, SpecError, spec_from_request
 from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
 from .target import TargetError, process_target
-from .train import PRESETS, Progress, Trainer, TrainingFailed, calibrate
+from .train import PRESETS, Progress, TrainingFailed, calibrate
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -46,7 +46,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 FLAG_ALIASES = {"target_size": ["--size"]}  # the flag's older, shorter name
-BUDGET_ITERATION_CAP = 1_000_000  # --minutes without --iterations: the plan is bounded by the time alone
 
 
 def _add_option(p: argparse.ArgumentParser, opt: OptionField) -> None:
@@ -77,13 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     given = {opt.name: value for opt in OPTIONS if (value := getattr(args, opt.name, None)) is not None}
-    preset = dict(PRESETS[args.preset])
-    if "minutes" in given:  # a time budget plans the iterations: the option's maximum is only the plan's cap
-        if "iterations" in given:
-            print("error: give --minutes or --iterations, not both", file=sys.stderr)
-            return 2
-        preset["iterations"] = BUDGET_ITERATION_CAP
-    spec = JobSpec.from_options({**preset, **given, "name": args.image.stem[:80]})
+    # A time budget plans the iterations itself: the preset's count gives way (one given with --iterations does not).
+    preset = {k: v for k, v in PRESETS[args.preset].items() if not (k == "iterations" and "minutes" in given)}
+    spec = spec_from_request({**preset, **given}, Limits(), args.image.stem[:80], seed=DEFAULTS["seed"])
     processed = process_target(args.image, spec.target)
     target = processed.target
     print(f"target: {target.shape[2]}x{target.shape[1]} cells, background {processed.background}, "
@@ -94,8 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None
     speed = calibrate(device) if config.minutes is not None else None  # about a second: the first plan
-    trainer = Trainer(target, config, device, resume=resume, name=spec.name,
-                      target_size=spec.target.size, padding=spec.target.padding, speed=speed)
+    trainer = spec.trainer(target, device, resume, speed)
     writer = None
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -262,6 +256,10 @@ def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except SpecError as exc:  # the API's 422: here a usage error that names the flag
+        flag = f" (--{exc.field.replace('_', '-')})" if exc.field else ""
+        print(f"error{flag}: {exc}", file=sys.stderr)
+        return 2
     except (TargetError, modelfile.ModelFileError, DistillFormatError, TrainingFailed, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

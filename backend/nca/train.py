@@ -70,7 +70,7 @@ class TrainConfig:
     hidden: int = option(HIDDEN, "width of the update network", ge=1, api=False)
     fire_rate: float = option(FIRE_RATE, "stochastic update rate", gt=0, le=1)
     seed: int = option(0, "random seed (weights, pool, steps, damage)", ge=0, le=2**31 - 1)
-    checkpoint_every: int = option(500, "iterations between checkpoints", ge=1, le=1_000_000)
+    checkpoint_every: int = option(100, "iterations between checkpoints", ge=1, le=1_000_000)
     # A time budget (backend.nca.budget): the trainer plans the iterations (iterations is then their cap),
     # the learning-rate drop and the steps per iteration to finish within it on the device that trains.
     minutes: float | None = option(None, "time budget in minutes: iterations, learning-rate drop and steps per "

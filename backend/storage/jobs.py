@@ -18,6 +18,7 @@ status of a job with a checkpoint, or stores one, also publishes on CHECKPOINT_C
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -25,11 +26,11 @@ import time
 import types
 import typing
 import uuid
-from typing import Any, Literal, Protocol, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 import redis
 import torch
-from pydantic import BaseModel, PrivateAttr
+from pydantic import AliasChoices, BaseModel, Field, PlainSerializer, PlainValidator, PrivateAttr, WithJsonSchema
 
 from backend.config import CHECKPOINT_HISTORY
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
@@ -69,8 +70,19 @@ class JobNotFound(KeyError):
     """No job with this id."""
 
 
+def _read_spec(value: Any) -> JobSpec:
+    """The record's spec: as it is, or from its stored form (every option named, this SPEC_VERSION)."""
+    return value if isinstance(value, JobSpec) else JobSpec.from_options(value, complete=True)
+
+
+# The job's spec, held as the JobSpec it is; stored (hash field `options`, beside `spec_version`) and
+# answered by the API as its options, each with its value (JobSpec.options()).
+StoredSpec = Annotated[JobSpec, PlainValidator(_read_spec), PlainSerializer(JobSpec.options, return_type=dict),
+                       WithJsonSchema({"type": "object", "description": "every job option and its value"})]
+
+
 class Job(BaseModel):
-    """The job record as stored; the API adds links. `spec` is the typed form of `options`."""
+    """The job record as stored; the API adds links."""
 
     id: str
     name: str
@@ -92,7 +104,7 @@ class Job(BaseModel):
     warning: str | None = None  # a problem that did not fail the job (e.g. the model export to disk failed)
     device: str | None = None
     worker: str | None = None
-    options: dict[str, Any]  # JobSpec.options(): every job option and its value
+    spec: StoredSpec = Field(validation_alias=AliasChoices("spec", "options"), serialization_alias="options")
     grid_height: int
     grid_width: int
     model_version: int = 0  # increases with each checkpoint
@@ -107,12 +119,7 @@ class Job(BaseModel):
     interrupted_by: Literal["stop", "worker_lost"] | None = None
     cancel_requested: bool = False
     finished_early: str | None = None  # why it succeeded before its total (early_stop_patience), in words
-    _spec: JobSpec = PrivateAttr()
     _loss_every: int = PrivateAttr(1)
-
-    @property
-    def spec(self) -> JobSpec:
-        return self._spec
 
     @property
     def loss_every(self) -> int:
@@ -127,10 +134,10 @@ class Job(BaseModel):
         loss_every = int(fields.pop("loss_every", None) or 1)
         for name in BOOKKEEPING_FIELDS:
             fields.pop(name, None)
-        options = fields["options"] if version > 1 else {"name": fields.get("name", ""), **fields["options"]}
-        spec = JobSpec.from_stored(options, version)
-        job = cls.model_validate({**fields, "options": spec.options()})
-        job._spec, job._loss_every = spec, loss_every
+        options = fields.pop("options")
+        options = options if version > 1 else {"name": fields.get("name", ""), **options}
+        job = cls.model_validate({**fields, "spec": JobSpec.from_stored(options, version)})
+        job._loss_every = loss_every
         return job
 
 
@@ -157,13 +164,13 @@ class RecordCodec:
         nullable = type(None) in args
         base = next(a for a in args if a is not type(None))
         base = get_origin(base) or base
-        if base in (list, tuple, dict):
+        if base in (list, tuple, dict) or dataclasses.is_dataclass(base):
             return RecordCodec.JSON, nullable
         return (RecordCodec.FLAG if base is bool else RecordCodec.PLAIN), nullable
 
     @classmethod
     def fields(cls) -> dict[str, tuple[str, bool]]:
-        return {name: cls.kind(info.annotation) for name, info in Job.model_fields.items()}
+        return {info.serialization_alias or name: cls.kind(info.annotation) for name, info in Job.model_fields.items()}
 
     @classmethod
     def encode(cls, values: dict[str, Any]) -> list[Any]:
@@ -174,7 +181,7 @@ class RecordCodec:
             if value is None:
                 value = ""
             elif kind == cls.JSON:
-                value = json.dumps(value)
+                value = json.dumps(value.options() if isinstance(value, JobSpec) else value)
             elif kind == cls.FLAG:
                 value = "1" if value else "0"
             flat += [name, value]
@@ -294,7 +301,7 @@ class JobStore:
         _, height, width = target.shape
         record = {
             "id": job_id, "name": spec.name, "status": "queued", "iteration": 0, "total": spec.train.iterations,
-            "created_at": now, "options": spec.options(), "spec_version": SPEC_VERSION, "grid_height": height,
+            "created_at": now, "options": spec, "spec_version": SPEC_VERSION, "grid_height": height,
             "grid_width": width, "model_version": 0, "loss_history": [], "loss_every": 1, "resumed_from": [],
             "warning": warning,
         }

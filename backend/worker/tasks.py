@@ -177,8 +177,7 @@ class JobRun:
             resumed_from = [*resumed_from, start]
             log.info("job %s: resuming from the checkpoint at iteration %d %s", job.id, start,
                      INTERRUPTIONS.get(job.interrupted_by, ""))
-        trainer = Trainer(self.store.target(job.id), spec.train, self.device, resume=resume, name=spec.name,
-                          target_size=spec.target.size, padding=spec.target.padding, speed=self.speed)
+        trainer = spec.trainer(self.store.target(job.id), self.device, resume, self.speed)
         self.write(trainer.progress(), resumed_from)
         return trainer
 

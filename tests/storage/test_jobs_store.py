@@ -243,4 +243,24 @@ def test_a_record_in_the_old_format_is_read_with_its_spec_migrated(store: JobSto
     redis.Redis.from_url(redis_url).hset(job_key(job_id), mapping=old)
     job = store.get(job_id)
     assert (job.spec.train.experiment, job.spec.train.seed, job.spec.target.size) == ("growing", 5, 24)
-    assert job.options["fire_rate"] == 0.5 and job.options["name"] == "old"  # filled with the defaults
+    assert job.spec.train.fire_rate == 0.5 and job.spec.name == "old"  # filled with the defaults
+
+
+def test_a_record_stored_by_the_code_before_this_one_reads_back_as_it_was(store: JobStore, redis_url: str) -> None:
+    """Spec version 4 (before early_stop_patience), written as that code wrote it: the same spec, the new
+    option at its default (off); the record holds the JobSpec itself, no flat twin beside it."""
+    job_id = new_job_id()
+    options = {**{k: v for k, v in JobSpec().options().items() if k != "early_stop_patience"},
+               "name": "v4", "minutes": 5.0, "iterations": 20000, "checkpoint_every": 100}
+    record = {"id": job_id, "name": "v4", "status": "queued", "iteration": 0, "total": 20000, "created_at": 1.0,
+              "options": json.dumps(options), "spec_version": 4, "grid_height": 72, "grid_width": 72,
+              "model_version": 0, "loss_history": "[]", "loss_every": 1, "resumed_from": "[]", "warning": "",
+              "plan": ""}
+    redis.Redis.from_url(redis_url).hset(job_key(job_id), mapping=record)
+    job = store.get(job_id)
+    assert isinstance(job.spec, JobSpec) and not hasattr(job, "options")
+    assert job.spec == JobSpec.from_options({**options, "early_stop_patience": None})
+    assert job.spec.train.early_stop_patience is None and job.spec.train.minutes == 5.0
+    assert job.model_dump(by_alias=True)["options"] == job.spec.options()  # what the API answers
+    again = store.create(new_job_id(), job.spec, torch.rand(4, 12, 10))  # stored as it is, read back as it is
+    assert again.spec == job.spec
