@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,15 @@ class Settings(BaseSettings):
     # deployment); empty means the page's origin, path /ws/stream (the proxy routes it).
     public_stream_url: str = ""
 
-    checkpoint_every: int = 100  # training iterations between checkpoints
+    # Training iterations between checkpoints for jobs that do not say; None: the job option's own default
+    # (backend.nca.train.TrainConfig.checkpoint_every), so that the default is written in one place.
+    checkpoint_every: int | None = Field(None, ge=1)
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        """`NCA_CHECKPOINT_EVERY=` (docker-compose.yml passes it so) means unset: the option's default."""
+        return None if value == "" else value
     # Checkpoints kept in a job's history (its timeline); beyond it the history is thinned evenly, the first
     # and the latest always kept. At least 2.
     checkpoint_history: int = Field(CHECKPOINT_HISTORY, ge=2)

@@ -22,12 +22,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.exports.card import model_card  # noqa: E402
+from backend.exports.video import render_video  # noqa: E402
 from backend.nca import modelfile  # noqa: E402
-from backend.nca.card import model_card  # noqa: E402
 from backend.nca.distill import import_distill  # noqa: E402
 from backend.nca.model import NCA  # noqa: E402
 from backend.nca.modelfile import ModelFile, ModelInfo  # noqa: E402
-from backend.nca.video import render_video  # noqa: E402
 
 LIZARD = ROOT.parent / "shared" / "reference" / "distill-webgl-models" / "regenerating_lizard.json"
 

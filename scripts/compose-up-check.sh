@@ -302,7 +302,7 @@ check "200-iteration job succeeded" 'grep -q "\"status\": \"succeeded\"" $R/job1
 JOB1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["id"])' "$R/job1.json")
 docker compose ps --format '{{.Service}} {{.Ports}}' | tee "$R/ports.txt"
 check "only the proxy publishes a port (P3)" '[ "$(grep -c "0.0.0.0:" "$R/ports.txt")" = 1 ] && grep -q "^proxy .*0.0.0.0:$PROXY_PORT->80/tcp" "$R/ports.txt"'
-check "the page loads from the proxy (P3)" 'curl -fsS $API/ | grep -q "<html" && curl -fsSI $API/js/stream.js | grep -qi "^server: Caddy"'
+check "the page loads from the proxy (P3)" 'curl -fsS -o $R/page.html $API/ && grep -q "<html" $R/page.html && curl -fsSI -o $R/stream-js.headers $API/js/stream.js && grep -qi "^server: Caddy" $R/stream-js.headers'
 check "/api/config: the page opens its stream on its own origin (P3)" 'curl -fsS $API/api/config | python3 -c "import sys,json;sys.exit(json.load(sys.stdin)[\"stream_url\"] is not None)"'
 check "websocket upgrade to an unknown path -> 404 (P3)" '[ "$(curl -s -o /dev/null -w "%{http_code}" --max-time 10 -H "Connection: Upgrade" -H "Upgrade: websocket" -H "Sec-WebSocket-Version: 13" -H "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==" $API/ws/nope)" = 404 ]'
 check "websocket through the proxy: 3 messages from example-heart" '"$R/venv/bin/python" "$R/ws_check.py" "$WS/ws/stream?model=example-heart"'
@@ -337,6 +337,6 @@ docker compose up -d --scale worker=1 --scale api=1 --scale stream=1 2>&1 | grep
 docker compose down 2>&1 | tail -1
 T=$(date +%s); docker compose up -d 2>&1 | grep -v 'IPv4 forwarding' | tail -1
 check "healthy again after down + up" 'wait_healthy 180'; log "down/up -> healthy: $(( $(date +%s) - T )) s"
-check "finished job still listed after down/up (named volume)" 'curl -fsS $API/api/jobs/$JOB1 | grep -q "\"status\":\"succeeded\""'
+check "finished job still listed after down/up (named volume)" 'curl -fsS -o $R/job1-after.json $API/api/jobs/$JOB1 && grep -q "\"status\":\"succeeded\"" $R/job1-after.json'
 log "done: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]

@@ -14,7 +14,7 @@ A time budget plans from the speed it measures, so a rerun trains a different nu
 iterations and gives an equivalent model, not bit-identical weights (docs/benchmarks.md,
 "Example models"); each shipped model passes its own card (it regrows).
 Writes models/<name>.png (the drawn target), models/<name>.safetensors, its model card
-models/<name>.card.json (backend/nca/card.py; the API serves it), and a loss log (iteration,
+models/<name>.card.json (backend/exports/card.py; the API serves it), and a loss log (iteration,
 seconds, loss) to artifacts/examples/<name>.csv.
 """
 
@@ -35,8 +35,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.exports.card import model_card, summary  # noqa: E402
 from backend.nca import modelfile  # noqa: E402
-from backend.nca.card import model_card, summary  # noqa: E402
 from backend.nca.fast import grow  # noqa: E402
 from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402

@@ -17,6 +17,7 @@ from backend.nca.jobspec import JobSpec
 from backend.nca.train import TrainConfig
 from backend.storage.jobs import Job
 from backend.storage.shared import Storage
+from backend.storage.status import ACTIVE
 
 AHEAD_FIELDS = ("iteration", "eta_seconds", "trained_seconds", "plan")
 
@@ -71,7 +72,7 @@ def estimate_job(storage: Storage, spec: JobSpec) -> EstimateOut:
     """The estimate for a new job with `spec` (a square target: the most cells its options allow)."""
     workers = storage.workers.live()
     ahead = [job for job in storage.jobs.summaries(storage.quota.job_ids(), AHEAD_FIELDS)
-             if job.status in ("queued", "running")]
+             if job.status in ACTIVE]
     worker = fastest(workers)
     if worker is None:
         return EstimateOut(seconds=None, iterations=None, plan=None, device=None, speed_source=None, workers=0,

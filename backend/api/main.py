@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
 
 from backend.config import Settings, get_settings
+from backend.nca.jobspec import SpecError
 from backend.nca.target import TargetError
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.shared import Storage
@@ -48,6 +49,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"detail": message}, status_code=422)
+
+    @app.exception_handler(SpecError)
+    async def bad_options(_: Request, exc: SpecError) -> JSONResponse:
+        return JSONResponse({"detail": f"invalid options: {exc}"}, status_code=422)
 
     @app.exception_handler(TargetError)
     async def bad_image(_: Request, exc: TargetError) -> JSONResponse:

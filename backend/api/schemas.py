@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from backend.nca.jobspec import OPTIONS, OptionField
+from backend.nca.jobspec import DEFAULTS, OPTIONS, SERVER_CHOSEN, OptionField
 from backend.storage.jobs import Checkpoint, Job, JobStatus
 from backend.storage.models import ModelEntry, reference
 
@@ -15,13 +15,9 @@ EXPERIMENT_HELP = {
     "persistent": "Experiment 2: grows the image and keeps it stable (trained from a pool of its own states).",
     "regenerating": "Experiment 3: grows, persists and regrows parts that are erased (pool plus damage).",
 }
-# Options the server fills in when a request leaves them out (backend/api/submissions.py): the API's
-# default differs from the core's, so the request model says what the server does instead.
-SERVER_DEFAULTS = {
-    "name": "the image file name",
-    "seed": "a random seed, recorded in the job",
-    "checkpoint_every": "NCA_CHECKPOINT_EVERY",
-}
+# Options the server fills in when a request leaves them out (backend.nca.jobspec.spec_from_request): the
+# request model says what the server does instead of a default.
+SERVER_DEFAULTS = {name: text.format(default=DEFAULTS[name]) for name, text in SERVER_CHOSEN.items()}
 
 
 def _request_field(opt: OptionField) -> tuple[Any, Any]:
@@ -74,7 +70,7 @@ class JobOut(Job):
         links = JobLinks(self=base, cancel=f"{base}/cancel", target=f"{base}/target.png",
                          model_file=f"/api/models/{job.id}/file" if has_model else None,
                          preview=f"{base}/preview.png" if has_model else None, checkpoints=f"{base}/checkpoints")
-        return cls(**job.model_dump(), links=links)
+        return cls(**dict(job), links=links)
 
 
 class CheckpointLinks(BaseModel):
@@ -142,6 +138,9 @@ class ConfigOut(BaseModel):
     experiments: dict[str, str]
     defaults: dict[str, Any]
     limits: dict[str, dict[str, float]]
+    options: list[dict[str, Any]] = Field(description="every job option a request may set, for the Train form to "
+                                                      "build its fields from: name, kind, choices, default, bounds "
+                                                      "(min, above, max), help (backend.nca.jobspec.option_schema)")
     auth_required: bool = Field(False, description="creating and cancelling jobs need a bearer token")
     budgets: dict[str, float] = Field(description="the form's time-budget choices, in minutes")
     default_budget: Literal["quick", "good", "paper"] = Field(

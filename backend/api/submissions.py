@@ -2,7 +2,8 @@
 
 The route (`POST /api/jobs`) calls these in order: `read_upload` (HTTP), `job_spec` (validation:
 the request model's types and bounds, then the spec's own rules, then this server's limits) and
-`submit` (the target image, the job record, its message).
+`submit` (the target image, the job record, its message). Invalid options raise SpecError, which the
+app answers with 422 (backend/api/main.py): nothing here speaks HTTP but the reading of the body.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.config import Settings
-from backend.nca.jobspec import BUDGET_RECIPE, JobSpec
+from backend.nca.jobspec import JobSpec, Limits, SpecError, spec_from_request
 from backend.nca.target import ProcessedTarget, TargetOptions, process_target
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, new_job_id
@@ -97,51 +97,21 @@ def job_spec(upload: Upload, settings: Settings) -> JobSpec:
     return spec_of(upload.options, settings, PurePath(upload.filename).stem[:80] or "image")
 
 
-def spec_of(raw: dict[str, Any], settings: Settings, default_name: str) -> JobSpec:
-    """The spec these request options ask for (POST /api/jobs, /api/estimate); 422 naming the field if invalid.
+def limits_of(settings: Settings) -> Limits:
+    """This server's limits and defaults for a job spec (backend.nca.jobspec.Limits)."""
+    return Limits(max_iterations=settings.max_iterations, max_minutes=settings.max_minutes,
+                  max_pool_megabytes=settings.max_pool_megabytes, checkpoint_every=settings.checkpoint_every)
 
-    A time budget (`minutes`) plans the iterations itself: sending `iterations` too is refused, and options
-    left out follow the budget recipe (backend.nca.jobspec.JobSpec.from_options).
-    """
+
+def spec_of(raw: dict[str, Any], settings: Settings, default_name: str) -> JobSpec:
+    """The spec these request options ask for (POST /api/jobs, /api/estimate); SpecError naming the field
+    (the app answers 422). Types and bounds first (the request model, so that form strings are read), then
+    the one rule every way in shares (backend.nca.jobspec.spec_from_request)."""
     try:
         request = JobOptions.model_validate(raw)
     except ValidationError as exc:
-        raise HTTPException(422, f"invalid options: {validation_message(exc)}") from None
-    given = request.model_fields_set
-    options = request.model_dump()
-    if options.pop("key_background"):  # clients from before `background` keep working
-        if "background" in given and options["background"] != "key":
-            raise HTTPException(422, "invalid options: key_background=true means background=key: send only "
-                                     "background")
-        options["background"] = "key"
-    if options["minutes"] is not None:
-        if "iterations" in given:
-            raise HTTPException(422, "invalid options: send minutes or iterations, not both: with a time budget "
-                                     "the iterations are planned to fit it")
-        if options["minutes"] > settings.max_minutes:
-            raise HTTPException(422, f"invalid options: minutes: at most {settings.max_minutes:g} minutes are "
-                                     "allowed on this server")
-        options["iterations"] = settings.max_iterations  # the cap of the plan
-        options = {k: v for k, v in options.items() if k in given or k not in BUDGET_RECIPE}
-    elif "iterations" not in given:  # the default, within this server's cap (as GET /api/config says)
-        options["iterations"] = min(options["iterations"], settings.max_iterations)
-    if options["seed"] is None:
-        options["seed"] = random.randrange(2**31)
-    if options["checkpoint_every"] is None:
-        options["checkpoint_every"] = settings.checkpoint_every
-    if options["name"] is None or not options["name"].strip():  # a blank name would leave the job unnamed in lists
-        options["name"] = default_name
-    try:
-        spec = JobSpec.from_options(options)
-    except ValueError as exc:
-        raise HTTPException(422, f"invalid options: {exc}") from None
-    if spec.train.iterations > settings.max_iterations:
-        raise HTTPException(422, f"invalid options: iterations: at most {settings.max_iterations} iterations are "
-                                 "allowed on this server")
-    if (pool_mb := spec.pool_megabytes()) > settings.max_pool_megabytes:
-        raise HTTPException(422, f"invalid options: the sample pool would need {pool_mb:,.0f} MB (at most "
-                                 f"{settings.max_pool_megabytes:,} MB): lower pool_size, target_size or padding")
-    return spec
+        raise SpecError(validation_message(exc)) from None
+    return spec_from_request(request.model_dump(exclude_unset=True), limits_of(settings), default_name)
 
 
 def target_options(spec: JobSpec, settings: Settings) -> TargetOptions:

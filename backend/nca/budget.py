@@ -11,6 +11,9 @@ pattern learns to grow first, then to persist). It re-plans from the speed it me
 few percent of the budget, since the cost grows with the pattern, and stops at the budget
 whatever the plan said. What each part of this recipe buys is measured in docs/benchmarks.md
 ("Time to a pattern").
+
+`Schedule` answers, during a run, what is due now: a re-plan, a checkpoint, or the end (the budget
+spent, the iterations done, or, with `early_stop_patience`, a loss that has stopped improving).
 """
 
 from __future__ import annotations
@@ -175,3 +178,72 @@ def estimate(config, target_size: int, padding: int, speed: Speed) -> Estimate:
         plan = make_plan(config, config.minutes * 60, sample_step)
         return Estimate(plan.expected_seconds, plan.iterations, full, plan)
     return Estimate(config.iterations * full, config.iterations, full, None)
+
+
+# Early stop (TrainConfig.early_stop_patience): the loss is smoothed (an exponential mean over about
+# EARLY_STOP_SMOOTHING iterations: one batch's loss is noisy) and counts as improved when it drops
+# EARLY_STOP_MIN_DELTA below the best smoothed loss so far.
+EARLY_STOP_SMOOTHING = 20
+EARLY_STOP_MIN_DELTA = 0.01
+
+
+class Schedule:
+    """What is due at each point of a training run: a re-plan of the time budget, a checkpoint, or the end
+    (the budget spent, the iterations done, the loss no longer improving). `Trainer.run` asks and acts.
+
+    `config` is the job's TrainConfig; the run starts at `iteration` with `trained_seconds` spent by the
+    runs before it, and `sample_steps` counted so far, at `now` (time.perf_counter())."""
+
+    def __init__(self, config, iteration: int, trained_seconds: float, sample_steps: int, now: float):
+        self.checkpoint_every, self.patience = config.checkpoint_every, config.early_stop_patience
+        self.started, self.start_iteration, self.before = now, iteration, trained_seconds
+        self.window = (now, sample_steps)  # since the last plan: time and samples x steps
+        self.smoothed: float | None = None
+        self.best, self.best_at = float("inf"), iteration
+
+    def trained_seconds(self, now: float) -> float:
+        """Training time of the whole job: the runs before this one and this one so far."""
+        return self.before + now - self.started
+
+    def rate(self, iteration: int, now: float) -> float:
+        """Iterations per second in this run."""
+        elapsed = now - self.started
+        return (iteration - self.start_iteration) / elapsed if elapsed > 0 else 0.0
+
+    def replan(self, plan: Plan | None, iteration: int, sample_steps: int, now: float) -> float | None:
+        """The measured seconds per sample and CA step when the budget is due to be re-planned: every
+        REPLAN_SHARE of it, once after FIRST_REPLAN_ITERATIONS, and when the plan is done early."""
+        if plan is None or sample_steps <= self.window[1]:
+            return None
+        due = (now - self.window[0] >= REPLAN_SHARE * plan.seconds or iteration >= plan.iterations
+               or iteration - self.start_iteration == FIRST_REPLAN_ITERATIONS)
+        if not due:
+            return None
+        rate = (now - self.window[0]) / (sample_steps - self.window[1])
+        self.window = (now, sample_steps)
+        return rate
+
+    @staticmethod
+    def budget_spent(plan: Plan | None, trained_seconds: float) -> bool:
+        return plan is not None and trained_seconds >= plan.seconds
+
+    def checkpoint_due(self, iteration: int, total: int) -> bool:
+        """A checkpoint every `checkpoint_every` iterations; the last one is the run's end, not this."""
+        return iteration % self.checkpoint_every == 0 and iteration < total
+
+    def observe(self, iteration: int, loss: float) -> None:
+        """Follow the loss, for the early stop."""
+        if self.patience is None:
+            return
+        weight = 2 / (EARLY_STOP_SMOOTHING + 1)
+        self.smoothed = loss if self.smoothed is None else self.smoothed + weight * (loss - self.smoothed)
+        if self.smoothed < self.best * (1 - EARLY_STOP_MIN_DELTA):
+            self.best, self.best_at = self.smoothed, iteration
+
+    def stalled(self, iteration: int) -> str | None:
+        """Why the run should finish early (the loss has stopped improving), or None."""
+        if self.patience is None or iteration - self.best_at < self.patience:
+            return None
+        return (f"finished early at iteration {iteration}: the loss had not improved by "
+                f"{EARLY_STOP_MIN_DELTA:.0%} for {self.patience} iterations (best {self.best:.4g} at "
+                f"iteration {self.best_at}; early_stop_patience)")

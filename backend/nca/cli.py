@@ -1,6 +1,7 @@
-"""`python -m backend.nca {train,grow,import-distill,export-distill,player,video,card}`.
+"""`python -m backend.nca {train,grow,import-distill,export-distill}`.
 
-The core without the web service.
+The core without the web service. The product exports (player, video, card) are added by
+backend.exports.cli, which is the `nca` console script.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 
 from . import modelfile
 from .distill import DistillFormatError, import_distill
-from .jobspec import OPTIONS, JobSpec, OptionField
+from .jobspec import DEFAULTS, OPTIONS, Limits, OptionField, SpecError, spec_from_request
 from .model import pick_device
 from .render import growth_frames, save_gif, save_strip
 from .target import TargetError, process_target
-from .train import PRESETS, Progress, Trainer, TrainingFailed, calibrate
+from .train import PRESETS, Progress, TrainingFailed, calibrate
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -41,11 +42,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("--tensorboard", type=Path, help="write TensorBoard logs (loss, growth video) here")
-    p.add_argument("--video-every", type=_positive, default=500, help="iterations between growth videos")
+    p.add_argument("--video-every", type=positive, default=500, help="iterations between growth videos")
 
 
 FLAG_ALIASES = {"target_size": ["--size"]}  # the flag's older, shorter name
-BUDGET_ITERATION_CAP = 1_000_000  # --minutes without --iterations: the plan is bounded by the time alone
 
 
 def _add_option(p: argparse.ArgumentParser, opt: OptionField) -> None:
@@ -76,13 +76,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     given = {opt.name: value for opt in OPTIONS if (value := getattr(args, opt.name, None)) is not None}
-    preset = dict(PRESETS[args.preset])
-    if "minutes" in given:  # a time budget plans the iterations: the option's maximum is only the plan's cap
-        if "iterations" in given:
-            print("error: give --minutes or --iterations, not both", file=sys.stderr)
-            return 2
-        preset["iterations"] = BUDGET_ITERATION_CAP
-    spec = JobSpec.from_options({**preset, **given, "name": args.image.stem[:80]})
+    # A time budget plans the iterations itself: the preset's count gives way (one given with --iterations does not).
+    preset = {k: v for k, v in PRESETS[args.preset].items() if not (k == "iterations" and "minutes" in given)}
+    spec = spec_from_request({**preset, **given}, Limits(), args.image.stem[:80], seed=DEFAULTS["seed"])
     processed = process_target(args.image, spec.target)
     target = processed.target
     print(f"target: {target.shape[2]}x{target.shape[1]} cells, background {processed.background}, "
@@ -93,8 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None
     speed = calibrate(device) if config.minutes is not None else None  # about a second: the first plan
-    trainer = Trainer(target, config, device, resume=resume, name=spec.name,
-                      target_size=spec.target.size, padding=spec.target.padding, speed=speed)
+    trainer = spec.trainer(target, device, resume, speed)
     writer = None
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -131,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     took = f" in {trainer.trained_seconds / 60:.1f} min" if config.minutes is not None else ""
     print(f"{result.status} after {result.iteration} iterations{took}, loss {result.loss:.6f} on {device}; "
           f"wrote {args.out}")
+    if result.finished_early:
+        print(result.finished_early)
     return 0
 
 
@@ -185,45 +182,7 @@ def cmd_export_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_player(args: argparse.Namespace) -> int:
-    from .player import player_html
-
-    modelfile.write_atomic(args.out, player_html(modelfile.load(args.model)).encode())
-    print(f"wrote {args.out}: open it in a browser (no network needed)")
-    return 0
-
-
-def cmd_video(args: argparse.Namespace) -> int:
-    from .video import FORMATS, render_video
-
-    fmt = args.out.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise SystemExit(f"--out must end in {', '.join('.' + f for f in FORMATS)}")
-    data = render_video(modelfile.load(args.model), fmt, args.steps, args.scale)
-    modelfile.write_atomic(args.out, data)
-    print(f"wrote {args.out} ({len(data) // 1024} kB, {args.steps} steps: growth, a cut at step "
-          f"{args.steps // 3}, regrowth)")
-    return 0
-
-
-def cmd_card(args: argparse.Namespace) -> int:
-    import hashlib
-
-    from .card import model_card, render_sheet, summary
-
-    data = args.model.read_bytes()
-    card = model_card(modelfile.from_bytes(data), model_sha256=hashlib.sha256(data).hexdigest())
-    print(summary(card))
-    if args.out:
-        modelfile.write_atomic(args.out, (json.dumps(card, indent=1) + "\n").encode())
-        print(f"wrote {args.out}")
-    if args.sheet:
-        modelfile.write_atomic(args.sheet, render_sheet(card))
-        print(f"wrote {args.sheet}")
-    return 0
-
-
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
@@ -253,12 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     grow.add_argument("model", type=Path)
     grow.add_argument("--steps", type=_non_negative, required=True)
     grow.add_argument("--out", type=Path, required=True, help="FILE.gif (animation) or FILE.png (strip)")
-    grow.add_argument("--frame-every", type=_positive, default=1, help="steps between frames")
-    grow.add_argument("--scale", type=_positive, default=4, help="integer upscaling factor (nearest neighbour)")
-    grow.add_argument("--frame-ms", type=_positive, default=40, help="GIF frame duration")
+    grow.add_argument("--frame-every", type=positive, default=1, help="steps between frames")
+    grow.add_argument("--scale", type=positive, default=4, help="integer upscaling factor (nearest neighbour)")
+    grow.add_argument("--frame-ms", type=positive, default=40, help="GIF frame duration")
     grow.add_argument("--angle", type=float, default=0.0, help="perception rotation in degrees")
-    grow.add_argument("--height", type=_positive, help="grid height (default: the model's grid)")
-    grow.add_argument("--width", type=_positive, help="grid width (default: the model's grid)")
+    grow.add_argument("--height", type=positive, help="grid height (default: the model's grid)")
+    grow.add_argument("--width", type=positive, help="grid width (default: the model's grid)")
     grow.add_argument("--damage-at", type=int, help="erase a circle before this step")
     grow.add_argument("--damage-center", type=_center, help="X,Y in cells (default: grid centre)")
     grow.add_argument("--damage-radius", type=float, help="in cells (default: a fifth of the grid)")
@@ -280,32 +239,30 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--report", type=Path, help="also write the quantisation report here (JSON)")
     exp.set_defaults(func=cmd_export_distill)
 
-    player = sub.add_parser("player", help="write a one-file web player (HTML, weights inside, no network)")
-    player.add_argument("model", type=Path)
-    player.add_argument("--out", type=Path, required=True, help="FILE.html")
-    player.set_defaults(func=cmd_player)
-
-    from .video import DEFAULT_SCALE, DEFAULT_STEPS
-
-    video = sub.add_parser("video", help="growth, a cut and regrowth as GIF, animated WebP or MP4 (H.264)")
-    video.add_argument("model", type=Path)
-    video.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.webp or FILE.mp4")
-    video.add_argument("--steps", type=_positive, default=DEFAULT_STEPS, help="CA steps (at most 2000)")
-    video.add_argument("--scale", type=_positive, default=DEFAULT_SCALE, help="pixels per cell")
-    video.set_defaults(func=cmd_video)
-
-    card = sub.add_parser("card", help="evaluate a model: growth, persistence, regrowth, rotation, 8-bit export")
-    card.add_argument("model", type=Path)
-    card.add_argument("--out", type=Path, help="write the card (JSON) here")
-    card.add_argument("--sheet", type=Path, help="write its pictures with their numbers as one PNG here")
-    card.set_defaults(func=cmd_card)
     return parser
 
 
+EXPORTS = ("player", "video", "card")  # commands of backend.exports.cli (the `nca` script), above the core
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in EXPORTS:
+        print(f"error: `{argv[0]}` is a product export: run `nca {argv[0]} ...` or "
+              f"`python -m backend.exports {argv[0]} ...`", file=sys.stderr)
+        return 2
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run a command; a user's mistake is one line on stderr and exit status 2."""
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except SpecError as exc:  # the API's 422: here a usage error that names the flag
+        flag = f" (--{exc.field.replace('_', '-')})" if exc.field else ""
+        print(f"error{flag}: {exc}", file=sys.stderr)
+        return 2
     except (TargetError, modelfile.ModelFileError, DistillFormatError, TrainingFailed, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from . import evaluate
-from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PERCEPTION_FILTERS
+from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PAPER_GRID, PERCEPTION_FILTERS
 from .modelfile import ModelFile, ModelInfo
-from .target import PAPER_GRID
 
 DISTILL_GRID = PAPER_GRID  # the article's demo plays on the paper's grid
 

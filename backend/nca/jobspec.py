@@ -9,25 +9,32 @@ made with `spec.target`, as is. A spec is validated once, when it is built: the 
 the bounds and the rules between fields in the dataclasses' `__post_init__`.
 
 Adding a job option touches: its field in TrainConfig, made with `option(..., since=<SPEC_VERSION + 1>)`,
-and the trainer code that uses it (backend/nca/train.py), and its field in the form (frontend/index.html).
+and the trainer code that uses it (backend/nca/train.py); the API, the form, the CLI and the docs take it from here.
 SPEC_VERSION follows (the highest `since`), and specs stored before it get the option's default.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from .options import Option, check_bounds, option, option_of
+from .options import Option, check_bounds, number_text, option, option_of
 from .target import TargetOptions
-from .train import BUDGET_RECIPE, TrainConfig
+from .train import BUDGET_RECIPE, TrainConfig, Trainer
 
 
 class SpecError(ValueError):
-    """Options that do not make a job spec: the message names the option and what to fix."""
+    """Options that do not make a job spec: the message names the option and what to fix; `field` is that
+    option's name when there is one (the API answers 422, the command line its usage error)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,12 @@ class JobSpec:
         for older in range(version, SPEC_VERSION):
             values = _migrate(values, older)
         return cls.from_options(values, complete=True)
+
+    def trainer(self, target: Any, device: Any = "cpu", resume: Any = None, speed: Any = None) -> Trainer:
+        """The job's trainer, given the spec whole: its recipe, its name and its target's geometry (recorded in
+        the model file). `target` (4, H, W), `resume` a ModelFile, `speed` the device's (backend.nca.budget)."""
+        return Trainer(target, self.train, device, resume=resume, name=self.name, target_size=self.target.size,
+                       padding=self.target.padding, speed=speed)
 
     def pool_megabytes(self) -> float:
         """Memory of the sample pool for a square image (the most it can be); 0 without a pool."""
@@ -152,3 +165,113 @@ def _migrate(values: dict[str, Any], version: int) -> dict[str, Any]:
     if version == 2 and "key_background" in values:  # 3: `background` (auto, cutout, key, keep) replaces it
         values["background"] = "key" if values.pop("key_background") else "keep"  # what it trained on then
     return values
+
+
+def _bound(name: str, which: str = "le") -> Any:
+    return getattr(next(opt for opt in OPTIONS if opt.name == name).meta, which)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a server allows and chooses for the requests it takes, passed in (the API builds it from its
+    Settings); the defaults are the options' own bounds, what the command line allows."""
+
+    max_iterations: int = _bound("iterations")  # also the cap of a time budget's plan
+    max_minutes: float = _bound("minutes")
+    max_pool_megabytes: float = math.inf
+    checkpoint_every: int | None = None  # this server's default cadence; None: the option's default
+
+
+def spec_from_request(values: Mapping[str, Any], limits: Limits = Limits(), default_name: str = "image",
+                      seed: int | None = None) -> JobSpec:
+    """The spec a request asks for, from the options it sets (typed: the API's request model or the command
+    line's flags parsed them), with what the server chooses where it sets none; SpecError naming the field.
+
+    One rule for every way in (API, form, command line): a time budget (`minutes`, at most
+    `limits.max_minutes`) plans the iterations, so `iterations` too is refused, and the plan is capped at
+    `limits.max_iterations`; options it leaves out follow BUDGET_RECIPE. Without one, `iterations` is at most
+    that cap (left out: the default within it). Left out too: the seed (`seed`, or a random one, recorded in
+    the job), the checkpoint cadence (the server's) and the name (`default_name`). `key_background=true`
+    (older clients) means background=key. The sample pool must fit `limits.max_pool_megabytes`.
+    """
+    options = {name: value for name, value in values.items() if value is not None}
+    if options.pop("key_background", False) and options.setdefault("background", "key") != "key":
+        raise SpecError("key_background=true means background=key: send only background", "background")
+    if "minutes" in options:
+        if "iterations" in options:
+            raise SpecError("send minutes or iterations, not both: with a time budget the iterations are planned "
+                            "to fit it", "iterations")
+        if options["minutes"] > limits.max_minutes:
+            raise SpecError(f"minutes: at most {limits.max_minutes:g} minutes are allowed on this server", "minutes")
+        options["iterations"] = limits.max_iterations  # the cap of the plan
+    else:
+        options.setdefault("iterations", min(DEFAULTS["iterations"], limits.max_iterations))
+    options.setdefault("seed", random.randrange(2**31) if seed is None else seed)
+    if limits.checkpoint_every is not None:
+        options.setdefault("checkpoint_every", limits.checkpoint_every)
+    if not str(options.get("name", "")).strip():  # a blank name would leave the job unnamed in lists
+        options["name"] = default_name
+    try:
+        spec = JobSpec.from_options(options)
+    except SpecError:
+        raise
+    except ValueError as exc:  # a rule between options (TrainConfig, TargetOptions): its message names one first
+        first = str(exc).split(" ", 1)[0]
+        raise SpecError(str(exc), first if first in OPTION_NAMES else None) from None
+    if spec.train.iterations > limits.max_iterations:
+        raise SpecError(f"iterations: at most {limits.max_iterations} iterations are allowed on this server",
+                        "iterations")
+    if (pool_mb := spec.pool_megabytes()) > limits.max_pool_megabytes:
+        raise SpecError(f"the sample pool would need {pool_mb:,.0f} MB (at most {limits.max_pool_megabytes:,.0f} "
+                        "MB): lower pool_size, target_size or padding", "pool_size")
+    return spec
+
+
+# Options the server fills in when a request leaves them out (spec_from_request), and what it puts there.
+SERVER_CHOSEN = {"name": "the image file name", "seed": "a random seed, recorded in the job",
+                 "checkpoint_every": "the server's (NCA_CHECKPOINT_EVERY), else {default}"}
+
+
+def option_schema(limits: Limits = Limits()) -> list[dict[str, Any]]:
+    """Every option a request may set, as the Train form builds its fields from it (GET /api/config):
+    name, kind (integer, number, boolean, text or choice), choices, default (within this server's limits),
+    bounds, help and, for one the server fills in, what it chooses."""
+    out = []
+    for opt in OPTIONS:
+        if not opt.meta.api:
+            continue
+        kind = opt.kinds[0]
+        entry: dict[str, Any] = {"name": opt.name, "kind": _KIND_NAMES.get(kind, "choice"), "help": opt.meta.help,
+                                 "default": opt.default, "nullable": type(None) in _accepted(opt.type)}
+        if typing.get_origin(kind) is Literal:
+            entry["choices"] = list(typing.get_args(kind))
+        bounds = {"min": opt.meta.ge, "above": opt.meta.gt, "max": opt.meta.le, "max_length": opt.meta.max_length}
+        entry.update({k: v for k, v in bounds.items() if v is not None})
+        if opt.name in SERVER_CHOSEN:  # no default to offer: the server chooses (the seed: a new one each time)
+            entry["server_default"] = SERVER_CHOSEN[opt.name].format(default=opt.default)
+            entry["default"] = None
+        out.append(entry)
+    by_name = {entry["name"]: entry for entry in out}
+    by_name["iterations"]["max"] = limits.max_iterations
+    by_name["iterations"]["default"] = min(DEFAULTS["iterations"], limits.max_iterations)
+    by_name["minutes"]["max"] = min(by_name["minutes"]["max"], limits.max_minutes)
+    by_name["checkpoint_every"]["default"] = limits.checkpoint_every or DEFAULTS["checkpoint_every"]
+    return out
+
+
+_KIND_NAMES = {int: "integer", float: "number", bool: "boolean", str: "text"}
+
+
+def markdown_option_table() -> str:
+    """docs/api.md's table of the job options (tests/nca/test_jobspec.py checks the docs hold it)."""
+    rows = ["| Option | Type | Default | Bounds | |", "|---|---|---|---|---|"]
+    for entry in option_schema():
+        kind = " \\| ".join(f"`{c}`" for c in entry["choices"]) if "choices" in entry else entry["kind"]
+        default = entry.get("server_default") or ("none" if entry["default"] is None else f"`{entry['default']}`")
+        low = f">= {number_text(entry['min'])}" if "min" in entry else f"> {number_text(entry['above'])}" \
+            if "above" in entry else ""
+        high = f"<= {number_text(entry['max'])}" if "max" in entry else f"at most {entry['max_length']} characters" \
+            if "max_length" in entry else ""
+        bounds = ", ".join(b for b in (low, high) if b)
+        rows.append(f"| `{entry['name']}` | {kind} | {default} | {bounds} | {entry['help']} |")
+    return "\n".join(rows)

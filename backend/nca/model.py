@@ -15,6 +15,10 @@ CHANNELS = 16  # RGBA + 12 hidden channels
 HIDDEN = 128  # width of the per-cell update network
 FIRE_RATE = 0.5  # probability that a cell applies its update in a step
 ALIVE_THRESHOLD = 0.1  # a cell is alive if some alpha in its 3x3 neighbourhood exceeds this
+# The article's geometry: a target of 40 cells (its longer side) with 16 empty cells around it.
+TARGET_SIZE = 40
+TARGET_PADDING = 16
+PAPER_GRID = TARGET_SIZE + 2 * TARGET_PADDING  # 72: the article's grid for a square image
 PERCEPTION_FILTERS = 3  # identity, Sobel-x, Sobel-y
 
 _SOBEL_X = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0])) / 8.0

@@ -19,8 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PERCEPTION_FILTERS
-from .target import PAPER_GRID
+from .model import CHANNELS, FIRE_RATE, HIDDEN, NCA, PAPER_GRID, PERCEPTION_FILTERS
 
 FORMAT_NAME = "growing-nca"
 FORMAT_VERSION = "1"

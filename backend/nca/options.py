@@ -53,14 +53,15 @@ def check_bounds(instance: Any, error: type[ValueError] = ValueError) -> None:
         if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
             raise error(f"{name} must be a finite number")
         if meta.ge is not None and value < meta.ge:
-            raise error(f"{name} must be at least {_number(meta.ge)}")
+            raise error(f"{name} must be at least {number_text(meta.ge)}")
         if meta.gt is not None and value <= meta.gt:
-            raise error(f"{name} must be above {_number(meta.gt)}")
+            raise error(f"{name} must be above {number_text(meta.gt)}")
         if meta.le is not None and value > meta.le:
-            raise error(f"{name} must be at most {_number(meta.le)}")
+            raise error(f"{name} must be at most {number_text(meta.le)}")
         if meta.max_length is not None and len(value) > meta.max_length:
             raise error(f"{name} must be at most {meta.max_length} characters")
 
 
-def _number(x: float) -> str:
+def number_text(x: float) -> str:
+    """A bound as people write it: 1000000, not 1e+06; 0.1, not 0.1000."""
     return str(int(x)) if float(x).is_integer() else str(x)

@@ -27,13 +27,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .model import ALIVE_THRESHOLD
+from .model import ALIVE_THRESHOLD, TARGET_PADDING, TARGET_SIZE
 from .options import check_bounds, option
 from .render import upscale
 
-TARGET_SIZE = 40  # longer side of the target after thumbnailing, in cells
-TARGET_PADDING = 16  # empty cells around the target on every side
-PAPER_GRID = TARGET_SIZE + 2 * TARGET_PADDING  # 72: the article's grid for a square image
 MIN_TARGET_SIZE, MAX_TARGET_SIZE = 8, 128
 MAX_PADDING = 64
 MIN_IMAGE_SIDE = 4  # a thinner image has nothing to learn

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from . import fast
-from .budget import FIRST_REPLAN_ITERATIONS, GUESSED_SPEED, REPLAN_SHARE, Plan, Speed, live_cells, make_plan
+from .budget import GUESSED_SPEED, Plan, Schedule, Speed, live_cells, make_plan
 from .model import ALIVE_THRESHOLD, CHANNELS, FIRE_RATE, HIDDEN, NCA, damage_circles, make_seed, to_rgba
 from .modelfile import ModelFile, ModelInfo
 from .options import check_bounds, option
@@ -70,12 +70,15 @@ class TrainConfig:
     hidden: int = option(HIDDEN, "width of the update network", ge=1, api=False)
     fire_rate: float = option(FIRE_RATE, "stochastic update rate", gt=0, le=1)
     seed: int = option(0, "random seed (weights, pool, steps, damage)", ge=0, le=2**31 - 1)
-    checkpoint_every: int = option(500, "iterations between checkpoints", ge=1, le=1_000_000)
+    checkpoint_every: int = option(100, "iterations between checkpoints", ge=1, le=1_000_000)
     # A time budget (backend.nca.budget): the trainer plans the iterations (iterations is then their cap),
     # the learning-rate drop and the steps per iteration to finish within it on the device that trains.
     minutes: float | None = option(None, "time budget in minutes: iterations, learning-rate drop and steps per "
                                          "iteration are planned to fit it (iterations is then a cap)",
                                    gt=0, le=7 * 24 * 60, since=4)
+    early_stop_patience: int | None = option(None, "finish early when the loss (smoothed) has not improved by 1% "
+                                                   "for this many iterations; off when unset",
+                                             ge=1, le=1_000_000, since=5)
     fast: bool = True  # rollouts through backend.nca.fast (same function, computed on the live box only)
 
     def __post_init__(self) -> None:
@@ -115,14 +118,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Progress:
+    """Where a run is: what the trainer reports, the worker passes on and the job store writes, as one record."""
+
     iteration: int  # iterations completed, counting those before a resume
     total: int
-    loss: float
-    lr: float
-    elapsed: float  # seconds in this run
-    iterations_per_second: float
+    loss: float | None  # of the last iteration; None before this run trained one
+    iterations_per_second: float | None = None  # in this run; None where not measured (its start and end)
     plan: Plan | None = None  # with a time budget: the schedule as last re-planned (total is its iterations)
     trained_seconds: float = 0.0  # training time of the whole job, counting the runs before a resume
+    finished_early: str | None = None  # why the run ended before `total`, when it did (early_stop_patience)
+    lr: float | None = None  # the learning rate of the last iteration
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left: the plan's with a time budget (it fits it), else at the measured rate."""
+        if self.plan is not None:
+            return max(self.plan.expected_seconds - self.trained_seconds, 0.0)
+        if self.iterations_per_second:
+            return max(self.total - self.iteration, 0) / self.iterations_per_second
+        return None
 
 
 class TrainingFailed(RuntimeError):
@@ -135,6 +149,7 @@ class TrainResult:
     iteration: int
     loss: float
     model_file: ModelFile
+    finished_early: str | None = None  # why it succeeded before its total (early_stop_patience)
 
 
 def normalize_gradients(parameters) -> None:
@@ -264,54 +279,54 @@ class Trainer:
         self.last_loss = loss.item()
         return self.last_loss
 
+    def progress(self, rate: float | None = None, finished_early: str | None = None) -> Progress:
+        """Where training is now, as the worker writes it."""
+        loss = None if math.isnan(self.last_loss) else self.last_loss
+        return Progress(self.iteration, self.total, loss, rate, self.plan, self.trained_seconds, finished_early,
+                        self.lr_at(max(self.iteration - 1, 0)))
+
     def run(self, on_progress: Callable[[Progress], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             on_checkpoint: Callable[[ModelFile], None] | None = None) -> TrainResult:
-        """Train up to `total` iterations (or the time budget), checking `should_stop` between iterations.
-
-        With a time budget the plan is re-made from the speed measured since the last plan, every
-        REPLAN_SHARE of the budget (and once after the first iterations), and the run ends when the
-        budget is spent, counting the runs before a resume.
-        """
-        cfg = self.config
-        start, start_iteration, before = time.perf_counter(), self.iteration, self.trained_seconds
-        window = (start, self.sample_steps)  # since the last plan: time and samples x steps
-        status: Literal["succeeded", "cancelled"] = "succeeded"
-        while True:
-            if self.plan is not None:
-                now = time.perf_counter()
-                self.trained_seconds = before + now - start
-                if self.trained_seconds >= self.plan.seconds:
-                    break
-                due = (now - window[0] >= REPLAN_SHARE * self.plan.seconds or self.iteration >= self.total
-                       or self.iteration - start_iteration == FIRST_REPLAN_ITERATIONS)
-                if due and self.sample_steps > window[1]:  # the plan is done early, or it is time to look again
-                    rate = (now - window[0]) / (self.sample_steps - window[1])
-                    self.plan = make_plan(cfg, self.plan.seconds, rate, self.iteration, self.trained_seconds,
-                                          self.plan)
-                    window = (now, self.sample_steps)
-            if self.iteration >= self.total:
-                break
-            if should_stop is not None and should_stop():
-                status = "cancelled"
-                break
+        """Train up to `total` iterations (or the time budget), checking `should_stop` between iterations;
+        what is due when (re-plans, checkpoints, the end) is the Schedule's (backend.nca.budget)."""
+        schedule = Schedule(self.config, self.iteration, self.trained_seconds, self.sample_steps, time.perf_counter())
+        start_iteration = self.iteration
+        while (end := self._due(schedule, should_stop)) is None:
             loss = self.train_step()
-            elapsed = time.perf_counter() - start
-            self.trained_seconds = before + elapsed
+            now = time.perf_counter()
+            self.trained_seconds = schedule.trained_seconds(now)
+            schedule.observe(self.iteration, loss)
             if on_progress is not None:
-                rate = (self.iteration - start_iteration) / elapsed if elapsed > 0 else 0.0
-                on_progress(Progress(self.iteration, self.total, loss, self.lr_at(self.iteration - 1), elapsed, rate,
-                                     self.plan, self.trained_seconds))
-            if on_checkpoint is not None and self.iteration % cfg.checkpoint_every == 0 \
-                    and self.iteration < self.total:
+                on_progress(self.progress(schedule.rate(self.iteration, now)))
+            if on_checkpoint is not None and schedule.checkpoint_due(self.iteration, self.total):
                 on_checkpoint(self.export())
-        self.trained_seconds = before + time.perf_counter() - start
+        self.trained_seconds = schedule.trained_seconds(time.perf_counter())
+        early = end if end not in ("succeeded", "cancelled") else None
+        status: Literal["succeeded", "cancelled"] = "cancelled" if end == "cancelled" else "succeeded"
         if self.plan is not None and status == "succeeded" and self.iteration < self.plan.iterations:
             self.plan = replace(self.plan, iterations=self.iteration)  # the budget ran out first: as trained
         model_file = self.export()
         if on_checkpoint is not None and self.iteration > start_iteration:
             on_checkpoint(model_file)
-        return TrainResult(status, self.iteration, self.last_loss, model_file)
+        return TrainResult(status, self.iteration, self.last_loss, model_file, early)
+
+    def _due(self, schedule: Schedule, should_stop: Callable[[], bool] | None) -> str | None:
+        """Before an iteration: re-plan if due; None to go on, else how the run ends ("succeeded",
+        "cancelled", or why it finishes early)."""
+        now = time.perf_counter()
+        self.trained_seconds = schedule.trained_seconds(now)
+        if schedule.budget_spent(self.plan, self.trained_seconds):
+            return "succeeded"
+        if (rate := schedule.replan(self.plan, self.iteration, self.sample_steps, now)) is not None:
+            self.plan = make_plan(self.config, self.plan.seconds, rate, self.iteration, self.trained_seconds, self.plan)
+        if self.iteration >= self.total:
+            return "succeeded"
+        if (why := schedule.stalled(self.iteration)) is not None:
+            return why
+        if should_stop is not None and should_stop():
+            return "cancelled"
+        return None
 
     def export(self) -> ModelFile:
         cfg = self.config

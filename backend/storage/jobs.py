@@ -1,66 +1,61 @@
 """Training jobs in Redis: the record, the processed target, the latest checkpoint, the lease.
 
 Every host (API, workers, stream) reads and writes jobs here only, so nothing needs a shared
-filesystem. Key layout (docs/api.md, "Storage"):
-
-    nca:jobs                 sorted set: job id -> created_at (listing, newest first)
-    nca:jobs:active          set: jobs a worker has claimed and not finished (crash recovery)
-    nca:job:<id>             hash: the job record (status, progress, its spec as `options`, ...)
-    nca:job:<id>:target      safetensors bytes: the processed target tensor (4, H, W)
-    nca:job:<id>:upload      the original upload (only when small)
-    nca:job:<id>:model       model file bytes of the latest checkpoint
-    nca:job:<id>:history     sorted set: the training history, iteration -> JSON {iteration, loss, at, version}
-    nca:job:<id>:history:weights  hash: iteration -> the weights-only model file of that checkpoint
-    nca:job:<id>:lease       token of the worker training it, with a TTL its heartbeat refreshes
+filesystem. Where each part lives is the key table of backend.storage.keys (docs/api.md, "Storage").
+The record is one hash; its fields are `Job`'s, declared once there: `RecordCodec` reads the field
+types to encode and decode them (lists and dicts as JSON, None as '', flags as '1'), beside the
+bookkeeping fields the scripts use (`BOOKKEEPING_FIELDS`).
 
 The history holds every checkpoint up to a cap (`NCA_CHECKPOINT_HISTORY`), then is thinned evenly;
 it is written in the same step as the checkpoint, so it always ends with the latest one.
 
-Every change of a job is one method here and one Lua script, so each is atomic: create,
-queue_failed, cancel (API side); claim, refresh_lease, progress, store_checkpoint, finish,
-suspend (worker side, fenced by the lease token: a worker that lost its lease to another can no
-longer write); recover_orphans (any worker). A script that changes the status of a job with a
-checkpoint, or stores one, also publishes on CHECKPOINT_CHANNEL in the same step.
+Every change of a job is one method here and one Lua script (backend.storage.job_scripts), so each
+is atomic: create, queue_failed, cancel (API side); claim, refresh_lease, progress,
+store_checkpoint, finish, suspend (worker side, fenced by the lease token: a worker that lost its
+lease to another can no longer write); recover_orphans (any worker). A script that changes the
+status of a job with a checkpoint, or stores one, also publishes on CHECKPOINT_CHANNEL in the same step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
 import time
+import types
+import typing
 import uuid
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol, get_args, get_origin
 
 import redis
 import torch
-from pydantic import BaseModel, PrivateAttr
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from pydantic import AliasChoices, BaseModel, Field, PlainSerializer, PlainValidator, PrivateAttr, WithJsonSchema
 
 from backend.config import CHECKPOINT_HISTORY
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
+from backend.nca.train import Progress
 
+from . import keys
 from .connection import text
+from .job_scripts import SCRIPTS
+from .keys import job_key
+from .status import FINISHED, JobStatus
+from .tensors import tensor_from_bytes, tensor_to_bytes
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINISHED = ("succeeded", "failed", "cancelled")
+__all__ = ["ACTIVE_KEY", "CHECKPOINT_CHANNEL", "FINISHED", "JOBS_KEY", "Checkpoint", "Job", "JobNotFound", "JobStatus",
+           "JobStore", "is_job_id", "job_key", "new_job_id"]
+
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-LOSS_HISTORY_POINTS = 200  # at most this many (iteration, loss) points are kept per job
 
-JOBS_KEY = "nca:jobs"
-ACTIVE_KEY = "nca:jobs:active"
+JOBS_KEY = keys.JOBS.pattern
+ACTIVE_KEY = keys.JOBS_ACTIVE.pattern
 # After each checkpoint, and when a job with a checkpoint changes status:
 # {"model_id": <job id>, "version": <int>, "iteration": <int>, "status": <job status>}. The stream follows it.
-CHECKPOINT_CHANNEL = "nca:checkpoints"
+CHECKPOINT_CHANNEL = keys.CHECKPOINTS_CHANNEL.pattern
 # Hash fields that are bookkeeping, not part of the record: the spec's version, the loss history's
 # stride, and the claim (lease token and length) that lets an owner take back a lease that expired.
-_INTERNAL_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms")
-
-
-def job_key(job_id: str, part: str | None = None) -> str:
-    return f"nca:job:{job_id}" if part is None else f"nca:job:{job_id}:{part}"
+BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms")
 
 
 def new_job_id() -> str:
@@ -75,8 +70,19 @@ class JobNotFound(KeyError):
     """No job with this id."""
 
 
+def _read_spec(value: Any) -> JobSpec:
+    """The record's spec: as it is, or from its stored form (every option named, this SPEC_VERSION)."""
+    return value if isinstance(value, JobSpec) else JobSpec.from_options(value, complete=True)
+
+
+# The job's spec, held as the JobSpec it is; stored (hash field `options`, beside `spec_version`) and
+# answered by the API as its options, each with its value (JobSpec.options()).
+StoredSpec = Annotated[JobSpec, PlainValidator(_read_spec), PlainSerializer(JobSpec.options, return_type=dict),
+                       WithJsonSchema({"type": "object", "description": "every job option and its value"})]
+
+
 class Job(BaseModel):
-    """The job record as stored; the API adds links. `spec` is the typed form of `options`."""
+    """The job record as stored; the API adds links."""
 
     id: str
     name: str
@@ -98,7 +104,7 @@ class Job(BaseModel):
     warning: str | None = None  # a problem that did not fail the job (e.g. the model export to disk failed)
     device: str | None = None
     worker: str | None = None
-    options: dict[str, Any]  # JobSpec.options(): every job option and its value
+    spec: StoredSpec = Field(validation_alias=AliasChoices("spec", "options"), serialization_alias="options")
     grid_height: int
     grid_width: int
     model_version: int = 0  # increases with each checkpoint
@@ -112,12 +118,8 @@ class Job(BaseModel):
     # checkpoint: Ctrl-C, a deploy) or "worker_lost" (the worker vanished: a crash, kill -9).
     interrupted_by: Literal["stop", "worker_lost"] | None = None
     cancel_requested: bool = False
-    _spec: JobSpec = PrivateAttr()
+    finished_early: str | None = None  # why it succeeded before its total (early_stop_patience), in words
     _loss_every: int = PrivateAttr(1)
-
-    @property
-    def spec(self) -> JobSpec:
-        return self._spec
 
     @property
     def loss_every(self) -> int:
@@ -127,24 +129,15 @@ class Job(BaseModel):
     @classmethod
     def from_hash(cls, raw: dict) -> Job:
         """Parse a stored record; its spec strictly (a spec stored before JobSpec existed is migrated)."""
-        fields = {text(k): text(v) for k, v in raw.items()}
-        for name in ("loss_history", "options", "resumed_from", "plan"):
-            if fields.get(name):
-                fields[name] = json.loads(fields[name])
-        fields["cancel_requested"] = fields.get("cancel_requested") == "1"
-        for name in ("loss", "iterations_per_second", "eta_seconds", "plan", "trained_seconds", "started_at",
-                     "finished_at", "error", "warning", "device", "worker", "checkpoint_iteration", "checkpoint_loss",
-                     "checkpoint_at", "interrupted_by"):
-            if fields.get(name) == "":
-                fields[name] = None
-        version = int(fields.get("spec_version") or 1)
-        options = fields["options"] if version > 1 else {"name": fields.get("name", ""), **fields["options"]}
-        spec = JobSpec.from_stored(options, version)
-        loss_every = int(fields.get("loss_every") or 1)
-        for name in _INTERNAL_FIELDS:
+        fields = RecordCodec.decode(raw)
+        version = int(fields.pop("spec_version", None) or 1)
+        loss_every = int(fields.pop("loss_every", None) or 1)
+        for name in BOOKKEEPING_FIELDS:
             fields.pop(name, None)
-        job = cls.model_validate({**fields, "options": spec.options()})
-        job._spec, job._loss_every = spec, loss_every
+        options = fields.pop("options")
+        options = options if version > 1 else {"name": fields.get("name", ""), **options}
+        job = cls.model_validate({**fields, "spec": JobSpec.from_stored(options, version)})
+        job._loss_every = loss_every
         return job
 
 
@@ -157,219 +150,69 @@ class Checkpoint(BaseModel):
     version: int  # the job's model_version when it was written
 
 
-class LossHistory:
-    """Loss every `every` iterations; when full, every other point goes and `every` doubles."""
+class RecordCodec:
+    """The record's hash encoding, read off `Job`'s field types so that the schema is written once:
+    a list, tuple or dict field is JSON, a bool is '1' or '0', None is '' (for a field that allows it)."""
 
-    def __init__(self, points: Iterable[tuple[int, float]] = (), every: int = 1,
-                 max_points: int = LOSS_HISTORY_POINTS):
-        self.points, self.every, self.max_points = [tuple(p) for p in points], every, max_points
+    JSON, FLAG, PLAIN = "json", "flag", "plain"
 
-    def add(self, iteration: int, loss: float) -> None:
-        if iteration % self.every:
-            return
-        self.points.append((iteration, loss))
-        if len(self.points) > self.max_points:
-            self.every *= 2
-            self.points = [p for p in self.points if p[0] % self.every == 0]
+    @staticmethod
+    def kind(annotation: Any) -> tuple[str, bool]:
+        """(how a field of this type is stored, whether it may be None)."""
+        union = get_origin(annotation) in (typing.Union, types.UnionType)
+        args = get_args(annotation) if union else (annotation,)
+        nullable = type(None) in args
+        base = next(a for a in args if a is not type(None))
+        base = get_origin(base) or base
+        if base in (list, tuple, dict) or dataclasses.is_dataclass(base):
+            return RecordCodec.JSON, nullable
+        return (RecordCodec.FLAG if base is bool else RecordCodec.PLAIN), nullable
 
-    def truncate(self, last_iteration: int) -> None:
-        """Forget points after the iteration a run starts from: they will be trained again."""
-        self.points = [p for p in self.points if p[0] <= last_iteration]
+    @classmethod
+    def fields(cls) -> dict[str, tuple[str, bool]]:
+        return {info.serialization_alias or name: cls.kind(info.annotation) for name, info in Job.model_fields.items()}
 
+    @classmethod
+    def encode(cls, values: dict[str, Any]) -> list[Any]:
+        """Record fields (bookkeeping ones too) as HSET arguments."""
+        flat: list[Any] = []
+        for name, value in values.items():
+            kind = _FIELD_KINDS.get(name, (cls.PLAIN, True))[0]
+            if value is None:
+                value = ""
+            elif kind == cls.JSON:
+                value = json.dumps(value.options() if isinstance(value, JobSpec) else value)
+            elif kind == cls.FLAG:
+                value = "1" if value else "0"
+            flat += [name, value]
+        return flat
 
-def tensor_to_bytes(t: torch.Tensor) -> bytes:
-    return st_save({"tensor": t.detach().float().cpu().contiguous()})
-
-
-def tensor_from_bytes(data: bytes) -> torch.Tensor:
-    return st_load(data)["tensor"]
-
-
-# --- the scripts --------------------------------------------------------------------------------
-
-_TERMINAL_LUA = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
-
-# Helpers for scripts whose KEYS[1] is the job hash and KEYS[2] its lease.
-_LUA_HELPERS = f"""
--- Whether `token` owns the job: the lease holds it, or the lease expired while nobody took the job
--- over (Redis was down or restarted for longer than the lease), so it is still running under this
--- claim; then the lease is taken back. Recovery waits a lease's length after a Redis restart for this.
-local function owns(token)
-  local holder = redis.call('GET', KEYS[2])
-  if holder then return holder == token end
-  if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= token then
-    return false
-  end
-  local ms = redis.call('HGET', KEYS[1], 'lease_ms')
-  if not ms then return false end
-  redis.call('SET', KEYS[2], token, 'PX', ms)
-  return true
-end
-
--- Tell the stream services: a job with a model has a new checkpoint or status (others do not concern them).
-local function announce(id)
-  local version = tonumber(redis.call('HGET', KEYS[1], 'model_version') or '0') or 0
-  if version > 0 then
-    local iteration = tonumber(redis.call('HGET', KEYS[1], 'checkpoint_iteration') or '0') or 0
-    local status = redis.call('HGET', KEYS[1], 'status')
-    redis.call('PUBLISH', '{CHECKPOINT_CHANNEL}',
-               cjson.encode({{model_id = id, version = version, iteration = iteration, status = status}}))
-  end
-end
-"""
-
-# KEYS: job, target, upload, index. ARGV: id, now, target bytes, upload bytes ('' for none), record field pairs.
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[2], ARGV[3])
-if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-return 1
-"""
-
-# KEYS: job, lease. ARGV: now, error. Only a job no worker has claimed: its message could not be sent.
-_QUEUE_FAILED = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', ARGV[2])
-return 1
-"""
-
-# KEYS: job, lease. ARGV: now, id.
-_CANCEL = _LUA_HELPERS + f"""
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
-if {_TERMINAL_LUA} then return 'finished' end
-redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-if st == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  announce(ARGV[2])
-  return 'cancelled'
-end
-return 'requested'
-"""
-
-# KEYS: job, lease, active. ARGV: token, ttl_ms, id, now, device, worker.
-_CLAIM = _LUA_HELPERS + f"""
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
-if {_TERMINAL_LUA} then return st end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'busy' end
-redis.call('SADD', KEYS[3], ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'running', 'device', ARGV[5], 'worker', ARGV[6], 'owner', ARGV[1],
-           'lease_ms', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[4]) end
-announce(ARGV[3])
-return 'ok'
-"""
-
-# KEYS: job, lease, active. ARGV: token, ttl_ms, id.
-_REFRESH = _LUA_HELPERS + """
-if not owns(ARGV[1]) then return 0 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[3])
-return 1
-"""
-
-# KEYS: job, lease. ARGV: token, record field pairs.
-_PROGRESS = _LUA_HELPERS + """
-if not owns(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
-"""
-
-# Over the cap, the history drops the checkpoint whose neighbours are closest together (the latest of
-# equals), one at a time: the first and the latest stay, and the gaps between those kept stay within a
-# factor of two of each other (the newest gap aside), so the whole run is covered evenly.
-_THIN_LUA = """
-local function thin(history, weights, cap)
-  if redis.call('ZCARD', history) <= cap then return end
-  local scored = redis.call('ZRANGE', history, 0, -1, 'WITHSCORES')
-  local its = {}
-  for i = 2, #scored, 2 do its[#its + 1] = scored[i] end
-  while #its > cap do
-    local drop, narrowest = nil, nil
-    for i = 2, #its - 1 do
-      local gap = tonumber(its[i + 1]) - tonumber(its[i - 1])
-      if narrowest == nil or gap <= narrowest then drop, narrowest = i, gap end
-    end
-    redis.call('ZREMRANGEBYSCORE', history, its[drop], its[drop])
-    redis.call('HDEL', weights, its[drop])
-    table.remove(its, drop)
-  end
-end
-"""
-
-# KEYS: job, lease, model, history, history weights.
-# ARGV: token, model bytes, iteration, loss ('' for none), now, id, weights bytes, history cap, loss as JSON.
-# The new checkpoint replaces every history entry at its iteration or later: those belong to a run that
-# was lost after them and are being trained again, so the history is always one line ending here.
-_CHECKPOINT = _LUA_HELPERS + _THIN_LUA + """
-if not owns(ARGV[1]) then return -1 end
-redis.call('SET', KEYS[3], ARGV[2])
-local version = redis.call('HINCRBY', KEYS[1], 'model_version', 1)
-redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5],
-           'iteration', ARGV[3], 'loss', ARGV[4])
-local later = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf', 'WITHSCORES')
-for i = 2, #later, 2 do redis.call('HDEL', KEYS[5], later[i]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], ARGV[3], '+inf')
-redis.call('ZADD', KEYS[4], ARGV[3], '{"iteration":' .. ARGV[3] .. ',"loss":' .. ARGV[9] .. ',"at":' .. ARGV[5]
-           .. ',"version":' .. version .. '}')
-redis.call('HSET', KEYS[5], ARGV[3], ARGV[7])
-thin(KEYS[4], KEYS[5], tonumber(ARGV[8]))
-announce(ARGV[6])
-return version
-"""
-
-# KEYS: job, lease, active. ARGV: token, status, now, error, id, warning ('' for none).
-_FINISH = _LUA_HELPERS + """
-if not owns(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'error', ARGV[4], 'eta_seconds', '')
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'warning', ARGV[6]) end
-redis.call('SREM', KEYS[3], ARGV[5])
-redis.call('DEL', KEYS[2])
-announce(ARGV[5])
-return 1
-"""
-
-# KEYS: job, lease. ARGV: token, id. The worker is shutting down: back to the queue, recovery resends it.
-_SUSPEND = _LUA_HELPERS + """
-if not owns(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '',
-           'interrupted_by', 'stop')
-redis.call('DEL', KEYS[2])
-announce(ARGV[2])
-return 1
-"""
-
-# KEYS: job, lease, active. ARGV: id, Redis uptime in ms. A claimed job whose lease expired: its worker
-# is gone (still 'running'), or it gave the job back at shutdown ('queued'). A running one is left alone
-# within a lease's length of a Redis restart: every lease expired then, and live owners take theirs back
-# first (owns()), so a long outage does not count as a lost worker.
-_RECOVER = _LUA_HELPERS + f"""
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-local st = redis.call('HGET', KEYS[1], 'status')
-local lease_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_ms') or '0') or 0
-if st == 'running' and tonumber(ARGV[2]) < lease_ms then return 0 end
-if redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
-if not st or {_TERMINAL_LUA} then return 0 end
-if st == 'running' then
-  redis.call('HINCRBY', KEYS[1], 'workers_lost', 1)
-  redis.call('HSET', KEYS[1], 'interrupted_by', 'worker_lost')
-end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '')
-announce(ARGV[1])
-return 1
-"""
+    @classmethod
+    def decode(cls, raw: dict) -> dict[str, Any]:
+        """A stored hash (bytes or text) as values for `Job`, bookkeeping fields left as text."""
+        fields: dict[str, Any] = {}
+        for key, stored in raw.items():
+            name, value = text(key), text(stored)
+            kind, nullable = _FIELD_KINDS.get(name, (cls.PLAIN, False))
+            if value == "" and nullable:
+                fields[name] = None
+            elif kind == cls.JSON:
+                fields[name] = json.loads(value)
+            elif kind == cls.FLAG:
+                fields[name] = value == "1"
+            else:
+                fields[name] = value
+        return fields
 
 
-def _pairs(fields: dict[str, Any]) -> list[Any]:
-    """Record fields as HSET arguments: None as '', lists and dicts as JSON."""
-    flat: list[Any] = []
-    for name, value in fields.items():
-        flat += [name, "" if value is None else json.dumps(value) if isinstance(value, list | dict) else value]
-    return flat
+_FIELD_KINDS = RecordCodec.fields()
+
+
+class LossPoints(Protocol):
+    """What the store needs of the worker's loss history (backend.worker.losses.LossHistory)."""
+
+    points: list
+    every: int
 
 
 class JobStore:
@@ -378,10 +221,7 @@ class JobStore:
         if history_cap < 2:
             raise ValueError("the checkpoint history keeps at least 2 checkpoints (the first and the latest)")
         self._client, self.history_cap = client, history_cap
-        scripts = {"create": _CREATE, "queue_failed": _QUEUE_FAILED, "cancel": _CANCEL, "claim": _CLAIM,
-                   "refresh": _REFRESH, "progress": _PROGRESS, "checkpoint": _CHECKPOINT, "finish": _FINISH,
-                   "suspend": _SUSPEND, "recover": _RECOVER}
-        self._scripts = {name: client.register_script(source) for name, source in scripts.items()}
+        self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[script](keys=keys, args=args)
@@ -461,12 +301,13 @@ class JobStore:
         _, height, width = target.shape
         record = {
             "id": job_id, "name": spec.name, "status": "queued", "iteration": 0, "total": spec.train.iterations,
-            "created_at": now, "options": spec.options(), "spec_version": SPEC_VERSION, "grid_height": height,
+            "created_at": now, "options": spec, "spec_version": SPEC_VERSION, "grid_height": height,
             "grid_width": width, "model_version": 0, "loss_history": [], "loss_every": 1, "resumed_from": [],
             "warning": warning,
         }
         keys = [job_key(job_id), job_key(job_id, "target"), job_key(job_id, "upload"), JOBS_KEY]
-        if not self._run("create", keys, [job_id, now, tensor_to_bytes(target), upload or b"", *_pairs(record)]):
+        args = [job_id, now, tensor_to_bytes(target), upload or b"", *RecordCodec.encode(record)]
+        if not self._run("create", keys, args):
             raise ValueError(f"job {job_id} exists already")
         return self.get(job_id)
 
@@ -493,20 +334,28 @@ class JobStore:
         keys = [job_key(job_id), job_key(job_id, "lease"), ACTIVE_KEY]
         return bool(self._run("refresh", keys, [token, int(lease_seconds * 1000), job_id]))
 
-    def progress(self, job_id: str, token: str, iteration: int, history: LossHistory, loss: float | None = None,
-                 iterations_per_second: float | None = None, eta_seconds: float | None = None,
-                 resumed_from: list[int] | None = None, total: int | None = None, plan: dict | None = None,
-                 trained_seconds: float | None = None) -> bool:
-        """Where training is; None leaves a field as it is. `resumed_from` at the start of a run; `total` and
-        `plan` as a time budget's plan changes them."""
-        fields: dict[str, Any] = {"iteration": iteration, "loss_history": history.points, "loss_every": history.every}
-        optional = {"loss": loss, "total": total, "plan": plan, "trained_seconds": trained_seconds}
-        fields.update({name: value for name, value in optional.items() if value is not None})
-        if iterations_per_second is not None:
-            fields.update(iterations_per_second=iterations_per_second, eta_seconds=eta_seconds)
+    def progress(self, job_id: str, token: str, progress: Progress, history: LossPoints,
+                 resumed_from: list[int] | None = None) -> bool:
+        """Where training is: the trainer's record and the worker's loss history, in one write (False: the
+        lease is lost). What the record does not know yet (no loss, no measured rate) stays as it is;
+        `resumed_from` at the start of a run."""
+        fields: dict[str, Any] = {"iteration": progress.iteration, "total": progress.total,
+                                  "loss_history": history.points, "loss_every": history.every,
+                                  "trained_seconds": round(progress.trained_seconds, 1)}
+        if progress.loss is not None and math.isfinite(progress.loss):
+            fields["loss"] = progress.loss
+        if progress.plan is not None:
+            fields["plan"] = progress.plan.as_dict()
+        if progress.iterations_per_second is not None:
+            eta = progress.eta_seconds
+            fields.update(iterations_per_second=round(progress.iterations_per_second, 3),
+                          eta_seconds=None if eta is None else round(eta, 1))
+        if progress.finished_early is not None:
+            fields["finished_early"] = progress.finished_early
         if resumed_from is not None:
             fields["resumed_from"] = resumed_from
-        return bool(self._run("progress", [job_key(job_id), job_key(job_id, "lease")], [token, *_pairs(fields)]))
+        args = [token, *RecordCodec.encode(fields)]
+        return bool(self._run("progress", [job_key(job_id), job_key(job_id, "lease")], args))
 
     def store_checkpoint(self, job_id: str, token: str, model_bytes: bytes, iteration: int,
                          loss: float | None, weights: bytes | None = None) -> int:

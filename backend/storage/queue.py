@@ -22,10 +22,12 @@ from celery import Celery
 
 from backend.config import Settings
 
+from . import keys
+
 TRAIN_TASK = "nca.train_job"
-QUEUE = "nca-training"
-UNACKED_KEY = "unacked"  # kombu's defaults, set explicitly in celery_config so that the names are ours
-UNACKED_INDEX_KEY = "unacked_index"
+QUEUE = keys.TRAINING_QUEUE.pattern
+UNACKED_KEY = keys.UNACKED.pattern  # kombu's defaults, set explicitly in celery_config so that the names are ours
+UNACKED_INDEX_KEY = keys.UNACKED_INDEX.pattern
 
 
 def train_args(job_id: str) -> list[str]:

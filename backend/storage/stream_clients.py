@@ -16,7 +16,9 @@ import uuid
 
 import redis.asyncio
 
-CLIENT_PREFIX = "nca:stream:client:"
+from . import keys
+
+CLIENT_PREFIX = keys.STREAM_CLIENT.prefix
 SLOT_TTL = 30.0  # seconds a slot outlives its replica's last renewal
 
 _NOW_MS = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"

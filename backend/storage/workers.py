@@ -12,10 +12,11 @@ from typing import Any
 
 import redis
 
+from . import keys
 from .connection import text
 
-WORKER_PREFIX = "nca:worker:"
-WORKERS_KEY = "nca:workers"
+WORKER_PREFIX = keys.WORKER.prefix
+WORKERS_KEY = keys.WORKERS.pattern
 
 
 class Presence:

@@ -9,7 +9,6 @@ trains) lives in one `TrainingWorker`, made with the Celery app (backend/worker/
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -24,13 +23,14 @@ from celery import Celery
 
 from backend.config import Settings
 from backend.nca import Trainer, TrainingFailed
-from backend.nca.budget import GUESSED_SPEED, Plan, Speed
+from backend.nca.budget import GUESSED_SPEED, Speed
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress, TrainResult
 from backend.storage.connection import REDIS_DOWN_ERRORS
-from backend.storage.jobs import Job, JobStatus, JobStore, LossHistory
+from backend.storage.jobs import Job, JobStatus, JobStore
 from backend.storage.shared import Storage
+from backend.worker.losses import LossHistory
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,6 @@ class JobRun:
         self.last_write = 0.0
         self.last_checkpoint: bytes | None = None  # what Redis holds: exported as is on success
         self.unsaved: ModelFile | None = None  # a checkpoint Redis was down for; stored before the run ends
-        self.trainer: Trainer | None = None  # made by prepare()
 
     def run(self) -> str:
         job = self.job
@@ -164,7 +163,7 @@ class JobRun:
         except Exception as exc:
             log.exception("job %s: training crashed", job.id)
             return self.finish("failed", f"internal error while training: {type(exc).__name__}: {exc}")
-        return until_redis(lambda: self.conclude(result), self.stopping, f"job {job.id}: end")
+        return until_redis(lambda: self.conclude(trainer, result), self.stopping, f"job {job.id}: end")
 
     def prepare(self) -> Trainer:
         """The trainer, from the latest checkpoint if there is one; the record says where the run starts."""
@@ -178,24 +177,17 @@ class JobRun:
             resumed_from = [*resumed_from, start]
             log.info("job %s: resuming from the checkpoint at iteration %d %s", job.id, start,
                      INTERRUPTIONS.get(job.interrupted_by, ""))
-        trainer = Trainer(self.store.target(job.id), spec.train, self.device, resume=resume, name=spec.name,
-                          target_size=spec.target.size, padding=spec.target.padding, speed=self.speed)
-        self.trainer = trainer
-        plan = trainer.plan.as_dict() if trainer.plan is not None else None
-        if not self.store.progress(job.id, self.token, trainer.iteration, self.history, resumed_from=resumed_from,
-                                   total=trainer.total, plan=plan):
-            self.lease.lost.set()
+        trainer = spec.trainer(self.store.target(job.id), self.device, resume, self.speed)
+        self.write(trainer.progress(), resumed_from)
         return trainer
 
-    def conclude(self, result: TrainResult) -> str:
+    def conclude(self, trainer: Trainer, result: TrainResult) -> str:
         """After training stopped: the last checkpoint, then succeeded, cancelled or back to the queue."""
         if self.unsaved is not None:
             self.store_checkpoint(self.unsaved)
         if self.lease.lost.is_set():
             return "lease lost"
-        trainer = self.trainer
-        self.write_progress(result.iteration, result.loss, None, force=True, total=trainer.total, plan=trainer.plan,
-                            trained_seconds=trainer.trained_seconds)
+        self.write(trainer.progress(finished_early=result.finished_early))
         if result.status == "succeeded":
             return self.finish("succeeded", warning=self.export())
         if self.store.cancel_requested(self.job.id):
@@ -213,34 +205,21 @@ class JobRun:
             return False
 
     def on_progress(self, p: Progress) -> None:
-        self.history.add(p.iteration, p.loss)
-        eta = None
-        if p.plan is not None:  # the plan fits the budget (or ends sooner, at the iteration cap)
-            eta = p.plan.expected_seconds - p.trained_seconds
-        elif p.iterations_per_second:
-            eta = (p.total - p.iteration) / p.iterations_per_second
-        self.write_progress(p.iteration, p.loss, p.iterations_per_second, eta=eta, total=p.total, plan=p.plan,
-                            trained_seconds=p.trained_seconds)
-
-    def write_progress(self, iteration: int, loss: float, rate: float | None, force: bool = False,
-                       eta: float | None = None, total: int | None = None, plan: Plan | None = None,
-                       trained_seconds: float | None = None) -> None:
+        """Every iteration: the loss history takes it; the record, every `progress_every` seconds (best effort)."""
+        if p.loss is not None:
+            self.history.add(p.iteration, p.loss)
         now = time.monotonic()
-        if not force and now - self.last_write < self.settings.progress_every:
+        if now - self.last_write < self.settings.progress_every:
             return
         self.last_write = now
         try:
-            owned = self.store.progress(
-                self.job.id, self.token, iteration, self.history,
-                loss=None if math.isnan(loss) else loss,  # NaN: no iteration in this run yet (resumed at the end)
-                iterations_per_second=None if rate is None else round(rate, 3),
-                eta_seconds=None if eta is None else round(max(eta, 0.0), 1), total=total,
-                plan=None if plan is None else plan.as_dict(),
-                trained_seconds=None if trained_seconds is None else round(trained_seconds, 1))
+            self.write(p)
         except REDIS_DOWN_ERRORS:  # progress is best effort; checkpoints are not
             log.warning("job %s: could not write progress", self.job.id)
-            return
-        if not owned:
+
+    def write(self, progress: Progress, resumed_from: list[int] | None = None) -> None:
+        """The one way progress is written: the trainer's record with the loss history; refused: lease lost."""
+        if not self.store.progress(self.job.id, self.token, progress, self.history, resumed_from):
             self.lease.lost.set()
 
     def on_checkpoint(self, model_file: ModelFile) -> None:

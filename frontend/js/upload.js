@@ -49,8 +49,9 @@ export function initUpload(config, onCreated) {
   let timer = null;
 
   renderExperiments(config.experiments || FALLBACK_EXPERIMENTS);
+  addOptionFields(form, config.options || []);
   applyDefaults(form, config.defaults || {});
-  applyLimits(form, config.limits || {});
+  applyOptions(form, config.options || []);
   const budget = initBudget(form, config, () => Object.fromEntries(jobOptions(form, config)));
 
   const tokenInput = document.getElementById('access-token');
@@ -230,6 +231,7 @@ function applyDefaults(form, defaults) {
   for (const [name, value] of Object.entries(defaults)) {
     const field = form.elements[name];
     if (!field || value === null || typeof value === 'object') continue;
+    if (!(field instanceof RadioNodeList) && field.closest('[data-generated]')) continue; // its placeholder says it
     if (field instanceof RadioNodeList) {
       for (const radio of field) radio.checked = radio.value === String(value);
     } else if (field.type === 'checkbox') {
@@ -240,15 +242,59 @@ function applyDefaults(form, defaults) {
   }
 }
 
-/** Let the inputs know the server's bounds (spinner steps, and what assistive tech announces). */
-function applyLimits(form, limits) {
-  for (const [name, bounds] of Object.entries(limits)) {
-    const field = form.elements[name];
-    if (!field || field.type !== 'number') continue;
-    const min = bounds.minimum ?? bounds.exclusiveMinimum;
-    const max = bounds.maximum;
+// Options with a field of their own elsewhere on the form: the training-time choice sets `minutes`.
+const OPTIONS_ELSEWHERE = new Set(['minutes']);
+
+/**
+ * A field in *Advanced options* for every job option the page has none for, built from the server's
+ * option schema (GET /api/config `options`: backend.nca.jobspec.option_schema). It starts empty, its
+ * placeholder saying what the job gets then, so only what a person types is sent: a new option of the
+ * spec (early_stop_patience, say) appears here with no change to the page.
+ */
+function addOptionFields(form, options) {
+  const row = form.querySelector('details.advanced .field-row');
+  for (const option of options) {
+    if (form.elements[option.name] || OPTIONS_ELSEWHERE.has(option.name)) continue;
+    const id = `option-${option.name.replaceAll('_', '-')}`;
+    const box = document.createElement('div');
+    box.className = 'field';
+    box.dataset.generated = option.name;
+    const label = document.createElement('label');
+    label.htmlFor = id;
+    label.textContent = option.name[0].toUpperCase() + option.name.slice(1).replaceAll('_', ' ');
+    const field = option.choices ? document.createElement('select') : document.createElement('input');
+    if (option.choices) {
+      const unset = new Option(option.default == null ? 'default' : `default (${option.default})`, '');
+      field.append(unset, ...option.choices.map((choice) => new Option(choice, choice)));
+    } else if (option.kind === 'boolean') {
+      field.type = 'checkbox';
+    } else {
+      field.type = option.kind === 'text' ? 'text' : 'number';
+      if (option.kind === 'integer') field.step = '1';
+      if (option.kind === 'number') field.step = 'any';
+      field.placeholder = option.default == null ? 'off' : String(option.default);
+    }
+    Object.assign(field, { id, name: option.name });
+    const hint = document.createElement('span');
+    hint.className = 'hint';
+    hint.id = `${id}-hint`;
+    hint.textContent = option.help[0].toUpperCase() + option.help.slice(1) + '.';
+    field.setAttribute('aria-describedby', hint.id);
+    box.append(label, field, hint);
+    row.append(box);
+  }
+}
+
+/** Every field takes the spec's bounds (spinner steps, what assistive tech announces) and its help as a tooltip. */
+function applyOptions(form, options) {
+  for (const option of options) {
+    const field = form.elements[option.name];
+    if (!field || field instanceof RadioNodeList) continue;
+    if (!field.title) field.title = option.help;
+    if (field.type !== 'number') continue;
+    const min = option.min ?? option.above;
     if (min != null) field.min = min;
-    if (max != null) field.max = max;
+    if (option.max != null) field.max = option.max;
   }
 }
 

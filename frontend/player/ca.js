@@ -12,7 +12,7 @@
 //
 // At the end, createViewer: what a person does to a CA on a canvas (drag, double-click, keys, pause),
 // shared by the one-file player and the Watch view. It lives in this file because the player's builder
-// (backend/nca/player.py) inlines ca.js and player.js and nothing else.
+// (backend/exports/player.py) inlines ca.js and player.js and nothing else.
 
 const ALIVE = 0.1;
 

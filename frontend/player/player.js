@@ -1,5 +1,5 @@
 // The one-file player's page: controls, pointer and keys around the CA of ca.js. The model comes
-// from the JSON block the builder (backend/nca/player.py) embeds; nothing is fetched.
+// from the JSON block the builder (backend/exports/player.py) embeds; nothing is fetched.
 //
 // For scripts and tests, `window.ncaPlayer` drives it: step(n), reset(seed), erase(x, y, r),
 // plant(x, y), pause(), play(), setAngle(degrees), stats(), state(); `backend` says which path runs

@@ -11,12 +11,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from backend.exports.video import decode_frames
 from backend.nca import modelfile
 from backend.nca.distill import from_distill_json, quantized
 from backend.nca.jobspec import JobSpec
 from backend.nca.model import NCA
 from backend.nca.modelfile import ModelFile, ModelInfo, to_bytes
-from backend.nca.video import decode_frames
 from backend.storage.jobs import new_job_id
 from tests.helpers import REPO_ROOT
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend.exports.player import player_html
 from backend.nca import modelfile
 from backend.nca.evaluate import alive_fraction, pictures
 from backend.nca.fast import grow
 from backend.nca.model import make_seed
-from backend.nca.player import player_html
 from tests.conftest import wait_for
 from tests.frontend.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.frontend.pages import SCREENSHOTS

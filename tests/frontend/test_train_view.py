@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from backend.nca import modelfile
 from backend.storage.embedded_redis import free_port
 from tests.frontend.conftest import Server
-from tests.frontend.pages import open_app, screenshot
+from tests.frontend.pages import SCREENSHOTS, open_app, screenshot
 from tests.helpers import synthetic_photo
 
 # Tiny training options (through the advanced fields) so the job finishes in seconds on CPU.
@@ -127,6 +127,12 @@ def test_upload_trains_to_success(page, stack, tmp_path):
         page.fill(selector, value)  # `fill` fires input events: the preview follows
     expect(page.locator("#preview-caption")).to_contain_text("8×8 cells on a 16×16 grid")
     preview = preview_cells(page)
+    # A field the page does not write itself: built from the spec's option schema (GET /api/config).
+    patience = page.locator("#option-early-stop-patience")
+    expect(patience).to_have_attribute("placeholder", "off")
+    expect(page.locator("#option-early-stop-patience-hint")).to_contain_text("has not improved")
+    patience.fill("1000")
+    page.locator("details.advanced").screenshot(path=str(SCREENSHOTS / "train-advanced.png"))
 
     page.click("#submit-job")
     expect(page.locator("#upload-error")).to_be_hidden()
@@ -136,6 +142,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     job_id = card.get_attribute("data-job-id")
     assert page.evaluate("() => { const p = document.querySelector('.job progress'); return p.value === p.max; }")
     expect(card.locator(".job-numbers")).to_contain_text("30 / 30 it")
+    assert httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()["options"]["early_stop_patience"] == 1000
     expect(card.locator(".job-numbers")).to_contain_text(re.compile(r"trained \d+s on cpu"))  # wall time, device
     expect(card.locator("[data-action=cancel]")).to_be_hidden()
     # The server's processed target is shown, and the browser's preview agreed with it.

@@ -163,5 +163,5 @@ def test_train_refuses_a_budget_and_iterations_together(disc_image, tmp_path):
     disc_image.save(image)
     result = nca("train", str(image), "--out", str(tmp_path / "x.safetensors"), "--minutes", "1",
                  "--iterations", "10")
-    assert result.returncode == 2 and "--minutes or --iterations, not both" in result.stderr
+    assert result.returncode == 2 and "error (--iterations): send minutes or iterations, not both" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()

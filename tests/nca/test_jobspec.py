@@ -99,3 +99,46 @@ def test_an_option_added_later_gets_its_default_in_specs_stored_before_it(monkey
     assert JobSpec.from_stored(stored, 2).train.fire_rate == DEFAULTS["fire_rate"]
     with pytest.raises(SpecError, match="missing option fire_rate"):
         JobSpec.from_stored(stored, 3)
+
+
+def test_docs_option_table_is_the_generated_one() -> None:
+    from backend.nca.jobspec import markdown_option_table
+    from tests.conftest import REPO_ROOT
+
+    docs = (REPO_ROOT / "docs" / "api.md").read_text()
+    assert markdown_option_table() in docs, "docs/api.md's option table is stale: paste markdown_option_table()"
+
+
+def test_one_rule_for_every_request() -> None:
+    """spec_from_request: the time budget against iterations, the server's caps, what it fills in; SpecError
+    names the field."""
+    from backend.nca.jobspec import Limits, spec_from_request
+
+    limits = Limits(max_iterations=5000, max_minutes=60, max_pool_megabytes=1000, checkpoint_every=25)
+    spec = spec_from_request({"minutes": 5}, limits, "photo", seed=3)
+    assert (spec.name, spec.train.minutes, spec.train.iterations, spec.train.seed) == ("photo", 5, 5000, 3)
+    assert (spec.train.batch_size, spec.train.pool_size, spec.train.checkpoint_every) == (4, 128, 25)  # the recipe
+    assert spec_from_request({}, limits).train.iterations == 5000  # the default, within the cap
+    assert spec_from_request({}, Limits()).train.checkpoint_every == DEFAULTS["checkpoint_every"] == 100
+    assert spec_from_request({"key_background": True}, limits).target.background == "key"
+    assert len({spec_from_request({}, limits).train.seed for _ in range(5)}) > 1  # random when not given
+    for values, field, words in [({"minutes": 5, "iterations": 10}, "iterations", "not both"),
+                                 ({"minutes": 61}, "minutes", "at most 60 minutes"),
+                                 ({"iterations": 5001}, "iterations", "at most 5000 iterations"),
+                                 ({"pool_size": 4096, "target_size": 128, "padding": 64}, "pool_size", "MB"),
+                                 ({"key_background": True, "background": "keep"}, "background", "send only")]:
+        with pytest.raises(SpecError, match=words) as error:
+            spec_from_request(values, limits)
+        assert error.value.field == field
+
+
+def test_the_option_schema_serves_the_form_its_fields() -> None:
+    from backend.nca.jobspec import Limits, option_schema
+
+    schema = {entry["name"]: entry for entry in option_schema(Limits(max_iterations=5000, checkpoint_every=25))}
+    assert "lr_decay" not in schema and "channels" not in schema  # command line only
+    assert schema["iterations"]["default"] == 5000 and schema["iterations"]["max"] == 5000
+    assert schema["checkpoint_every"]["default"] == 25 and schema["seed"]["default"] is None  # the server picks one
+    patience = schema["early_stop_patience"]
+    assert (patience["kind"], patience["default"], patience["min"], patience["nullable"]) == ("integer", None, 1, True)
+    assert schema["background"]["choices"] == ["auto", "cutout", "key", "keep"] and schema["lr"]["above"] == 0

@@ -60,7 +60,11 @@ def test_parameter_count_and_zero_initialised_last_layer():
     assert model.parameter_count() == 8336
     assert torch.count_nonzero(model.hidden_to_update.weight) == 0
     assert torch.count_nonzero(model.hidden_to_update.bias) == 0
-    assert model.hidden_to_update.bias is not None
+    # Zero-initialised means the untrained rule is the identity: every cell of a living state stays as it is.
+    x = torch.rand(2, 16, 8, 8)
+    x[:, 3] = 0.5  # every cell alive
+    assert torch.equal(model(x, fire_mask=torch.ones(2, 1, 8, 8)), x)
+    assert model.update(model.perceive(x, 0.0)).abs().max() == 0  # the update itself is zero, not just masked
 
 
 def test_seed_and_untrained_model_leaves_seed_unchanged():

@@ -115,7 +115,7 @@ def test_progress_callback_cancel_and_checkpoints(small_target):
         on_progress=seen.append, should_stop=lambda: len(seen) >= 10, on_checkpoint=checkpoints.append)
     assert result.status == "cancelled" and result.iteration == 10
     assert [p.iteration for p in seen] == list(range(1, 11))
-    assert all(p.total == 30 and p.lr == 2e-3 and p.elapsed > 0 and p.iterations_per_second > 0 for p in seen)
+    assert all(p.total == 30 and p.lr == 2e-3 and p.trained_seconds > 0 and p.iterations_per_second > 0 for p in seen)
     assert [c.info.iterations for c in checkpoints] == [4, 8, 10]  # periodic, then the final state
 
 
@@ -178,3 +178,18 @@ def test_same_seed_same_weights_across_processes_and_thread_counts():
     digests = {subprocess.run([sys.executable, "-c", DETERMINISM_RUN, str(threads)], cwd=REPO_ROOT, check=True,
                               capture_output=True, text=True, timeout=240).stdout.strip() for threads in (1, 2, 2)}
     assert len(digests) == 1
+
+
+def test_early_stop_finishes_when_the_loss_stops_improving_and_says_why(small_target):
+    """A learning rate too small to learn anything: the loss stays flat, so the run ends `patience`
+    iterations after its best, succeeded, with the reason in its result and its last progress."""
+    seen, checkpoints = [], []
+    trainer = Trainer(small_target, quick(iterations=200, lr=1e-12, early_stop_patience=5, checkpoint_every=100))
+    result = trainer.run(on_progress=seen.append, on_checkpoint=checkpoints.append)
+    assert (result.status, result.iteration) == ("succeeded", 6)  # best at 1, then 5 without 1% better
+    assert "finished early at iteration 6" in result.finished_early and "early_stop_patience" in result.finished_early
+    assert trainer.progress(finished_early=result.finished_early).finished_early == result.finished_early
+    assert [c.info.iterations for c in checkpoints] == [6]  # the final state is kept as usual
+    learning = Trainer(small_target, quick(iterations=12, early_stop_patience=5))
+    assert learning.run().iteration == 12  # a learning run goes on (early stop is also off by default)
+    assert TrainConfig().early_stop_patience is None

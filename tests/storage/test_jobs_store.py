@@ -11,10 +11,12 @@ import torch
 
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, save, to_bytes
+from backend.nca.train import Progress
 from backend.storage.connection import connect
-from backend.storage.jobs import CHECKPOINT_CHANNEL, JobNotFound, JobStore, LossHistory, job_key, new_job_id
+from backend.storage.jobs import CHECKPOINT_CHANNEL, JobNotFound, JobStore, job_key, new_job_id
 from backend.storage.models import ModelCatalog, ModelNotFound
 from backend.storage.workers import WORKERS_KEY, Presence
+from backend.worker.losses import LossHistory
 
 
 @pytest.fixture
@@ -178,14 +180,20 @@ def test_worker_presence_is_listed_without_a_keyspace_scan(redis_url: str) -> No
 
 def test_progress_and_queue_failed_are_fenced(store: JobStore) -> None:
     job_id = new_job(store)
-    assert not store.progress(job_id, "a", 5, LossHistory([(5, 0.5)]))  # nobody claimed it
+    assert not store.progress(job_id, "a", Progress(5, 100, 0.5), LossHistory([(5, 0.5)]))  # nobody claimed it
     assert store.claim(job_id, "a", 5, "cpu", "w1") == "ok"
     assert not store.queue_failed(job_id, "could not send")  # a worker has it: not failed behind its back
-    assert store.progress(job_id, "a", 7, LossHistory([(5, 0.5), (7, 0.4)], every=1), loss=0.4,
-                          iterations_per_second=2.0, eta_seconds=46.5, resumed_from=[])
-    assert not store.progress(job_id, "b", 9, LossHistory())  # not the owner
+    assert store.progress(job_id, "a", Progress(7, 100, 0.4, iterations_per_second=2.0, trained_seconds=3.5),
+                          LossHistory([(5, 0.5), (7, 0.4)], every=1), resumed_from=[])
+    assert not store.progress(job_id, "b", Progress(9, 100, None), LossHistory())  # not the owner
     job = store.get(job_id)
     assert (job.iteration, job.loss, job.loss_history, job.eta_seconds) == (7, 0.4, [(5, 0.5), (7, 0.4)], 46.5)
+    assert (job.trained_seconds, job.iterations_per_second, job.finished_early) == (3.5, 2.0, None)
+    assert store.progress(job_id, "a", Progress(8, 100, None, finished_early="the loss stopped improving"),
+                          LossHistory([(5, 0.5), (7, 0.4)]))
+    job = store.get(job_id)  # no loss, no rate: those stay as they were
+    assert (job.iteration, job.loss, job.eta_seconds) == (8, 0.4, 46.5)
+    assert job.finished_early == "the loss stopped improving"
     unsent = new_job(store)
     assert store.queue_failed(unsent, "could not send")
     assert (store.get(unsent).status, store.get(unsent).error) == ("failed", "could not send")
@@ -235,4 +243,24 @@ def test_a_record_in_the_old_format_is_read_with_its_spec_migrated(store: JobSto
     redis.Redis.from_url(redis_url).hset(job_key(job_id), mapping=old)
     job = store.get(job_id)
     assert (job.spec.train.experiment, job.spec.train.seed, job.spec.target.size) == ("growing", 5, 24)
-    assert job.options["fire_rate"] == 0.5 and job.options["name"] == "old"  # filled with the defaults
+    assert job.spec.train.fire_rate == 0.5 and job.spec.name == "old"  # filled with the defaults
+
+
+def test_a_record_stored_by_the_code_before_this_one_reads_back_as_it_was(store: JobStore, redis_url: str) -> None:
+    """Spec version 4 (before early_stop_patience), written as that code wrote it: the same spec, the new
+    option at its default (off); the record holds the JobSpec itself, no flat twin beside it."""
+    job_id = new_job_id()
+    options = {**{k: v for k, v in JobSpec().options().items() if k != "early_stop_patience"},
+               "name": "v4", "minutes": 5.0, "iterations": 20000, "checkpoint_every": 100}
+    record = {"id": job_id, "name": "v4", "status": "queued", "iteration": 0, "total": 20000, "created_at": 1.0,
+              "options": json.dumps(options), "spec_version": 4, "grid_height": 72, "grid_width": 72,
+              "model_version": 0, "loss_history": "[]", "loss_every": 1, "resumed_from": "[]", "warning": "",
+              "plan": ""}
+    redis.Redis.from_url(redis_url).hset(job_key(job_id), mapping=record)
+    job = store.get(job_id)
+    assert isinstance(job.spec, JobSpec) and not hasattr(job, "options")
+    assert job.spec == JobSpec.from_options({**options, "early_stop_patience": None})
+    assert job.spec.train.early_stop_patience is None and job.spec.train.minutes == 5.0
+    assert job.model_dump(by_alias=True)["options"] == job.spec.options()  # what the API answers
+    again = store.create(new_job_id(), job.spec, torch.rand(4, 12, 10))  # stored as it is, read back as it is
+    assert again.spec == job.spec

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from backend.nca.modelfile import to_bytes
 from backend.storage.embedded_redis import EmbeddedRedis
 from backend.storage.jobs import job_key
 from backend.stream.app import _on_checkpoint
 from backend.stream.engine import Engine
+from backend.stream.protocol import StreamParams
 from tests.stream.client import Frame, Viewer, watch
 from tests.stream.conftest import StreamServer, random_model
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint, publish
@@ -191,7 +193,38 @@ def test_a_checkpoint_that_cannot_be_read_does_not_stop_the_hot_swap(server: Str
 
 
 def test_malformed_checkpoint_messages_are_ignored() -> None:
-    engine = Engine(lambda model_id: (b"", 1, "running"), torch.device("cpu"), max_sessions=1)
-    for data in (b"not json", b"[1]", b'{"model_id": "m"}', b'{"model_id": "m", "version": "two"}',
-                 b'{"model_id": "m", "version": 1e999}'):
-        asyncio.run(_on_checkpoint(engine, data))  # no exception: the follower would die with it
+    """Bad messages on the channel neither stop the stream nor the following: it plays on, the next good
+    message still swaps the checkpoint in."""
+    versions = {"m": 1}
+    engine = Engine(lambda model_id: (to_bytes(random_model(versions[model_id], height=12, width=12)),
+                                      versions[model_id], "running"), torch.device("cpu"), max_sessions=1)
+
+    async def frames(session, count: int) -> list[bytes]:
+        got: list[bytes] = []
+        while len(got) < count:
+            message = await asyncio.wait_for(session.next_message(), timeout=5)
+            if isinstance(message, bytes):
+                got.append(message)
+        return got
+
+    async def scenario() -> None:
+        session = await engine.open(StreamParams("m", fps=60))
+        ticker = asyncio.create_task(engine.run())
+        try:
+            await frames(session, 2)
+            for data in (b"not json", b"[1]", b'{"model_id": "m"}', b'{"model_id": "m", "version": "two"}',
+                         b'{"model_id": "m", "version": 1e999}'):
+                await _on_checkpoint(engine, data)  # no exception: the follower would die with it
+            assert engine.models["m"].version == 1 and session in engine.sessions and not session.closed
+            steps_before = session.step
+            assert len(set(await frames(session, 3))) == 3 and session.step > steps_before  # still playing
+            versions["m"] = 2
+            await _on_checkpoint(engine, b'{"model_id": "m", "version": 2, "status": "running"}')
+            assert engine.models["m"].version == 2  # and still following the channel
+        finally:
+            engine.close(session)
+            while not ticker.done():  # Python 3.11's wait_for can swallow a cancel that races its timeout
+                ticker.cancel()
+                await asyncio.wait({ticker}, timeout=0.1)
+
+    asyncio.run(scenario())

@@ -13,12 +13,13 @@ import torch
 from kombu.exceptions import OperationalError
 
 from backend.config import Settings
-from backend.nca import JobSpec, Trainer
+from backend.nca import JobSpec, Progress, Trainer
 from backend.nca.modelfile import to_bytes
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import free_port
-from backend.storage.jobs import ACTIVE_KEY, JobStore, LossHistory, job_key, new_job_id
+from backend.storage.jobs import ACTIVE_KEY, JobStore, job_key, new_job_id
 from backend.storage.queue import QUEUE, TRAIN_TASK, make_sender
+from backend.worker.losses import LossHistory
 from backend.worker.tasks import MAX_WORKERS_LOST, JobRun, Lease
 from tests.conftest import REPO_ROOT
 
@@ -103,7 +104,7 @@ def lost_worker_run(store: JobStore, job_id: str, history: LossHistory, checkpoi
         trainer = Trainer(store.target(job_id), store.get(job_id).spec.train)
         trainer.iteration = checkpoint_at  # an untrained model stands for the first worker's checkpoint
         assert store.store_checkpoint(job_id, "first", to_bytes(trainer.export()), checkpoint_at, 0.5) == 1
-    assert store.progress(job_id, "first", history.points[-1][0], history)
+    assert store.progress(job_id, "first", Progress(history.points[-1][0], store.get(job_id).total, None), history)
     time.sleep(0.1)  # its lease expires
     assert store.recover_orphans() == [job_id]
 
@@ -146,7 +147,7 @@ def test_a_resumed_run_starts_at_its_checkpoint_as_the_record_says(redis_url: st
         assert (trainer.iteration, resumed.iteration, resumed.resumed_from) == (10, 10, [10])
         assert [it for it, _ in resumed.loss_history] == list(range(1, 11))
         result = trainer.run(run.on_progress, run.should_stop, run.on_checkpoint)
-        assert run.conclude(result) == "succeeded"
+        assert run.conclude(trainer, result) == "succeeded"
     done = store.get(job_id)
     assert (done.iteration, done.checkpoint_iteration, done.workers_lost) == (40, 40, 1)
     assert [it for it, _ in done.loss_history] == list(range(1, 41))

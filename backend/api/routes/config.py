@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from backend.nca.jobspec import JobSpec
+from backend.nca.jobspec import JobSpec, option_schema
 from backend.nca.train import BUDGET_RECIPE
 from backend.storage.connection import REDIS_DOWN_ERRORS
 
 from ..deps import SettingsDep, StorageDep
 from ..estimates import default_budget
-from ..schemas import BUDGET_CHOICES, EXPERIMENT_HELP, LEGACY_FIELDS, ConfigOut, JobOptions
+from ..schemas import BUDGET_CHOICES, EXPERIMENT_HELP, ConfigOut, JobOptions
+from ..submissions import limits_of
 
 router = APIRouter(prefix="/api", tags=["config"])
 
@@ -30,9 +31,8 @@ def option_limits(max_iterations: int) -> dict[str, dict[str, float]]:
 
 @router.get("/config", response_model=ConfigOut, summary="Settings the frontend uses")
 def config(settings: SettingsDep, storage: StorageDep) -> ConfigOut:
-    defaults = JobOptions().model_dump(exclude=set(LEGACY_FIELDS))  # a form offers today's options only
-    defaults["checkpoint_every"] = settings.checkpoint_every
-    defaults["iterations"] = min(defaults["iterations"], settings.max_iterations)
+    options = option_schema(limits_of(settings))
+    defaults = {entry["name"]: entry["default"] for entry in options}  # a form offers today's options only
     try:
         budget, paper_minutes = default_budget(storage, JobSpec())
     except REDIS_DOWN_ERRORS:  # the page still loads; uploads will say what is wrong
@@ -44,6 +44,6 @@ def config(settings: SettingsDep, storage: StorageDep) -> ConfigOut:
         budget_defaults=BUDGET_RECIPE,
         stream_url=settings.public_stream_url or None,
         max_upload_bytes=settings.max_upload_bytes, max_iterations=settings.max_iterations,
-        experiments=EXPERIMENT_HELP, defaults=defaults, limits=limits,
+        experiments=EXPERIMENT_HELP, defaults=defaults, limits=limits, options=options,
         auth_required=bool(settings.access_token),
     )

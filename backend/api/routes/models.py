@@ -13,13 +13,13 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from backend.nca.card import model_card
+from backend.exports.card import model_card
+from backend.exports.player import player_html
+from backend.exports.video import DEFAULT_SCALE, DEFAULT_STEPS, VideoLimitError, render_video
+from backend.exports.video import FORMATS as VIDEO_FORMATS
+from backend.exports.video import LIMITS as VIDEO_LIMITS
 from backend.nca.distill import export_distill
 from backend.nca.modelfile import ModelFile
-from backend.nca.player import player_html
-from backend.nca.video import DEFAULT_SCALE, DEFAULT_STEPS, VideoLimitError, render_video
-from backend.nca.video import FORMATS as VIDEO_FORMATS
-from backend.nca.video import LIMITS as VIDEO_LIMITS
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.models import BadReference, CheckpointNotFound, ModelCatalog, ModelNotFound
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from backend.exports.card import model_card, render_sheet, summary, verdict
 from backend.nca import evaluate, modelfile
-from backend.nca.card import model_card, render_sheet, summary, verdict
 from backend.nca.distill import import_distill
 from backend.nca.fast import grow
 from backend.nca.model import NCA, make_seed

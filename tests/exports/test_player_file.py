@@ -10,8 +10,8 @@ import re
 
 import numpy as np
 
+from backend.exports.player import PLAYER_DIR, player_html, script_json
 from backend.nca import modelfile
-from backend.nca.player import PLAYER_DIR, player_html, script_json
 from tests.conftest import REPO_ROOT
 
 XSS_NAME = "</script><script>alert(1)</script>"

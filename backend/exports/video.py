@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .evaluate import ALIVE_THRESHOLD, centre_cut
-from .modelfile import ModelFile
-from .render import Disc, growth_frames, save_gif, upscale
+from backend.nca.evaluate import ALIVE_THRESHOLD, centre_cut
+from backend.nca.modelfile import ModelFile
+from backend.nca.render import Disc, growth_frames, save_gif, upscale
 
 FORMATS = {"gif": "image/gif", "webp": "image/webp", "mp4": "video/mp4"}
 DEFAULT_STEPS = 300

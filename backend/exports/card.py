@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from . import evaluate
-from .distill import quantization_report
-from .evaluate import THRESHOLDS, Reference, Thresholds, grow, grows_enough, pictures
-from .model import make_seed
-from .modelfile import ModelFile
-from .render import png_bytes
+from backend.nca import evaluate
+from backend.nca.distill import quantization_report
+from backend.nca.evaluate import THRESHOLDS, Reference, Thresholds, grow, grows_enough, pictures
+from backend.nca.model import make_seed
+from backend.nca.modelfile import ModelFile
+from backend.nca.render import png_bytes
 
 CARD_VERSION = 1
 LONG_STEPS = (1000, 2000)  # persistence is measured this many steps after the seed

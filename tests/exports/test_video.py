@@ -4,10 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.nca import modelfile
-from backend.nca.modelfile import ModelFile, ModelInfo
-from backend.nca.render import growth_frames
-from backend.nca.video import (
+from backend.exports.video import (
     LIMITS,
     MP4_MIN_SCALE,
     VideoLimitError,
@@ -16,6 +13,9 @@ from backend.nca.video import (
     regrowth_frames,
     render_video,
 )
+from backend.nca import modelfile
+from backend.nca.modelfile import ModelFile, ModelInfo
+from backend.nca.render import growth_frames
 from tests.conftest import REPO_ROOT
 from tests.nca.test_render import growing_model
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from backend.nca.cli import main
-from backend.nca.video import decode_frames
+from backend.exports.cli import main
+from backend.exports.video import decode_frames
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,3 +45,19 @@ def test_card_prints_writes_and_draws(tmp_path, capsys):
     assert card["verdict"] == "regrows" and len(card["model"]["sha256"]) == 64
     with Image.open(sheet) as img:
         assert img.width > 7 * 144 and img.height > 144
+
+
+def test_the_cores_command_line_points_to_the_exports(capsys):
+    """`python -m backend.nca` is the core's: it names where player, video and card went instead of failing."""
+    from backend.nca.cli import main as core_main
+
+    assert core_main(["player", HEART, "--out", "x.html"]) == 2
+    assert "python -m backend.exports player" in capsys.readouterr().err
+
+
+def test_the_core_reads_no_file_outside_itself():
+    """backend/nca names no folder of the web app and never climbs out of its own directory."""
+    for path in (REPO_ROOT / "backend" / "nca").glob("*.py"):
+        source = path.read_text()
+        assert "frontend/" not in source, path
+        assert ".parents[" not in source and "parent.parent" not in source, path

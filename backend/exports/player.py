@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .modelfile import ModelFile
+from backend.nca.modelfile import ModelFile
 
 PLAYER_DIR = Path(__file__).resolve().parents[2] / "frontend" / "player"
 _CA_IMPORT = re.compile(r"^import \{[^}]*\} from '\./ca\.js';\n", re.MULTILINE)

@@ -1,0 +1,192 @@
+"""The job store's Lua scripts: every change of a job is one script, so each is atomic.
+
+Kept apart from the record (backend.storage.jobs) because they are a program of their own, in
+another language; `SCRIPTS` maps each JobStore method's name to its source. The status words come
+from backend.storage.status, the channel's name from backend.storage.keys.
+"""
+
+from __future__ import annotations
+
+from .keys import CHECKPOINTS_CHANNEL
+from .status import FINISHED
+
+_TERMINAL_LUA = " or ".join(f"st == '{status}'" for status in FINISHED)  # Lua: whether status `st` is final
+
+# Helpers for scripts whose KEYS[1] is the job hash and KEYS[2] its lease.
+_LUA_HELPERS = f"""
+-- Whether `token` owns the job: the lease holds it, or the lease expired while nobody took the job
+-- over (Redis was down or restarted for longer than the lease), so it is still running under this
+-- claim; then the lease is taken back. Recovery waits a lease's length after a Redis restart for this.
+local function owns(token)
+  local holder = redis.call('GET', KEYS[2])
+  if holder then return holder == token end
+  if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= token then
+    return false
+  end
+  local ms = redis.call('HGET', KEYS[1], 'lease_ms')
+  if not ms then return false end
+  redis.call('SET', KEYS[2], token, 'PX', ms)
+  return true
+end
+
+-- Tell the stream services: a job with a model has a new checkpoint or status (others do not concern them).
+local function announce(id)
+  local version = tonumber(redis.call('HGET', KEYS[1], 'model_version') or '0') or 0
+  if version > 0 then
+    local iteration = tonumber(redis.call('HGET', KEYS[1], 'checkpoint_iteration') or '0') or 0
+    local status = redis.call('HGET', KEYS[1], 'status')
+    redis.call('PUBLISH', '{CHECKPOINTS_CHANNEL.pattern}',
+               cjson.encode({{model_id = id, version = version, iteration = iteration, status = status}}))
+  end
+end
+"""
+
+# KEYS: job, target, upload, index. ARGV: id, now, target bytes, upload bytes ('' for none), record field pairs.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: job, lease. ARGV: now, error. Only a job no worker has claimed: its message could not be sent.
+_QUEUE_FAILED = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', ARGV[2])
+return 1
+"""
+
+# KEYS: job, lease. ARGV: now, id.
+_CANCEL = _LUA_HELPERS + f"""
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if {_TERMINAL_LUA} then return 'finished' end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+if st == 'queued' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  announce(ARGV[2])
+  return 'cancelled'
+end
+return 'requested'
+"""
+
+# KEYS: job, lease, active. ARGV: token, ttl_ms, id, now, device, worker.
+_CLAIM = _LUA_HELPERS + f"""
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if {_TERMINAL_LUA} then return st end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'busy' end
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'running', 'device', ARGV[5], 'worker', ARGV[6], 'owner', ARGV[1],
+           'lease_ms', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if not redis.call('HGET', KEYS[1], 'started_at') then redis.call('HSET', KEYS[1], 'started_at', ARGV[4]) end
+announce(ARGV[3])
+return 'ok'
+"""
+
+# KEYS: job, lease, active. ARGV: token, ttl_ms, id.
+_REFRESH = _LUA_HELPERS + """
+if not owns(ARGV[1]) then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+# KEYS: job, lease. ARGV: token, record field pairs.
+_PROGRESS = _LUA_HELPERS + """
+if not owns(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+# Over the cap, the history drops the checkpoint whose neighbours are closest together (the latest of
+# equals), one at a time: the first and the latest stay, and the gaps between those kept stay within a
+# factor of two of each other (the newest gap aside), so the whole run is covered evenly.
+_THIN_LUA = """
+local function thin(history, weights, cap)
+  if redis.call('ZCARD', history) <= cap then return end
+  local scored = redis.call('ZRANGE', history, 0, -1, 'WITHSCORES')
+  local its = {}
+  for i = 2, #scored, 2 do its[#its + 1] = scored[i] end
+  while #its > cap do
+    local drop, narrowest = nil, nil
+    for i = 2, #its - 1 do
+      local gap = tonumber(its[i + 1]) - tonumber(its[i - 1])
+      if narrowest == nil or gap <= narrowest then drop, narrowest = i, gap end
+    end
+    redis.call('ZREMRANGEBYSCORE', history, its[drop], its[drop])
+    redis.call('HDEL', weights, its[drop])
+    table.remove(its, drop)
+  end
+end
+"""
+
+# KEYS: job, lease, model, history, history weights.
+# ARGV: token, model bytes, iteration, loss ('' for none), now, id, weights bytes, history cap, loss as JSON.
+# The new checkpoint replaces every history entry at its iteration or later: those belong to a run that
+# was lost after them and are being trained again, so the history is always one line ending here.
+_CHECKPOINT = _LUA_HELPERS + _THIN_LUA + """
+if not owns(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[3], ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], 'model_version', 1)
+redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5],
+           'iteration', ARGV[3], 'loss', ARGV[4])
+local later = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf', 'WITHSCORES')
+for i = 2, #later, 2 do redis.call('HDEL', KEYS[5], later[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], ARGV[3], '+inf')
+redis.call('ZADD', KEYS[4], ARGV[3], '{"iteration":' .. ARGV[3] .. ',"loss":' .. ARGV[9] .. ',"at":' .. ARGV[5]
+           .. ',"version":' .. version .. '}')
+redis.call('HSET', KEYS[5], ARGV[3], ARGV[7])
+thin(KEYS[4], KEYS[5], tonumber(ARGV[8]))
+announce(ARGV[6])
+return version
+"""
+
+# KEYS: job, lease, active. ARGV: token, status, now, error, id, warning ('' for none).
+_FINISH = _LUA_HELPERS + """
+if not owns(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'error', ARGV[4], 'eta_seconds', '')
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'warning', ARGV[6]) end
+redis.call('SREM', KEYS[3], ARGV[5])
+redis.call('DEL', KEYS[2])
+announce(ARGV[5])
+return 1
+"""
+
+# KEYS: job, lease. ARGV: token, id. The worker is shutting down: back to the queue, recovery resends it.
+_SUSPEND = _LUA_HELPERS + """
+if not owns(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '',
+           'interrupted_by', 'stop')
+redis.call('DEL', KEYS[2])
+announce(ARGV[2])
+return 1
+"""
+
+# KEYS: job, lease, active. ARGV: id, Redis uptime in ms. A claimed job whose lease expired: its worker
+# is gone (still 'running'), or it gave the job back at shutdown ('queued'). A running one is left alone
+# within a lease's length of a Redis restart: every lease expired then, and live owners take theirs back
+# first (owns()), so a long outage does not count as a lost worker.
+_RECOVER = _LUA_HELPERS + f"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local st = redis.call('HGET', KEYS[1], 'status')
+local lease_ms = tonumber(redis.call('HGET', KEYS[1], 'lease_ms') or '0') or 0
+if st == 'running' and tonumber(ARGV[2]) < lease_ms then return 0 end
+if redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+if not st or {_TERMINAL_LUA} then return 0 end
+if st == 'running' then
+  redis.call('HINCRBY', KEYS[1], 'workers_lost', 1)
+  redis.call('HSET', KEYS[1], 'interrupted_by', 'worker_lost')
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '')
+announce(ARGV[1])
+return 1
+"""
+
+
+SCRIPTS = {"create": _CREATE, "queue_failed": _QUEUE_FAILED, "cancel": _CANCEL, "claim": _CLAIM, "refresh": _REFRESH,
+           "progress": _PROGRESS, "checkpoint": _CHECKPOINT, "finish": _FINISH, "suspend": _SUSPEND,
+           "recover": _RECOVER}
