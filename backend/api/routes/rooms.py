@@ -71,7 +71,8 @@ def _found(rooms: RoomStore, id_or_code: str) -> Room:
 
 
 @router.post("", status_code=201, response_model=RoomCreated, dependencies=[Depends(require_token)],
-             responses={**ERRORS, 429: {"model": ErrorOut}}, summary="Open a room on a model")
+             responses={**ERRORS, 400: {"model": ErrorOut, "description": "the body is not JSON"},
+                        429: {"model": ErrorOut}}, summary="Open a room on a model")
 def create_room(body: RoomIn, request: Request, rooms: RoomsDep, catalog: CatalogDep,
                 settings: SettingsDep) -> dict:
     """A room plays one CA of `model` for everyone who joins; the answer's `host_token` controls it."""
