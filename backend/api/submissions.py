@@ -154,10 +154,13 @@ def process_upload(upload: Upload, spec: JobSpec, settings: Settings) -> Process
     return process_target(upload.image, target_options(spec, settings), settings.max_image_pixels)
 
 
-def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec) -> Job:
-    """Process the image (TargetError: 422), store the job and send its message. Blocking: run it in a thread."""
+def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec, owner: str | None = None) -> Job:
+    """Process the image (TargetError: 422), store the job (`owner`'s) and send its message. Blocking: run it
+    in a thread."""
     processed = process_upload(upload, spec, settings)
     job_id = new_job_id()
+    if owner is not None:  # first: a job is never seen without its owner
+        storage.owners.claim(job_id, owner)
     stored_upload = upload.image if len(upload.image) <= settings.max_stored_upload_bytes else None
     job = storage.jobs.create(job_id, spec, processed.target, stored_upload, processed.warning)
     try:

@@ -99,9 +99,9 @@ class ModelCatalog:
         return [entry for path in sorted(self.models_dir.glob("*.safetensors"))
                 if (entry := self._example_entry(path)) is not None]
 
-    def job_models(self) -> list[ModelEntry]:
-        """Jobs with at least one checkpoint, newest first (from Redis)."""
-        jobs = self.jobs.summaries(self.jobs.ids(), _ENTRY_FIELDS)
+    def job_models(self, job_ids: list[str] | None = None) -> list[ModelEntry]:
+        """Jobs with at least one checkpoint, newest first (from Redis); of `job_ids` only, in their order."""
+        jobs = self.jobs.summaries(self.jobs.ids() if job_ids is None else job_ids, _ENTRY_FIELDS)
         return [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:

@@ -15,8 +15,11 @@ from backend.config import Settings
 from .connection import connect
 from .jobs import JobStore
 from .models import ModelCatalog
+from .owners import Owners
 from .queue import TrainingQueue, make_sender
 from .quota import JobQuota
+from .retention import Deletion
+from .sharing import Access
 from .workers import Presence
 
 
@@ -26,7 +29,12 @@ class Storage:
         self._client = client
         self.jobs = JobStore(client, settings.checkpoint_history)
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
-        self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client)
+        self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client,
+                              settings.max_active_jobs_per_owner, int(settings.max_owner_megabytes * 1e6))
+        self.owners = Owners(client, settings.secret_key, settings.owner_token_days,
+                             settings.owners_per_address_per_hour)
+        self.access = Access(client, self.owners)
+        self.deletion = Deletion(client, self.jobs, settings.models_dir, settings.retention_days)
         self.workers = Presence(client)
         self.queue = TrainingQueue(client, celery if celery is not None else make_sender(settings))
 
