@@ -164,9 +164,11 @@ def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec, 
     stored_upload = upload.image if len(upload.image) <= settings.max_stored_upload_bytes else None
     job = storage.jobs.create(job_id, spec, processed.target, stored_upload, processed.warning)
     try:
+        storage.fair.enqueue(job_id, owner)  # its turn among its owner's, round-robin across owners
         storage.queue.send(job_id)
     except Exception:
         with contextlib.suppress(*REDIS_DOWN_ERRORS):  # a job whose message could not be sent would wait forever
             storage.jobs.queue_failed(job_id, "the job could not be queued (Redis unreachable); upload again")
+            storage.fair.drop(job_id, owner)
         raise  # Redis went away between the two steps: 503
     return job

@@ -69,12 +69,22 @@ OWNERS_MINTED = Key("nca:owners:minted:<address>", "string + TTL",
 SHARE = Key("nca:share:<token>", "string", "a share link's token -> the job id it opens (read-only)")
 JOB_SHARES = Key("nca:job:<id>:shares", "set", "the job's live share tokens (revoked ones are removed)")
 GALLERY = Key("nca:gallery", "sorted set", "published jobs: job id -> published_at (every visitor's listing)")
+# Fair dispatch (backend/storage/dispatch.py).
+JOB_DISPATCHED = Key("nca:job:<id>:dispatched", "string", "when a worker took the job's fair-dispatch entry")
+FAIR_OWNERS = Key("nca:fair:owners", "sorted set", "owners with waiting jobs -> when their last job started "
+                  "(least recently served first)")
+FAIR_QUEUE = Key("nca:fair:queue:<owner>", "list", "an owner's waiting jobs, first in first out (`-`: jobs "
+                 "without an owner)")
+FAIR_RESUME = Key("nca:fair:resume", "list", "jobs recovery re-queued: taken before any other")
+FAIR_WAITING = Key("nca:fair:waiting", "set", "jobs with an entry not taken yet")
+FAIR_SERVED = Key("nca:fair:served:<owner>", "string + TTL", "when the owner's last job started (a day)")
 RETENTION_LOCK = Key("nca:retention:lock", "string + TTL", "held by the one process sweeping expired jobs")
 
 LAYOUT: tuple[Key, ...] = (JOBS, JOBS_ACTIVE, JOB, JOB_TARGET, JOB_UPLOAD, JOB_MODEL, JOB_HISTORY,
                            JOB_HISTORY_WEIGHTS, JOB_LEASE, WORKER, WORKERS, QUOTA_ACTIVE, QUOTA_OWNER, STREAM_CLIENT,
                            TRAINING_QUEUE, UNACKED, UNACKED_INDEX, CHECKPOINTS_CHANNEL, SECRET, JOB_OWNER, OWNER_JOBS,
-                           OWNERS_MINTED, SHARE, JOB_SHARES, GALLERY, RETENTION_LOCK)
+                           OWNERS_MINTED, SHARE, JOB_SHARES, GALLERY, JOB_DISPATCHED, FAIR_OWNERS, FAIR_QUEUE,
+                           FAIR_RESUME, FAIR_WAITING, FAIR_SERVED, RETENTION_LOCK)
 
 
 def job_key(job_id: str, part: str | None = None) -> str:

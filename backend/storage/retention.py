@@ -24,6 +24,7 @@ import redis
 
 from . import keys
 from .connection import text
+from .dispatch import FairQueue
 from .jobs import JobStore, is_job_id
 from .quota import ACTIVE_KEY as QUOTA_ACTIVE
 from .quota import OWNER_KEY as QUOTA_OWNER
@@ -57,8 +58,10 @@ return existed > 0 and 1 or 0
 class Deletion:
     """Delete a job everywhere it lives; sweep expired ones."""
 
-    def __init__(self, client: redis.Redis, jobs: JobStore, models_dir: str | Path, retention_days: float = 0.0):
+    def __init__(self, client: redis.Redis, jobs: JobStore, models_dir: str | Path, retention_days: float = 0.0,
+                 fair: FairQueue | None = None):
         self._client, self.jobs, self.models_dir = client, jobs, Path(models_dir)
+        self.fair = fair if fair is not None else FairQueue(client)
         self.retention_seconds = retention_days * 86400
         self._delete = client.register_script(_DELETE)
 
@@ -71,6 +74,7 @@ class Deletion:
             return False
         with contextlib.suppress(KeyError):  # a queued or running job is cancelled first (the stream is told)
             self.jobs.cancel(job_id)
+        self.fair.drop(job_id, text(self._client.get(keys.job_key(job_id, "owner"))))
         args = [job_id, keys.job_key(""), keys.OWNER_JOBS.prefix, keys.SHARE.prefix, keys.JOBS.pattern,
                 keys.JOBS_ACTIVE.pattern, keys.GALLERY.pattern, QUOTA_ACTIVE, QUOTA_OWNER, *JOB_PARTS]
         existed = bool(self._delete(keys=[], args=args))

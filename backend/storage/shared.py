@@ -13,6 +13,7 @@ from celery import Celery
 from backend.config import Settings
 
 from .connection import connect
+from .dispatch import FairQueue
 from .jobs import JobStore
 from .models import ModelCatalog
 from .owners import Owners
@@ -34,7 +35,8 @@ class Storage:
         self.owners = Owners(client, settings.secret_key, settings.owner_token_days,
                              settings.owners_per_address_per_hour)
         self.access = Access(client, self.owners)
-        self.deletion = Deletion(client, self.jobs, settings.models_dir, settings.retention_days)
+        self.fair = FairQueue(client)  # which waiting job a free worker takes (round-robin across owners)
+        self.deletion = Deletion(client, self.jobs, settings.models_dir, settings.retention_days, self.fair)
         self.workers = Presence(client)
         self.queue = TrainingQueue(client, celery if celery is not None else make_sender(settings))
 

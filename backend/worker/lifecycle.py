@@ -30,6 +30,7 @@ def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
     for i, job_id in enumerate(recovered):
         try:
             forgotten = queue.forget_deliveries(job_id)  # the lost worker's message, never to be acknowledged
+            storage.fair.resume(job_id)  # ahead of every job that has not started (backend/storage/dispatch.py)
             queue.send(job_id)
         except Exception:
             jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
@@ -59,6 +60,7 @@ class Heartbeat(threading.Thread):
                 self.beat()
                 if not self.worker.stopping.is_set():  # a stopping worker leaves its job to the next one
                     recover_orphans(self.worker.storage, skip=self.worker.current_job)
+                    self.worker.storage.deletion.sweep_if_due()  # retention (NCA_RETENTION_DAYS), one process at a time
             except Exception:  # Redis down: keep trying, the worker itself stays up
                 log.warning("heartbeat failed", exc_info=True)
             if self.done.wait(self.period):

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -55,9 +56,14 @@ class TrainingWorker:
         self.speed: Speed = replace(GUESSED_SPEED, device=str(self.device))
         self.storage = Storage.connect(settings, celery)  # the app resends recovered jobs
 
-    def train(self, job_id: str) -> dict:
-        """Train one job; a message for a job that is finished or running elsewhere is dropped."""
+    def train(self, message_job: str) -> dict:
+        """Train the job whose turn it is (a message is a turn: backend/storage/dispatch.py); one that is finished
+        or running elsewhere is dropped."""
         store, lease_seconds = self.storage.jobs, self.settings.lease_seconds
+        job_id = until_redis(lambda: self.storage.fair.take(message_job, time.time()), self.stopping,
+                             f"job {message_job}: dispatch")
+        if job_id != message_job:
+            log.info("job %s: its turn (fair dispatch; the message was job %s's)", job_id, message_job)
         token = f"{self.id}-{uuid.uuid4().hex[:8]}"
         outcome = until_redis(lambda: store.claim(job_id, token, lease_seconds, str(self.device), self.id),
                               self.stopping, f"job {job_id}: claim")
@@ -268,7 +274,7 @@ class JobRun:
         """A copy of the final checkpoint in models_dir/jobs/ for this machine (Redis stays the source of
         truth); a warning for the record when it cannot be written."""
         data = self.last_checkpoint or self.store.checkpoint(self.job.id)
-        path = self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"
+        path = self.export_path()
         try:
             write_atomic(path, data)
         except OSError as exc:  # disk full, read-only or unwritable folder: the job itself is fine
@@ -279,5 +285,10 @@ class JobRun:
 
     def finish(self, status: JobStatus, error: str | None = None, warning: str | None = None) -> str:
         self.lease.release()
-        self.store.finish(self.job.id, self.token, status, error, warning)  # announced to the stream by the store
+        finished = self.store.finish(self.job.id, self.token, status, error, warning)  # announced by the store
+        if not finished and self.store.model_version(self.job.id) == 0:  # deleted meanwhile: its exported copy too
+            self.export_path().unlink(missing_ok=True)
         return status
+
+    def export_path(self) -> Path:
+        return self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"
