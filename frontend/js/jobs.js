@@ -4,6 +4,7 @@
 import { cancelJob, getJob, listJobs } from './api.js';
 import { roughDuration } from './budget.js';
 import { drawLossChart } from './chart.js';
+import { createOwnerActions, updateOwnerActions } from './sharing.js';
 import { showStrip } from './timeline.js';
 
 const ACTIVE = new Set(['queued', 'running']);
@@ -39,7 +40,8 @@ export function initJobs(onWatch) {
     let card = cards.get(job.id);
     if (!card) {
       const current = () => cards.get(job.id).job;
-      card = { element: createCard(job, { onWatch, onCancel: cancel, current }), job, message: '' };
+      card = { element: createCard(job, { onWatch, onCancel: cancel, current, onDeleted: remove, onChanged: reload }),
+        job, message: '' };
       // Newest first, wherever the job came from (this page, a refresh, an older page).
       const createdAt = (id) => cards.get(id)?.job.created_at ?? 0;
       const older = [...list.children].find((el) => createdAt(el.dataset.jobId) < (job.created_at ?? 0));
@@ -51,6 +53,20 @@ export function initJobs(onWatch) {
     updateCard(card.element, job, card.message);
     showStrip(card.element, job, onWatch); // its checkpoints grown from the seed
     empty.hidden = cards.size > 0;
+  }
+
+  function remove(id) {
+    cards.get(id)?.element.remove();
+    cards.delete(id);
+    empty.hidden = cards.size > 0;
+  }
+
+  async function reload(id) {
+    try {
+      upsert(await getJob(id));
+    } catch (error) {
+      if (error.status === 404) remove(id);
+    }
   }
 
   async function cancel(id) {
@@ -150,7 +166,7 @@ function trainedSeconds(job) {
   return (job.finished_at ?? Date.now() / 1000) - job.started_at;
 }
 
-function createCard(job, { onWatch, onCancel, current }) {
+function createCard(job, { onWatch, onCancel, current, onDeleted, onChanged }) {
   const li = document.createElement('li');
   li.className = 'job card';
   li.dataset.jobId = job.id;
@@ -205,6 +221,7 @@ function createCard(job, { onWatch, onCancel, current }) {
     confirm.hidden = true;
     cancelButton.focus();
   });
+  li.querySelector('.job-main').append(createOwnerActions({ onDeleted, onChanged })); // delete, share, publish
   return li;
 }
 
@@ -269,6 +286,7 @@ function updateCard(li, job, message = '') {
   download.hidden = !hasModel;
   if (hasModel) download.href = modelUrl;
   li.querySelector('[data-action="watch"]').hidden = !hasModel;
+  updateOwnerActions(li.querySelector('.job-owner'), job);
   drawChart(li, job);
 }
 

@@ -354,3 +354,40 @@ def test_thirty_owners_behind_one_address_each_start_a_job(redis_url: str, model
         with TestClient(app, client=("192.0.2.1", 1000 + seat)) as pupil:
             created = upload(pupil)
             assert created.status_code == 202, (seat, created.text)
+
+
+# --- retention -----------------------------------------------------------------------------------
+
+
+def test_the_retention_sweep_deletes_expired_private_jobs_only(app_factory: Callable[..., object],
+                                                               redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    app = app_factory(retention_days=1)
+    with TestClient(app, client=("10.2.0.1", 1)) as a:
+        private, published, shared, running, recent = (upload(a).json()["id"] for _ in range(5))
+        for job_id in (private, published, shared, recent):
+            trained(redis_url, job_id)
+        trained(redis_url, running, status="running")
+        assert a.post(f"/api/jobs/{published}/publish").status_code == 204
+        assert a.post(f"/api/jobs/{shared}/shares").status_code == 201
+        card = a.get(f"/api/jobs/{private}").json()["access"]
+        finished_at = a.get(f"/api/jobs/{private}").json()["finished_at"]
+        assert card["expires_at"] == pytest.approx(finished_at + 86400)  # what the job card shows
+        assert a.get(f"/api/jobs/{published}").json()["access"]["expires_at"] is None
+        assert a.get(f"/api/jobs/{running}").json()["access"]["expires_at"] is None
+        client.hset(keys.job_key(recent), "finished_at", time.time() + 2 * 86400)  # ended later than the others
+
+        deletion = app.state.storage.deletion
+        client.delete(keys.RETENTION_LOCK.pattern)
+        assert deletion.sweep_if_due(now=time.time() + 1.5 * 86400) == [private]
+        assert deletion.sweep_if_due(now=time.time() + 9 * 86400) is None  # another sweep ran within the period
+        assert client.ttl(keys.RETENTION_LOCK.pattern) > 0
+        assert a.get(f"/api/jobs/{private}").status_code == 404
+        assert not [k for k in client.scan_iter() if private.encode() in k]
+        for kept in (published, shared, running, recent):
+            assert a.get(f"/api/jobs/{kept}").status_code == 200, kept
+
+
+def test_retention_is_off_by_default(app_factory: Callable[..., object]) -> None:
+    app = app_factory()
+    assert app.state.storage.deletion.sweep_if_due(now=time.time() + 10**9) is None
