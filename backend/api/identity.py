@@ -40,6 +40,7 @@ from backend.storage.shared import Storage
 from .security import bearer_token, client_id
 
 SCOPE_CALLER = "nca.caller"
+SCOPE_TOKEN = "nca.owner_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -68,6 +69,8 @@ def resolve(request: Request) -> Caller:
     if source == "cookie" and request.method in UNSAFE_METHODS:
         check_origin(request)
     request.scope[SCOPE_CALLER] = caller
+    if caller.owner is not None:
+        request.scope[SCOPE_TOKEN] = token  # valid: GET /api/me shows this one rather than a fresh signature
     return caller
 
 
@@ -110,7 +113,7 @@ async def owner_or_new(request: Request, response: Response) -> Caller:
         raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     token = await run_in_threadpool(storage.owners.token, owner)
     set_owner_cookie(request, response, token, settings)
-    request.state.new_owner_token = token
+    request.state.new_owner_token = request.scope[SCOPE_TOKEN] = token
     who = Caller(owner=owner, shares=who.shares)
     request.scope[SCOPE_CALLER] = who
     return who

@@ -20,7 +20,7 @@ from backend.storage.owners import SHARES_COOKIE, Caller
 from backend.storage.status import FINISHED
 
 from ..deps import SettingsDep, StorageDep
-from ..identity import OwnerDep, check_origin, managed_job, set_owner_cookie
+from ..identity import SCOPE_TOKEN, OwnerDep, check_origin, managed_job, set_owner_cookie
 from ..schemas import ErrorOut
 
 router = APIRouter(tags=["sharing"])
@@ -47,8 +47,8 @@ class ShareOut(BaseModel):
 
 
 @router.get("/api/me", response_model=MeOut, responses=ERRORS, summary="Who you are (a new owner if you had none)")
-def me(storage: StorageDep, who: OwnerDep) -> MeOut:
-    token = None if who.admin else storage.owners.token(who.owner)
+def me(request: Request, storage: StorageDep, who: OwnerDep) -> MeOut:
+    token = None if who.admin else request.scope.get(SCOPE_TOKEN) or storage.owners.token(who.owner)
     return MeOut(owner=who.owner, token=token, admin=who.admin)
 
 
