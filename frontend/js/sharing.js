@@ -18,7 +18,7 @@ export function createOwnerActions(hooks) {
     <ul class="job-shares"></ul>
     <p class="job-expiry hint" hidden></p>
     <p class="job-owner-note" role="status" aria-live="polite"></p>
-    <div class="job-confirm" data-role="confirm-delete" role="group" aria-label="Confirm deleting" hidden>
+    <div class="job-delete-confirm" data-role="confirm-delete" role="group" aria-label="Confirm deleting" hidden>
       <p>Delete this job for good? Its picture, checkpoints and model are removed from the server, and its
         share links stop working.</p>
       <button type="button" class="danger" data-action="confirm-delete">Delete for good</button>
