@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -22,13 +23,15 @@ import redis
 import torch
 from fastapi.testclient import TestClient
 
-from backend.api.main import create_app
-from backend.config import Settings
-from backend.nca import JobSpec
-from backend.storage.embedded_redis import start_redis
-from backend.storage.jobs import JobStore
-from backend.storage.owners import Owners
-from backend.storage.sharing import Access
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.api.main import create_app  # noqa: E402
+from backend.config import Settings  # noqa: E402
+from backend.nca import JobSpec  # noqa: E402
+from backend.storage.embedded_redis import start_redis  # noqa: E402
+from backend.storage.jobs import JobStore  # noqa: E402
+from backend.storage.owners import Owners  # noqa: E402
+from backend.storage.sharing import Access  # noqa: E402
 
 ADMIN = "bench-operator"
 
