@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     owners_per_address_per_hour: int = 100  # new owners one address may create in an hour
     max_active_jobs_per_owner: int = 10  # queued or running jobs per owner (429 + Retry-After)
     max_owner_megabytes: float = 200.0  # what an owner's jobs may store (targets, uploads, models); 0: no cap
+    max_owner_training_minutes_per_day: float = 720.0  # training time of an owner's jobs of the last 24 h; 0: no cap
     stream_max_sessions_per_owner: int = 8  # concurrent streams per owner, all replicas together (close 1013)
     retention_days: float = 0.0  # delete jobs neither shared nor published this long after they end; 0: keep
     # Browser origins allowed to open streams, comma-separated; empty: the stream's own host, localhost and the API's.

@@ -120,6 +120,12 @@ class Owners:
         """The job's owner; None for a job from before owners existed, or no job."""
         return text(self._client.get(keys.job_key(job_id, "owner")))
 
+    def owners_of(self, job_ids: list[str]) -> list[str | None]:
+        """Each job's owner, in one round trip."""
+        if not job_ids:
+            return []
+        return [text(o) for o in self._client.mget([keys.job_key(j, "owner") for j in job_ids])]
+
     def job_ids(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[str], int]:
         """The owner's jobs, newest first, and how many it has."""
         with self._client.pipeline(transaction=False) as pipe:

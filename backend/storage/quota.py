@@ -7,6 +7,9 @@ reserves in one step, so concurrent uploads cannot overshoot; a job stops counti
 is final (members drop out lazily). The per-address cap is a coarse guard only (its default lets
 a classroom behind one NAT train): the owner's is the one a person meets.
 
+Training time: the training seconds (`trained_seconds`, written by the worker as it trains) of the
+owner's jobs created in the last 24 hours, running ones included, against a daily allowance.
+
 Bytes stored: the sum of an owner's jobs' target, upload, latest model and history weights, counted
 in Redis by a script (no bytes travel). A cancelled or failed job counts until it is deleted
 (or expires): cancelling does not free storage, deleting does.
@@ -92,6 +95,19 @@ return total
 """
 
 
+# KEYS: the owner's job index (score: created_at). ARGV: the job key prefix, the window's start.
+# {the training seconds of the jobs created since, the creation time of the oldest of them ('' for none)}.
+_TRAINED = """
+local total = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')) do
+  total = total + (tonumber(redis.call('HGET', ARGV[1] .. id, 'trained_seconds') or '') or 0)
+end
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+return {tostring(total), first[2] or ''}
+"""
+DAY = 86400
+
+
 @dataclass(frozen=True)
 class Reservation:
     id: str
@@ -102,12 +118,19 @@ class JobQuota:
     """Reserve a slot before an upload is read; it becomes the job's, or is given back."""
 
     def __init__(self, client: redis.Redis, max_total: int, max_per_client: int, max_per_owner: int = 10,
-                 max_owner_bytes: int = 0):
-        """`max_per_client`: per address; `max_owner_bytes`: 0 for no byte quota."""
+                 max_owner_bytes: int = 0, max_owner_seconds_per_day: float = 0.0):
+        """`max_per_client`: per address; `max_owner_bytes`, `max_owner_seconds_per_day`: 0 for no quota."""
         self._client, self.max_total, self.max_per_client = client, max_total, max_per_client
         self.max_per_owner, self.max_owner_bytes = max_per_owner, max_owner_bytes
+        self.max_owner_seconds_per_day = max_owner_seconds_per_day
         self._reserve = client.register_script(_RESERVE)
         self._bytes = client.register_script(_BYTES)
+        self._trained = client.register_script(_TRAINED)
+
+    def trained_today(self, owner: str, now: float) -> tuple[float, float | None]:
+        """(training seconds of the owner's jobs created in the last 24 hours, when the oldest of them was created)."""
+        total, oldest = self._trained(keys=[keys.OWNER_JOBS.prefix + owner + ":jobs"], args=[job_key(""), now - DAY])
+        return float(text(total)), float(text(oldest)) if text(oldest) else None
 
     def owner_bytes(self, owner: str) -> int:
         """What the owner's jobs store now (their files in Redis)."""
@@ -122,6 +145,14 @@ class JobQuota:
                     f"storage quota: your jobs store {stored / 1e6:.1f} MB (at most {self.max_owner_bytes / 1e6:.1f}"
                     " MB): delete jobs you no longer need (Delete on the Jobs view, or DELETE /api/jobs/{id}); "
                     "cancelled jobs count until deleted", RETRY_BYTES)
+        if owner is not None and self.max_owner_seconds_per_day > 0:
+            trained, oldest = self.trained_today(owner, now)
+            if trained >= self.max_owner_seconds_per_day:
+                wait = int((oldest or now) + DAY - now) + 1
+                raise QuotaExceeded(
+                    f"training-time quota: your jobs of the last 24 hours trained {trained / 60:.0f} minutes (at most "
+                    f"{self.max_owner_seconds_per_day / 60:.0f} a day): try again in {wait // 3600} h "
+                    f"{wait % 3600 // 60} min, when the oldest of them is a day old", max(wait, 1))
         reservation = "reservation:" + uuid.uuid4().hex
         tags = [("a:" + client, self.max_per_client)]
         if owner is not None:

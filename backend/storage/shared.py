@@ -31,7 +31,8 @@ class Storage:
         self.jobs = JobStore(client, settings.checkpoint_history)
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
         self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client,
-                              settings.max_active_jobs_per_owner, int(settings.max_owner_megabytes * 1e6))
+                              settings.max_active_jobs_per_owner, int(settings.max_owner_megabytes * 1e6),
+                              settings.max_owner_training_minutes_per_day * 60)
         self.owners = Owners(client, settings.secret_key, settings.owner_token_days,
                              settings.owners_per_address_per_hour)
         self.access = Access(client, self.owners)

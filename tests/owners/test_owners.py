@@ -391,3 +391,21 @@ def test_the_retention_sweep_deletes_expired_private_jobs_only(app_factory: Call
 def test_retention_is_off_by_default(app_factory: Callable[..., object]) -> None:
     app = app_factory()
     assert app.state.storage.deletion.sweep_if_due(now=time.time() + 10**9) is None
+
+
+def test_training_minutes_per_day_are_capped_per_owner(app_factory: Callable[..., object], redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    app = app_factory(max_owner_training_minutes_per_day=30)
+    with TestClient(app, client=("10.5.5.1", 1)) as a, TestClient(app, client=("10.5.5.1", 2)) as b:
+        first = upload(a).json()["id"]
+        client.hset(keys.job_key(first), "trained_seconds", 29 * 60)  # as the worker writes it while training
+        assert upload(a).status_code == 202  # 29 minutes: still under
+        client.hset(keys.job_key(first), "trained_seconds", 31 * 60)
+        refused = upload(a)
+        assert refused.status_code == 429
+        assert "training-time quota: your jobs of the last 24 hours trained 31 minutes (at most 30 a day)" in \
+            refused.json()["detail"]
+        assert 86000 < int(refused.headers["retry-after"]) <= 86401  # when the first job is a day old
+        assert upload(b).status_code == 202  # someone else's day
+        client.zadd(keys.OWNER_JOBS.prefix + a.get("/api/me").json()["owner"] + ":jobs", {first: time.time() - 86401})
+        assert upload(a).status_code == 202  # a day later, the job no longer counts

@@ -34,7 +34,8 @@ ManagedDep = Annotated[tuple[str, Caller], Depends(managed_job)]
 def out(storage: Storage, jobs: list[Job], who: Caller) -> list[JobOut]:
     """The jobs as answered: links, and what the caller may do with each (its shares only to who manages it)."""
     described = storage.access.describe([job.id for job in jobs])
-    owners = {job.id: storage.owners.owner_of(job.id) for job in jobs} if not who.admin else {}
+    owners = dict(zip([j.id for j in jobs], storage.owners.owners_of([j.id for j in jobs]), strict=True)) \
+        if not who.admin else {}
     answers = []
     for job in jobs:
         published, shares = described[job.id]
