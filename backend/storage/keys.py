@@ -46,8 +46,8 @@ QUOTA_ACTIVE = Key("nca:quota:active", "sorted set",
                    "the active-job caps: job id or pending reservation -> expiry (`backend/storage/quota.py`)")
 QUOTA_OWNER = Key("nca:quota:owner", "hash", "the active-job caps: job id or reservation -> client")
 STREAM_CLIENT = Key("nca:stream:client:<address>", "sorted set + TTL",
-                    "the streams a client address has open on any stream replica: slot id -> expiry (ms, Redis "
-                    "clock); renewed every 10 s by its replica, lapses 30 s after "
+                    "the streams a client address (or `owner:<owner id>`: an owner) has open on any stream replica: "
+                    "slot id -> expiry (ms, Redis clock); renewed every 10 s by its replica, lapses 30 s after "
                     "(`backend/storage/stream_clients.py`)")
 TRAINING_QUEUE = Key("nca-training", "list",
                      "Celery's queue: task `nca.train_job`, one argument, the job id (`backend/storage/queue.py`)")
