@@ -42,6 +42,33 @@ T = TypeVar("T")
 INTERRUPTIONS = {"stop": "after a stop", "worker_lost": "after its worker was lost"}  # Job.interrupted_by, in words
 
 
+_RECOVERING = threading.Lock()  # the heartbeat and a task about to take a turn recover one at a time
+
+
+def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
+    """Re-queue the jobs whose worker is gone and send their messages again; `skip`: this worker's own job
+    (it is alive: its lease comes back with its next renewal). One call at a time in this process, so that a
+    task taking its turn sees a recovered job at the front of the fair queue (backend/storage/dispatch.py)."""
+    with _RECOVERING:
+        return _recover(storage, skip)
+
+
+def _recover(storage: Storage, skip: str | None) -> list[str]:
+    jobs, queue = storage.jobs, storage.queue
+    recovered = jobs.recover_orphans(skip)
+    for i, job_id in enumerate(recovered):
+        try:
+            forgotten = queue.forget_deliveries(job_id)  # the lost worker's message, never to be acknowledged
+            storage.fair.resume(job_id)  # ahead of every job that has not started (backend/storage/dispatch.py)
+            queue.send(job_id)
+        except Exception:
+            jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
+            raise
+        log.info("job %s: re-queued to resume from its checkpoint %s (unacknowledged messages dropped: %d)", job_id,
+                 INTERRUPTIONS.get(jobs.get(job_id).interrupted_by, ""), forgotten)
+    return recovered
+
+
 class TrainingWorker:
     """This worker process: its id, the job it trains, whether it is stopping, and where it stores."""
 
@@ -60,6 +87,10 @@ class TrainingWorker:
         """Train the job whose turn it is (a message is a turn: backend/storage/dispatch.py); one that is finished
         or running elsewhere is dropped."""
         store, lease_seconds = self.storage.jobs, self.settings.lease_seconds
+        try:  # a job whose worker was lost goes first: find it now, not at the next heartbeat
+            recover_orphans(self.storage)
+        except Exception:  # Redis down or the resend failed: the heartbeat tries again
+            log.warning("could not look for lost workers' jobs before taking one", exc_info=True)
         job_id = until_redis(lambda: self.storage.fair.take(message_job, time.time()), self.stopping,
                              f"job {message_job}: dispatch")
         if job_id != message_job:
