@@ -44,7 +44,8 @@ WORKERS = Key("nca:workers", "set",
               "ids of the workers with a presence key (an expired one is dropped when `/api/health` reads it)")
 QUOTA_ACTIVE = Key("nca:quota:active", "sorted set",
                    "the active-job caps: job id or pending reservation -> expiry (`backend/storage/quota.py`)")
-QUOTA_OWNER = Key("nca:quota:owner", "hash", "the active-job caps: job id or reservation -> client")
+QUOTA_OWNER = Key("nca:quota:owner", "hash", "the active-job caps: job id or reservation -> whom it counts for "
+                  "(`|a:<address>|o:<owner>|`)")
 STREAM_CLIENT = Key("nca:stream:client:<address>", "sorted set + TTL",
                     "the streams a client address (or `owner:<owner id>`: an owner) has open on any stream replica: "
                     "slot id -> expiry (ms, Redis clock); renewed every 10 s by its replica, lapses 30 s after "
