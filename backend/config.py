@@ -75,8 +75,21 @@ class Settings(BaseSettings):
     # Access and quotas (docs/reliability.md, README "Security").
     access_token: str = ""  # when set, creating and cancelling jobs need `Authorization: Bearer <token>`
     max_active_jobs: int = 100  # queued or running jobs overall; more uploads get 429 + Retry-After
-    max_active_jobs_per_client: int = 10  # per client (its remote address)
-    stream_max_sessions_per_client: int = 8  # concurrent streams per remote address (close code 1013)
+    # Per remote address: a coarse guard only, high enough for a classroom of 30 behind one NAT (the owner's
+    # quotas below are the ones a person meets).
+    max_active_jobs_per_client: int = 60
+    stream_max_sessions_per_client: int = 64  # concurrent streams per remote address (close code 1013)
+
+    # Owners (docs/api.md "Identity"): anonymous, in a signed cookie or the X-Owner-Token header.
+    secret_key: str = ""  # signs owner tokens; empty: one generated once and kept in Redis (nca:secret)
+    admin_token: str = ""  # the operator's token (X-Owner-Token): sees and manages every job
+    owner_token_days: float = Field(365.0, gt=0)  # an owner token (and its cookie) is valid this long
+    owners_per_address_per_hour: int = 100  # new owners one address may create in an hour
+    max_active_jobs_per_owner: int = 10  # queued or running jobs per owner (429 + Retry-After)
+    max_owner_megabytes: float = 200.0  # what an owner's jobs may store (targets, uploads, models); 0: no cap
+    max_owner_training_minutes_per_day: float = 720.0  # training time of an owner's jobs of the last 24 h; 0: no cap
+    stream_max_sessions_per_owner: int = 8  # concurrent streams per owner, all replicas together (close 1013)
+    retention_days: float = 0.0  # delete jobs neither shared nor published this long after they end; 0: keep
     # Browser origins allowed to open streams, comma-separated; empty: the stream's own host, localhost and the API's.
     stream_allowed_origins: str = ""
     stream_max_message_bytes: int = 4096  # a bigger client message closes the stream (1009)

@@ -220,13 +220,14 @@ if mode.startswith("submit:"):
     out = subprocess.run(["curl", "-fsS", "-F", "image=@models/heart.png", "-F", "experiment=growing", "-F",
                           f"iterations={mode[7:]}", "-F", "target_size=24", "-F", "padding=6", "-F", "batch_size=4",
                           api + "/api/jobs"], capture_output=True, text=True, check=True).stdout
-    jid = json.loads(out)["id"]
+    jid, owner = json.loads(out)["id"], json.loads(out)["owner_token"]  # jobs are private to their owner
 else:
-    jid = mode[7:]
+    jid, owner = mode[7:], ""
 j, acted = {}, False
 while time.time() - t0 < 900:
     try:
-        with urllib.request.urlopen(f"{api}/api/jobs/{jid}", timeout=10) as r: j = json.load(r)
+        request = urllib.request.Request(f"{api}/api/jobs/{jid}", headers={"X-Owner-Token": owner})
+        with urllib.request.urlopen(request, timeout=10) as r: j = json.load(r)
     except Exception as e:
         print(f"{time.time()-t0:6.1f}s poll error {e!r}", file=sys.stderr); time.sleep(1); continue
     if j["status"] in ("succeeded", "failed", "cancelled"): break
@@ -234,7 +235,7 @@ while time.time() - t0 < 900:
         rc = subprocess.run(action, shell=True, capture_output=True).returncode
         print(f"{time.time()-t0:6.1f}s at iteration {j['iteration']}: `{action}` rc={rc}", file=sys.stderr); acted = True
     time.sleep(1)
-print(json.dumps({"id": jid, "status": j.get("status"), "iteration": j.get("iteration"), "attempts": j.get("attempts"),
+print(json.dumps({"id": jid, "owner": owner, "status": j.get("status"), "iteration": j.get("iteration"), "attempts": j.get("attempts"),
                   "seconds": round(time.time() - t0, 1), "worker": j.get("worker"), "error": j.get("error")}))
 EOF
 cat >"$R/ws_check.py" <<'EOF'
@@ -300,6 +301,7 @@ check "GET /api/health ok, 1 worker" 'curl -fsS $API/api/health | tee $R/health1
 python3 "$R/job_poll.py" "$API" submit:200 | tee "$R/job1.json"
 check "200-iteration job succeeded" 'grep -q "\"status\": \"succeeded\"" $R/job1.json'
 JOB1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["id"])' "$R/job1.json")
+OWNER1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["owner"])' "$R/job1.json")
 docker compose ps --format '{{.Service}} {{.Ports}}' | tee "$R/ports.txt"
 check "only the proxy publishes a port (P3)" '[ "$(grep -c "0.0.0.0:" "$R/ports.txt")" = 1 ] && grep -q "^proxy .*0.0.0.0:$PROXY_PORT->80/tcp" "$R/ports.txt"'
 check "the page loads from the proxy (P3)" 'curl -fsS -o $R/page.html $API/ && grep -q "<html" $R/page.html && curl -fsSI -o $R/stream-js.headers $API/js/stream.js && grep -qi "^server: Caddy" $R/stream-js.headers'
@@ -337,6 +339,6 @@ docker compose up -d --scale worker=1 --scale api=1 --scale stream=1 2>&1 | grep
 docker compose down 2>&1 | tail -1
 T=$(date +%s); docker compose up -d 2>&1 | grep -v 'IPv4 forwarding' | tail -1
 check "healthy again after down + up" 'wait_healthy 180'; log "down/up -> healthy: $(( $(date +%s) - T )) s"
-check "finished job still listed after down/up (named volume)" 'curl -fsS -o $R/job1-after.json $API/api/jobs/$JOB1 && grep -q "\"status\":\"succeeded\"" $R/job1-after.json'
+check "finished job still listed after down/up (named volume)" 'curl -fsS -H "X-Owner-Token: $OWNER1" -o $R/job1-after.json $API/api/jobs/$JOB1 && grep -q "\"status\":\"succeeded\"" $R/job1-after.json'
 log "done: $PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]

@@ -29,6 +29,12 @@ class Previews:
         `version`: the checkpoint's (default: the job's latest)."""
         return png_bytes(self._frame(job, model_bytes, job.model_version if version is None else version), scale)
 
+    def forget(self, job_id: str) -> None:
+        """Drop the job's frames (it was deleted)."""
+        with self._lock:
+            for key in [k for k in self._frames if k[0] == job_id]:
+                del self._frames[key]
+
     def _frame(self, job: Job, model_bytes: bytes, version: int) -> np.ndarray:
         key = (job.id, version)
         with self._lock:

@@ -72,6 +72,12 @@ class Renders:
             _, (_, dropped) = self._cache.popitem(last=False)
             self._bytes -= dropped
 
+    def forget(self, digests: set[str] | list[str]) -> None:
+        """Drop every cached result made from these model files (a deleted job's)."""
+        for key in [k for k in self._cache if isinstance(k, tuple) and len(k) > 1 and k[1] in digests]:
+            _, size = self._cache.pop(key)
+            self._bytes -= size
+
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -60,8 +60,20 @@ class JobLinks(BaseModel):
     checkpoints: str = Field(description="the training history: every checkpoint kept")
 
 
+class JobAccess(BaseModel):
+    """What the caller may do with the job, and who else sees it (docs/api.md "Sharing")."""
+
+    mine: bool = Field(description="the caller owns it (or is the operator): it may cancel, delete, share, publish")
+    published: bool = Field(description="in the public gallery: every visitor's model list shows it")
+    shares: list[str] = Field(description="live share tokens (the owner's view only); each opens /s/<token>")
+    expires_at: float | None = Field(description="when retention deletes it (unix seconds); null: kept")
+
+
 class JobOut(Job):
     links: JobLinks
+    access: JobAccess | None = None
+    owner_token: str | None = Field(None, description="only when this request created a new owner: its token "
+                                                      "(also set as the cookie); send it as X-Owner-Token")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -106,6 +118,8 @@ class JobList(BaseModel):
 
 class ModelOut(ModelEntry):
     file_url: str
+    access: Literal["example", "owner", "shared", "public", "unlisted"] | None = Field(
+        None, description="why the caller sees it: a shipped example, its own, a share link, the public gallery")
 
     @classmethod
     def of(cls, entry: ModelEntry) -> ModelOut:

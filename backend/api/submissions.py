@@ -124,16 +124,21 @@ def process_upload(upload: Upload, spec: JobSpec, settings: Settings) -> Process
     return process_target(upload.image, target_options(spec, settings), settings.max_image_pixels)
 
 
-def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec) -> Job:
-    """Process the image (TargetError: 422), store the job and send its message. Blocking: run it in a thread."""
+def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec, owner: str | None = None) -> Job:
+    """Process the image (TargetError: 422), store the job (`owner`'s) and send its message. Blocking: run it
+    in a thread."""
     processed = process_upload(upload, spec, settings)
     job_id = new_job_id()
+    if owner is not None:  # first: a job is never seen without its owner
+        storage.owners.claim(job_id, owner)
     stored_upload = upload.image if len(upload.image) <= settings.max_stored_upload_bytes else None
     job = storage.jobs.create(job_id, spec, processed.target, stored_upload, processed.warning)
     try:
+        storage.fair.enqueue(job_id, owner)  # its turn among its owner's, round-robin across owners
         storage.queue.send(job_id)
     except Exception:
         with contextlib.suppress(*REDIS_DOWN_ERRORS):  # a job whose message could not be sent would wait forever
             storage.jobs.queue_failed(job_id, "the job could not be queued (Redis unreachable); upload again")
+            storage.fair.drop(job_id, owner)
         raise  # Redis went away between the two steps: 503
     return job

@@ -246,6 +246,14 @@ class JobStore:
             rows = pipe.execute()
         return [Job.from_hash(raw) for raw in rows if raw], total
 
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        """The records of the jobs that exist, in the order asked (one round trip)."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(job_key(job_id))
+            rows = pipe.execute()
+        return [Job.from_hash(raw) for raw in rows if raw]
+
     def ids(self) -> list[str]:
         """Every job id, newest first."""
         return [text(j) for j in self._client.zrevrange(JOBS_KEY, 0, -1)]

@@ -21,7 +21,7 @@ from backend.nca.modelfile import ModelFileError, ModelInfo, read_metadata
 from .jobs import CHECKPOINT_CHANNEL, Checkpoint, Job, JobStore, is_job_id
 
 __all__ = ["CHECKPOINT_CHANNEL", "EXAMPLE_PREFIX", "BadReference", "CheckpointNotFound", "ModelCatalog", "ModelEntry",
-           "ModelNotFound", "may_see_model", "parse_reference", "reference"]
+           "ModelNotFound", "parse_reference", "reference"]
 
 EXAMPLE_PREFIX = "example-"
 _HEADER_LIMIT = 1_000_000  # bytes of safetensors header read to list an example
@@ -99,9 +99,9 @@ class ModelCatalog:
         return [entry for path in sorted(self.models_dir.glob("*.safetensors"))
                 if (entry := self._example_entry(path)) is not None]
 
-    def job_models(self) -> list[ModelEntry]:
-        """Jobs with at least one checkpoint, newest first (from Redis)."""
-        jobs = self.jobs.summaries(self.jobs.ids(), _ENTRY_FIELDS)
+    def job_models(self, job_ids: list[str] | None = None) -> list[ModelEntry]:
+        """Jobs with at least one checkpoint, newest first (from Redis); of `job_ids` only, in their order."""
+        jobs = self.jobs.summaries(self.jobs.ids() if job_ids is None else job_ids, _ENTRY_FIELDS)
         return [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:
@@ -214,12 +214,3 @@ class ModelCatalog:
             updated_at=job.checkpoint_at or job.created_at,
         )
 
-
-def may_see_model(model_id: str, caller: str | None) -> bool:
-    """Whether `caller` may see (play, open a room on, join a room of) the model `model_id`.
-
-    The one place that answers it (rooms call it when one is made and when someone joins): today
-    every model is visible to everyone; when jobs get owners, a private model is refused here.
-    """
-    del model_id, caller  # every model is public today
-    return True

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 
 import redis
 
-ROOM_PREFIX = "nca:room:"
-CODE_PREFIX = "nca:room:code:"
-CLIENT_PREFIX = "nca:rooms:client:"
+from . import keys
+
+ROOM_PREFIX = keys.ROOM.prefix
+CODE_PREFIX = keys.ROOM_CODE.prefix
+CLIENT_PREFIX = keys.ROOMS_CLIENT.prefix
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read off a projector
 CODE_LENGTH = 6
 TOUCH_MARGIN_MS = 30_000

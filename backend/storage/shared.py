@@ -13,11 +13,15 @@ from celery import Celery
 from backend.config import Settings
 
 from .connection import connect
+from .dispatch import FairQueue
 from .jobs import JobStore
 from .models import ModelCatalog
+from .owners import Owners
 from .queue import TrainingQueue, make_sender
 from .quota import JobQuota
+from .retention import Deletion
 from .rooms import RoomStore
+from .sharing import Access
 from .workers import Presence
 
 
@@ -27,7 +31,14 @@ class Storage:
         self._client = client
         self.jobs = JobStore(client, settings.checkpoint_history)
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
-        self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client)
+        self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client,
+                              settings.max_active_jobs_per_owner, int(settings.max_owner_megabytes * 1e6),
+                              settings.max_owner_training_minutes_per_day * 60)
+        self.owners = Owners(client, settings.secret_key, settings.owner_token_days,
+                             settings.owners_per_address_per_hour)
+        self.access = Access(client, self.owners)
+        self.fair = FairQueue(client)  # which waiting job a free worker takes (round-robin across owners)
+        self.deletion = Deletion(client, self.jobs, settings.models_dir, settings.retention_days, self.fair)
         self.workers = Presence(client)
         self.rooms = RoomStore(client, settings.room_idle_timeout, settings.room_lease_seconds)
         self.queue = TrainingQueue(client, celery if celery is not None else make_sender(settings))

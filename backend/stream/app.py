@@ -22,7 +22,18 @@ from backend.nca.modelfile import ModelFileError
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.jobs import JobStore
 from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, CheckpointNotFound, ModelCatalog, ModelNotFound
+from backend.storage.owners import (
+    COOKIE,
+    OWNER_HEADER,
+    SHARE_PARAM,
+    SHARES_COOKIE,
+    Caller,
+    Owners,
+    identify,
+    share_tokens,
+)
 from backend.storage.rooms import RoomStore
+from backend.storage.sharing import Access
 from backend.storage.stream_clients import StreamSlots
 
 from . import guard, rooms
@@ -34,6 +45,7 @@ from .transport import ExposeTransport, abort, quiet_invalid_text
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up on the client
+SCOPE_OWNER_SLOT = "nca.owner_slot"
 
 
 @contextlib.asynccontextmanager
@@ -61,8 +73,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.client_slots = slots
     app.state.rooms = rooms.Rooms(RoomStore(client, settings.room_idle_timeout, settings.room_lease_seconds),
                                   engine, settings)
+    # Who may watch what: the owner (cookie, sent with the upgrade to the same site), a share link, the gallery.
+    app.state.access = Access(client, Owners(client, settings.secret_key, settings.owner_token_days))
+    app.state.owner_slots = owner_slots = StreamSlots(slots_client, settings.stream_max_sessions_per_owner)
     tasks = [asyncio.create_task(engine.run()), asyncio.create_task(follow_checkpoints(app, settings.redis_url)),
-             asyncio.create_task(slots.keep_renewing())]
+             asyncio.create_task(slots.keep_renewing()), asyncio.create_task(owner_slots.keep_renewing())]
     try:
         yield
     finally:
@@ -72,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(*guard.STORE_ERRORS):  # slots of streams cut by the shutdown
             await slots.give_back_all()
+            await owner_slots.give_back_all()
         await slots_client.aclose()
         client.close()
 
@@ -111,6 +127,53 @@ async def stream(ws: WebSocket) -> None:
         await _stream(ws)
     finally:
         await guard.release(ws, ws.app.state.client_slots)  # the slot guard.admit took for the client
+        slot = ws.scope.pop(SCOPE_OWNER_SLOT, None)
+        if slot is not None:
+            with contextlib.suppress(*guard.STORE_ERRORS):
+                await ws.app.state.owner_slots.give_back(slot)
+
+
+def caller_of(ws: WebSocket, settings: Settings) -> Caller:
+    """The viewer, as the API sees it (backend/api/identity.py): cookie or X-Owner-Token, share links."""
+    access: Access = ws.app.state.access
+    token = ws.headers.get(OWNER_HEADER) or ws.cookies.get(COOKIE)
+    shares = share_tokens(ws.cookies.get(SHARES_COOKIE), ws.query_params.get(SHARE_PARAM))
+    return identify(access.owners, token, shares, settings.admin_token)
+
+
+def room_visibility(ws: WebSocket, settings: Settings) -> rooms.MaySee:
+    """Who may see a room's model: whoever may see it themselves, or anyone with the room's code while the room's
+    creator (`owner:<id>` when the creator had an owner) may see it: opening a room shares the model's frames."""
+    access: Access = ws.app.state.access
+
+    def may_see(model: str, creator: str) -> bool:
+        if access.visible(model, caller_of(ws, settings)):
+            return True
+        owner = creator.removeprefix("owner:") if creator.startswith("owner:") else None
+        return owner is not None and access.visible(model, Caller(owner=owner))
+
+    return may_see
+
+
+def may_watch(ws: WebSocket, settings: Settings, model_id: str) -> tuple[bool, Caller]:
+    """Whether this viewer may see the model (someone else's job reads as an unknown model). Blocking."""
+    caller = caller_of(ws, settings)
+    return ws.app.state.access.visible(model_id, caller), caller
+
+
+async def _owner_slot(ws: WebSocket, settings: Settings, caller: Caller) -> tuple[int, str] | None:
+    """One of the owner's stream slots (all replicas together); a refusal when it has them all open."""
+    if caller.owner is None or caller.admin:
+        return None
+    try:
+        slot = await ws.app.state.owner_slots.take("owner:" + caller.owner)
+    except guard.STORE_ERRORS:
+        return None  # as for the address's slots: let in uncounted while Redis is unreachable
+    if slot is None:
+        return p.CLOSE_TRY_AGAIN_LATER, (f"stream quota: you have {settings.stream_max_sessions_per_owner} streams "
+                                         "open already; close one (another tab?) first")
+    ws.scope[SCOPE_OWNER_SLOT] = slot
+    return None
 
 
 async def _stream(ws: WebSocket) -> None:
@@ -118,11 +181,17 @@ async def _stream(ws: WebSocket) -> None:
     engine: Engine = ws.app.state.engine
     settings: Settings = ws.app.state.settings
     if "room" in ws.query_params:  # one CA for many participants: backend/stream/rooms.py
-        return await rooms.serve(ws, ws.app.state.rooms, settings, _refuse, _close)
+        return await rooms.serve(ws, ws.app.state.rooms, settings, _refuse, _close,
+                                 room_visibility(ws, settings))
     if (refusal := await guard.admit(ws, ws.app.state.client_slots, settings)) is not None:  # origin, per client
         return await _refuse(ws, *refusal)
     try:
         params = parse_params(ws.query_params)
+        allowed, caller = await asyncio.to_thread(may_watch, ws, settings, params.model)
+        if not allowed:
+            raise ModelNotFound(params.model)
+        if (refusal := await _owner_slot(ws, settings, caller)) is not None:
+            return await _refuse(ws, *refusal)
         session = await engine.open(params)
     except ProtocolError as exc:
         return await _refuse(ws, p.CLOSE_BAD_REQUEST, str(exc))

@@ -29,7 +29,7 @@ from fastapi import WebSocket
 
 from backend.config import Settings
 from backend.storage.connection import REDIS_DOWN_ERRORS
-from backend.storage.models import CheckpointNotFound, ModelNotFound, may_see_model
+from backend.storage.models import CheckpointNotFound, ModelNotFound
 from backend.storage.rooms import Room, RoomNotFound, RoomStore, Snapshot
 
 from . import guard
@@ -61,6 +61,7 @@ class Participant:
     frames_dropped: int = 0
     closing: Close | None = None  # set by the room: the sender closes the connection with it
     count: str | None = None  # the latest `participants` event not sent yet: a burst of joins is one event
+    may_see: Callable[[str, str], bool] = lambda model, creator: False  # see `serve` (blocking)
 
     def set_count(self, text: str) -> None:
         self.count = text
@@ -326,10 +327,13 @@ class Rooms:
 
 # --- one participant's connection -------------------------------------------------------------------
 Refuse = Callable[[WebSocket, int, str], Awaitable[None]]
+MaySee = Callable[[str, str], bool]  # (model, the room's creator) -> may this connection see the model there
 
 
-async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, close: Refuse) -> None:
-    """`WS /ws/stream?room=<id>`: admit, join, pump frames and commands until one side ends."""
+async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, close: Refuse, may_see: MaySee) -> None:
+    """`WS /ws/stream?room=<id>`: admit, join, pump frames and commands until one side ends. `may_see(model, creator)`
+    answers who may see what (backend/stream/app.py, `room_visibility`): a room shows its model's frames, not its
+    files, to whoever has its code, as long as its creator may still see that model (deleted, unshared: refused)."""
     query = ws.query_params
     origin = ws.headers.get("origin")
     if not guard.origin_allowed(origin, ws.headers.get("host"), settings):
@@ -341,8 +345,9 @@ async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, c
     room_id = query.get("room", "").strip().lower()
     try:
         room = await asyncio.to_thread(hub.store.get, room_id)
-        if not may_see_model(room.model, None):
-            return await refuse(ws, p.CLOSE_FORBIDDEN_ORIGIN, "you may not see this room's model")  # 4403: forbidden
+        if not await asyncio.to_thread(may_see, room.model, room.client):
+            return await refuse(ws, p.CLOSE_FORBIDDEN_ORIGIN, "this room's model is no longer available to its "
+                                                              "host (deleted or no longer shared)")  # 4403: forbidden
         live = await hub.enter(room)
         while live.ended:  # it emptied and went back to Redis just now: take it again
             live = await hub.enter(room)
@@ -364,6 +369,7 @@ async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, c
     ws.scope[guard.SCOPE_LIMITER] = guard.CommandLimiter(settings.stream_command_rate, settings.stream_command_burst)
     guard._limit_parser(ws, settings.stream_max_message_bytes)
     participant = live.join(False, settings)  # the host says so with its first command
+    participant.may_see = may_see
     tasks = {asyncio.create_task(_receive(ws, live, participant, settings)),
              asyncio.create_task(_send(ws, participant, settings.stream_stall_timeout))}
     try:
@@ -434,7 +440,7 @@ async def _command(live: LiveRoom, participant: Participant, text: str) -> Close
             live.end(p.CLOSE_ROOM_CLOSED, "the room was closed by its host")
             return None
         case ("model", model):
-            if not may_see_model(model, None):
+            if not await asyncio.to_thread(participant.may_see, model, live.room.client):
                 raise ProtocolError(f"you may not see model {model!r}")
             try:
                 await live.hub.switch_model(live, model)

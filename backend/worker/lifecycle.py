@@ -15,28 +15,12 @@ import torch
 from celery import Celery, signals
 
 from backend.nca.train import calibrate
-from backend.storage.shared import Storage
 
-from .tasks import INTERRUPTIONS, TrainingWorker
+from .tasks import TrainingWorker, recover_orphans
+
+__all__ = ["Heartbeat", "connect_signals", "recover_orphans"]
 
 log = logging.getLogger(__name__)
-
-
-def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
-    """Re-queue the jobs whose worker is gone and send their messages again; `skip`: this worker's own job
-    (it is alive: its lease comes back with its next renewal)."""
-    jobs, queue = storage.jobs, storage.queue
-    recovered = jobs.recover_orphans(skip)
-    for i, job_id in enumerate(recovered):
-        try:
-            forgotten = queue.forget_deliveries(job_id)  # the lost worker's message, never to be acknowledged
-            queue.send(job_id)
-        except Exception:
-            jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
-            raise
-        log.info("job %s: re-queued to resume from its checkpoint %s (unacknowledged messages dropped: %d)", job_id,
-                 INTERRUPTIONS.get(jobs.get(job_id).interrupted_by, ""), forgotten)
-    return recovered
 
 
 class Heartbeat(threading.Thread):
@@ -59,6 +43,7 @@ class Heartbeat(threading.Thread):
                 self.beat()
                 if not self.worker.stopping.is_set():  # a stopping worker leaves its job to the next one
                     recover_orphans(self.worker.storage, skip=self.worker.current_job)
+                    self.worker.storage.deletion.sweep_if_due()  # retention (NCA_RETENTION_DAYS), one process at a time
             except Exception:  # Redis down: keep trying, the worker itself stays up
                 log.warning("heartbeat failed", exc_info=True)
             if self.done.wait(self.period):

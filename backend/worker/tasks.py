@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -40,6 +41,33 @@ T = TypeVar("T")
 INTERRUPTIONS = {"stop": "after a stop", "worker_lost": "after its worker was lost"}  # Job.interrupted_by, in words
 
 
+_RECOVERING = threading.Lock()  # the heartbeat and a task about to take a turn recover one at a time
+
+
+def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
+    """Re-queue the jobs whose worker is gone and send their messages again; `skip`: this worker's own job
+    (it is alive: its lease comes back with its next renewal). One call at a time in this process, so that a
+    task taking its turn sees a recovered job at the front of the fair queue (backend/storage/dispatch.py)."""
+    with _RECOVERING:
+        return _recover(storage, skip)
+
+
+def _recover(storage: Storage, skip: str | None) -> list[str]:
+    jobs, queue = storage.jobs, storage.queue
+    recovered = jobs.recover_orphans(skip)
+    for i, job_id in enumerate(recovered):
+        try:
+            forgotten = queue.forget_deliveries(job_id)  # the lost worker's message, never to be acknowledged
+            storage.fair.resume(job_id)  # ahead of every job that has not started (backend/storage/dispatch.py)
+            queue.send(job_id)
+        except Exception:
+            jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
+            raise
+        log.info("job %s: re-queued to resume from its checkpoint %s (unacknowledged messages dropped: %d)", job_id,
+                 INTERRUPTIONS.get(jobs.get(job_id).interrupted_by, ""), forgotten)
+    return recovered
+
+
 class TrainingWorker:
     """This worker process: its id, the job it trains, whether it is stopping, and where it stores."""
 
@@ -54,9 +82,18 @@ class TrainingWorker:
         self.speed: Speed = replace(GUESSED_SPEED, device=str(self.device))
         self.storage = Storage.connect(settings, celery)  # the app resends recovered jobs
 
-    def train(self, job_id: str) -> dict:
-        """Train one job; a message for a job that is finished or running elsewhere is dropped."""
+    def train(self, message_job: str) -> dict:
+        """Train the job whose turn it is (a message is a turn: backend/storage/dispatch.py); one that is finished
+        or running elsewhere is dropped."""
         store, lease_seconds = self.storage.jobs, self.settings.lease_seconds
+        try:  # a job whose worker was lost goes first: find it now, not at the next heartbeat
+            recover_orphans(self.storage)
+        except Exception:  # Redis down or the resend failed: the heartbeat tries again
+            log.warning("could not look for lost workers' jobs before taking one", exc_info=True)
+        job_id = until_redis(lambda: self.storage.fair.take(message_job, time.time()), self.stopping,
+                             f"job {message_job}: dispatch")
+        if job_id != message_job:
+            log.info("job %s: its turn (fair dispatch; the message was job %s's)", job_id, message_job)
         token = f"{self.id}-{uuid.uuid4().hex[:8]}"
         outcome = until_redis(lambda: store.claim(job_id, token, lease_seconds, str(self.device), self.id),
                               self.stopping, f"job {job_id}: claim")
@@ -246,7 +283,7 @@ class JobRun:
         """A copy of the final checkpoint in models_dir/jobs/ for this machine (Redis stays the source of
         truth); a warning for the record when it cannot be written."""
         data = self.last_checkpoint or self.store.checkpoint(self.job.id)
-        path = self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"
+        path = self.export_path()
         try:
             write_atomic(path, data)
         except OSError as exc:  # disk full, read-only or unwritable folder: the job itself is fine
@@ -257,5 +294,10 @@ class JobRun:
 
     def finish(self, status: JobStatus, error: str | None = None, warning: str | None = None) -> str:
         self.lease.release()
-        self.store.finish(self.job.id, self.token, status, error, warning)  # announced to the stream by the store
+        finished = self.store.finish(self.job.id, self.token, status, error, warning)  # announced by the store
+        if not finished and self.store.model_version(self.job.id) == 0:  # deleted meanwhile: its exported copy too
+            self.export_path().unlink(missing_ok=True)
         return status
+
+    def export_path(self) -> Path:
+        return self.settings.models_dir / "jobs" / f"{self.job.id}.safetensors"

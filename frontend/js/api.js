@@ -90,3 +90,19 @@ export const createRoom = (model) => request('/api/rooms', {
 });
 /** A room by its id or join code (GET /api/rooms/{id or code}). */
 export const getRoom = (idOrCode) => request(`/api/rooms/${encodeURIComponent(idOrCode)}`);
+
+// --- owners and sharing (docs/api.md "Identity", "Sharing") ---------------------------------------
+
+const jobPath = (id) => `/api/jobs/${encodeURIComponent(id)}`;
+/** Who this browser is; a first visit gets its anonymous owner here (a cookie the page cannot read). */
+export const getMe = () => request('/api/me');
+/** Use an owner token from another browser here (its jobs come along). */
+export const adoptToken = (token) => request('/api/me', {
+  method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ token }),
+});
+export const deleteJob = (id) => request(jobPath(id), { method: 'DELETE' });
+export const createShare = (id) => request(`${jobPath(id)}/shares`, { method: 'POST' });
+export const revokeShare = (id, token) => request(`${jobPath(id)}/shares/${encodeURIComponent(token)}`,
+  { method: 'DELETE' });
+export const publishJob = (id) => request(`${jobPath(id)}/publish`, { method: 'POST' });
+export const unpublishJob = (id) => request(`${jobPath(id)}/publish`, { method: 'DELETE' });

@@ -6,6 +6,7 @@ import { drawLossChart } from './chart.js';
 import { clockTime, duration, isTraining, iterationText, lossText, shortId } from './formats.js';
 import { createCardView } from './modelcard.js';
 import { openRoom } from './rooms.js';
+import { createOwnerActions, updateOwnerActions } from './sharing.js';
 import { createTakeaway } from './takeaway.js';
 import { createStrip } from './timeline.js';
 
@@ -41,7 +42,7 @@ export function initJobs(onWatch) {
   function upsert(job) {
     let card = cards.get(job.id);
     if (!card) {
-      card = createCard(job, { onWatch, onCancel: cancel });
+      card = createCard(job, { onWatch, onCancel: cancel, onDeleted: remove, onChanged: reload });
       // Newest first, wherever the job came from (this page, a refresh, an older page).
       const older = [...cards.values()].filter((c) => (c.job.created_at ?? 0) < (job.created_at ?? 0))
         .sort((a, b) => (b.job.created_at ?? 0) - (a.job.created_at ?? 0))[0];
@@ -52,6 +53,20 @@ export function initJobs(onWatch) {
     card.job = job;
     updateCard(card);
     empty.hidden = cards.size > 0;
+  }
+
+  function remove(id) {
+    cards.get(id)?.element.remove();
+    cards.delete(id);
+    empty.hidden = cards.size > 0;
+  }
+
+  async function reload(id) {
+    try {
+      upsert(await getJob(id));
+    } catch (error) {
+      if (error.status === 404) remove(id);
+    }
   }
 
   async function cancel(id) {
@@ -155,7 +170,7 @@ function trainedSeconds(job) {
  * One job's card: {element, job, message, ...}; `message` is the last failed action's. Its parts that keep
  * state of their own (strip, model card, exports menu) are made here and updated by updateCard.
  */
-function createCard(job, { onWatch, onCancel }) {
+function createCard(job, { onWatch, onCancel, onDeleted, onChanged }) {
   const li = document.createElement('li');
   li.className = 'job card';
   li.dataset.jobId = job.id;
@@ -224,6 +239,7 @@ function createCard(job, { onWatch, onCancel }) {
     confirm.hidden = true;
     cancelButton.focus();
   });
+  li.querySelector('.job-main').append(createOwnerActions({ onDeleted, onChanged })); // delete, share, publish
   return card;
 }
 
@@ -298,6 +314,7 @@ function updateCard(card) {
   else card.summary.show(job.id);
   card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment, version: job.model_version });
   li.querySelector('[data-action="room"]').hidden = !hasModel;
+  updateOwnerActions(li.querySelector('.job-owner'), job);
   drawChart(li, job);
 }
 

@@ -3,6 +3,7 @@
 
 import { getConfig } from './api.js';
 import { initJobs } from './jobs.js';
+import { initOwnerPanel } from './owner.js';
 import { initRoomButton } from './rooms.js';
 import { initUpload } from './upload.js';
 import { initWatch } from './watch.js';
@@ -24,6 +25,8 @@ async function main() {
     jobs.add(job);
     location.hash = '#jobs';
   });
+
+  initOwnerPanel(() => location.reload()); // a first visit gets its owner; a pasted token brings its jobs
 
   let current = null;
   function route() {

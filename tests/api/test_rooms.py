@@ -112,11 +112,11 @@ def test_rooms_per_creator_are_capped(redis_url: str, api_models_dir: Path) -> N
 
 
 def test_a_model_the_caller_may_not_see_gets_no_room(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every model is public today; `may_see_model` is the one place that will say otherwise (owners). The room
-    routes ask it: a model it refuses is answered as an unknown one."""
-    from backend.api.routes import rooms
+    """`Access.visible` is the one visibility check (someone else's private job); the room routes ask it: a model
+    it refuses is answered as an unknown one."""
+    from backend.storage.sharing import Access
 
     asked = []
-    monkeypatch.setattr(rooms, "may_see_model", lambda model, caller: asked.append((model, caller)) or False)
+    monkeypatch.setattr(Access, "visible", lambda self, model, caller: asked.append(model) or False)
     answer = client.post("/api/rooms", json={"model": HEART})
-    assert answer.status_code == 404 and asked == [(HEART, "testclient")]
+    assert answer.status_code == 404 and asked == [HEART]

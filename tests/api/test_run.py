@@ -70,11 +70,19 @@ def _submit(base: str, iterations: int, checkpoint_every: int = 20) -> dict:
                                      "checkpoint_every": checkpoint_every}.items()}
     response = httpx.post(f"{base}/api/jobs", files={"image": ("a.png", png_image(), "image/png")}, data=fields)
     assert response.status_code == 202, response.text
+    _OWNERS[response.json()["id"]] = response.json()["owner_token"]  # a new owner for each script run
     return response.json()
 
 
+_OWNERS: dict[str, str] = {}
+
+
+def _as_owner(job_id: str) -> dict[str, str]:
+    return {"X-Owner-Token": _OWNERS[job_id]}
+
+
 def _job(base: str, job_id: str) -> dict:
-    return httpx.get(f"{base}/api/jobs/{job_id}").json()
+    return httpx.get(f"{base}/api/jobs/{job_id}", headers=_as_owner(job_id)).json()
 
 
 def test_embedded_launcher_serves_one_origin_runs_a_job_and_stops_cleanly(tmp_path: Path) -> None:
@@ -88,7 +96,8 @@ def test_embedded_launcher_serves_one_origin_runs_a_job_and_stops_cleanly(tmp_pa
             assert port_in_use(port)
         job = _submit(launcher.base, iterations=40)
         wait_for(lambda: _job(launcher.base, job["id"])["status"] == "succeeded", timeout=60, what="the job")
-        with ws_connect(f"ws://127.0.0.2:{launcher.proxy_port}/ws/stream?model={job['id']}", open_timeout=30) as ws:
+        with ws_connect(f"ws://127.0.0.2:{launcher.proxy_port}/ws/stream?model={job['id']}", open_timeout=30,
+                        additional_headers=_as_owner(job["id"])) as ws:
             assert '"type": "model"' in ws.recv(timeout=30)  # the stream, on the same origin
     finally:
         launcher.ctrl_c()
@@ -124,7 +133,7 @@ def test_ctrl_c_while_training_stops_cleanly_and_the_job_resumes_after_a_stop(tm
         assert resumed["interrupted_by"] == "stop" and resumed["workers_lost"] == 0, resumed
         wait_for(lambda: f"resuming from the checkpoint at iteration {resumed['resumed_from'][-1]} after a stop"
                  in second.output, timeout=30, what="the worker's log line")
-        httpx.post(f"{second.base}/api/jobs/{job['id']}/cancel")
+        httpx.post(f"{second.base}/api/jobs/{job['id']}/cancel", headers=_as_owner(job["id"]))
     finally:
         second.ctrl_c()
         code = second.wait_exit()

@@ -187,9 +187,9 @@ def _tiny_png() -> bytes:
     return buffer.getvalue()
 
 
-def _first_frame(stack: Stack, model_id: str) -> tuple[tuple, bytes]:
+def _first_frame(stack: Stack, model_id: str, owner: dict[str, str] | None = None) -> tuple[tuple, bytes]:
     url = f"ws://127.0.0.1:{stack.ports['stream']}/ws/stream?model={model_id}&fps=30"
-    with ws_connect(url, open_timeout=30, close_timeout=5) as ws:
+    with ws_connect(url, open_timeout=30, close_timeout=5, additional_headers=owner or {}) as ws:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             message = ws.recv(timeout=30)
@@ -203,17 +203,18 @@ def test_a_job_trains_through_the_api_and_the_stream_plays_it(stack: Stack) -> N
     response = httpx.post(f"{stack.api}/api/jobs", files={"image": ("disc.png", _tiny_png(), "image/png")},
                           data={k: str(v) for k, v in TINY_JOB.items()}, timeout=30)
     assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
+    job_id, owner = response.json()["id"], {"X-Owner-Token": response.json()["owner_token"]}  # private to it
     export = REPO_ROOT / "models" / "jobs" / f"{job_id}.safetensors"  # the worker's export (compose: in its container)
     try:
-        job = _wait("the job to finish", lambda: (j := httpx.get(f"{stack.api}/api/jobs/{job_id}", timeout=10).json())
+        job = _wait("the job to finish", lambda: (j := httpx.get(f"{stack.api}/api/jobs/{job_id}", headers=owner,
+                                                                         timeout=10).json())
                     ["status"] in ("succeeded", "failed", "cancelled") and j, stack, JOB_TIMEOUT)
         assert job["status"] == "succeeded", f"{job}\n{stack.all_logs()}"
         assert job["iteration"] == TINY_JOB["iterations"]
-        model = httpx.get(f"{stack.api}{job['links']['model_file']}", timeout=10)
+        model = httpx.get(f"{stack.api}{job['links']['model_file']}", headers=owner, timeout=10)
         assert model.status_code == 200 and len(model.content) > 1000
 
-        (_, step, width, height, flags), frame = _first_frame(stack, job_id)
+        (_, step, width, height, flags), frame = _first_frame(stack, job_id, owner)
         side = TINY_JOB["target_size"] + 2 * TINY_JOB["padding"]
         assert (width, height, flags) == (side, side, 0)
         assert len(frame) == FRAME_HEADER.size + width * height * 4

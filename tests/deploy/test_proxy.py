@@ -29,12 +29,14 @@ from websockets.sync.client import connect as ws_connect
 from backend.config import Settings
 from backend.run import caddy_binary, proxy_service
 from backend.storage.embedded_redis import EmbeddedRedis, free_port, start_redis
+from backend.storage.jobs import is_job_id
 from tests.conftest import SERVICE_ENV, TINY_TRAINING, Worker, png_image, wait_for
 from tests.helpers import REPO_ROOT, UvicornServer, stop_process
 from tests.stream.client import Frame, Viewer, watch
 
 STREAMS_PER_CLIENT = 4
 JOBS_PER_CLIENT = 2
+OPERATOR = {"X-Owner-Token": "proxy-test-operator"}  # NCA_ADMIN_TOKEN: jobs are private to their owners
 EXAMPLE = "example-heart"
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # frontend/js/stream.js's backoff
 FAIL_DURATION = 10.0  # deploy/Caddyfile: a replica that refused a connection is left out this long
@@ -55,6 +57,11 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def ws(self, model: str = EXAMPLE, **params: object) -> str:
+        """A stream URL; of a job's model, with a share token (jobs are private to their owners)."""
+        job_id = model.split("@")[0]
+        if is_job_id(job_id):
+            params.setdefault("share", httpx.post(f"{self.base}/api/jobs/{job_id}/shares", headers=OPERATOR,
+                                                  timeout=10).json()["token"])
         query = "&".join(f"{k}={v}" for k, v in {"model": model, "fps": 30, **params}.items())
         return f"ws://127.0.0.1:{self.port}/ws/stream?{query}"
 
@@ -82,7 +89,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env = {**os.environ, **SERVICE_ENV, "REDIS_URL": redis.url, "NCA_MODELS_DIR": str(models), "NCA_DEVICE": "cpu",
            "NCA_STREAM_TORCH_THREADS": "1", "NCA_CHECKPOINT_EVERY": "10",
            "NCA_STREAM_MAX_SESSIONS_PER_CLIENT": str(STREAMS_PER_CLIENT),
-           "NCA_MAX_ACTIVE_JOBS_PER_CLIENT": str(JOBS_PER_CLIENT)}
+           "NCA_MAX_ACTIVE_JOBS_PER_CLIENT": str(JOBS_PER_CLIENT), "NCA_ADMIN_TOKEN": OPERATOR["X-Owner-Token"]}
     apis = [UvicornServer("backend.api.main:app", free_port(), env, root / f"api{i}.log") for i in range(2)]
     streams = [UvicornServer("backend.stream.app:app", free_port(), env, root / f"stream{i}.log") for i in range(2)]
     port = free_port()
@@ -115,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _get(stack: Stack, path: str, **kwargs: object) -> httpx.Response:
     try:
-        return httpx.get(stack.base + path, timeout=10, **kwargs)
+        return httpx.get(stack.base + path, timeout=10, headers=OPERATOR, **kwargs)
     except httpx.TransportError:
         return httpx.Response(599)
 
@@ -133,7 +140,7 @@ def _wait_job(stack: Stack, job_id: str, condition, what: str, timeout: float = 
 
 def _cancel(stack: Stack, *job_ids: str) -> None:
     for job_id in job_ids:
-        httpx.post(f"{stack.base}/api/jobs/{job_id}/cancel", timeout=10)
+        httpx.post(f"{stack.base}/api/jobs/{job_id}/cancel", headers=OPERATOR, timeout=10)
 
 
 def test_the_page_the_api_and_its_docs_load_through_the_proxy(stack: Stack) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 from backend.storage.embedded_redis import free_port, start_redis
@@ -31,6 +32,27 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 Server = UvicornServer  # restartable on its port, where the page expects it
 
 
+class OwnerHttp:
+    def __init__(self, headers: dict[str, str]):
+        self.headers = headers
+
+    def get(self, url: str, **kwargs: object) -> httpx.Response:
+        return httpx.get(url, **self._with_owner(kwargs))
+
+    def post(self, url: str, **kwargs: object) -> httpx.Response:
+        return httpx.post(url, **self._with_owner(kwargs))
+
+    def _with_owner(self, kwargs: dict) -> dict:
+        return {**kwargs, "headers": {**self.headers, **(kwargs.get("headers") or {})}}
+
+
+def own_browser(context, stack: Stack) -> None:
+    """A new owner for this test, shared by its browser context (cookie) and its httpx calls (stack.http)."""
+    stack.owner_token = httpx.get(f"{stack.api_url}/api/me", timeout=30).json()["token"]
+    context.add_cookies([{"name": "nca_owner", "value": stack.owner_token, "url": stack.api_url,
+                          "httpOnly": True, "sameSite": "Lax"}])
+
+
 @dataclass
 class Stack:
     api: Server
@@ -38,6 +60,12 @@ class Stack:
     worker: Worker
     example_id: str | None  # the imported Distill model, None when ../shared is absent
     redis_url: str  # the stack's own Redis, for tests that play a worker's part (tests/stream/jobs.py)
+    owner_token: str = ""  # the current test's browser's owner (the page fixture sets it)
+
+    @property
+    def http(self) -> OwnerHttp:
+        """httpx.get/post as the current test's browser: its jobs are the page's (jobs are private)."""
+        return OwnerHttp({"X-Owner-Token": self.owner_token} if self.owner_token else {})
 
     @property
     def api_url(self) -> str:
@@ -114,6 +142,7 @@ def browser():
 def page(browser, stack: Stack):
     """A fresh desktop-sized tab on the app; fails the test on any uncaught script error."""
     context = browser.new_context(viewport=DESKTOP, base_url=stack.api_url)
+    own_browser(context, stack)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -128,6 +157,7 @@ def phone(browser, stack: Stack):
     """A fresh phone-sized touch tab on the app."""
     context = browser.new_context(viewport=PHONE, base_url=stack.api_url, device_scale_factor=2,
                                   is_mobile=True, has_touch=True)
+    own_browser(context, stack)
     page = context.new_page()
     yield page
     context.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-import httpx
 from playwright.sync_api import expect
 
 from tests.conftest import png_image
@@ -24,7 +23,7 @@ RECORD_NOTES_JS = """(id) => {
 
 
 def start_job(stack, name: str) -> dict:
-    response = httpx.post(f"{stack.api_url}/api/jobs", data={**LONG, "name": name}, timeout=30,
+    response = stack.http.post(f"{stack.api_url}/api/jobs", data={**LONG, "name": name}, timeout=30,
                           files={"image": ("disc.png", png_image((32, 32)), "image/png")})
     assert response.status_code == 202, response.text
     return response.json()
@@ -43,7 +42,7 @@ def test_cancel_asks_after_a_minute_and_every_note_follows_the_job(page, stack):
     expect(queued.locator(".job-numbers")).to_contain_text("cancelled before it started")
 
     # The page's clock two minutes after the job started: a misclick would now throw away two minutes.
-    started_at = httpx.get(f"{stack.api_url}/api/jobs/{running['id']}", timeout=10).json()["started_at"]
+    started_at = stack.http.get(f"{stack.api_url}/api/jobs/{running['id']}", timeout=10).json()["started_at"]
     page.clock.set_fixed_time(started_at + 125)
     card.locator("[data-action=cancel]").click()
     confirm = card.locator(".job-confirm")
@@ -54,7 +53,7 @@ def test_cancel_asks_after_a_minute_and_every_note_follows_the_job(page, stack):
     card.get_by_role("button", name="Keep training").click()
     expect(confirm).to_be_hidden()
     expect(card.locator(".badge")).to_have_text("running")
-    assert httpx.get(f"{stack.api_url}/api/jobs/{running['id']}", timeout=10).json()["cancel_requested"] is False
+    assert stack.http.get(f"{stack.api_url}/api/jobs/{running['id']}", timeout=10).json()["cancel_requested"] is False
 
     page.evaluate(RECORD_NOTES_JS, running["id"])
     card.locator("[data-action=cancel]").click()
@@ -79,4 +78,4 @@ def test_a_lost_connection_is_reported_only_while_it_lasts(page, stack):
     finally:
         stack.api.start()
     expect(status).to_have_text("", timeout=30_000)  # the next poll that gets through clears it
-    assert httpx.post(f"{stack.api_url}/api/jobs/{job['id']}/cancel", timeout=10).status_code in (200, 202)
+    assert stack.http.post(f"{stack.api_url}/api/jobs/{job['id']}/cancel", timeout=10).status_code in (200, 202)

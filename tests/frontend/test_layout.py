@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -14,10 +13,10 @@ from tests.helpers import synthetic_photo
 @pytest.fixture
 def some_job(stack) -> None:
     """At least one job in the list, so the Jobs view has cards to lay out."""
-    if httpx.get(f"{stack.api_url}/api/jobs", timeout=10).json()["total"] == 0:
+    if stack.http.get(f"{stack.api_url}/api/jobs", timeout=10).json()["total"] == 0:
         options = {"name": "phone check", "iterations": 30, "target_size": 8, "padding": 4, "batch_size": 4,
                    "pool_size": 8, "min_steps": 8, "max_steps": 12}
-        response = httpx.post(f"{stack.api_url}/api/jobs", data=options, timeout=10,
+        response = stack.http.post(f"{stack.api_url}/api/jobs", data=options, timeout=10,
                               files={"image": ("disc.png", png_image((32, 32)), "image/png")})
         assert response.status_code == 202, response.text
 

@@ -9,7 +9,6 @@ The strip's job is trained by the stack's real worker.
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
@@ -27,8 +26,8 @@ def untrained(iteration: int) -> ModelFile:
 
 
 @pytest.fixture
-def job(stack):
-    job = TrainingJob(stack.redis_url, name="heart", total=300)
+def job(page, stack):  # the page's: its owner lists it
+    job = TrainingJob(stack.redis_url, name="heart", total=300, owner_token=stack.owner_token)
     job.checkpoint(untrained(100))
     job.checkpoint(as_checkpoint(HEART, 200, 0.004))
     job.checkpoint(as_checkpoint(HEART, 300, 0.002))
@@ -75,11 +74,11 @@ def test_the_slider_switches_the_canvas_between_checkpoints(page, stack, job):
 def test_the_job_card_shows_its_checkpoints_grown_and_opens_one(page, stack):
     fields = {k: str(v) for k, v in {**TINY_TRAINING, "iterations": 60, "checkpoint_every": 10,
                                      "name": "replay"}.items()}
-    response = httpx.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10,
+    response = stack.http.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10,
                           files={"image": ("square.png", png_image(), "image/png")})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    wait_for(lambda: httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()["status"] == "succeeded",
+    wait_for(lambda: stack.http.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()["status"] == "succeeded",
              timeout=120, what="the job to finish")
 
     open_app(page, "jobs")
@@ -93,7 +92,7 @@ def test_the_job_card_shows_its_checkpoints_grown_and_opens_one(page, stack):
                          ".every((img) => img.complete && img.naturalWidth === 12)", job_id)
     sources = [pictures.nth(i).get_attribute("src") for i in range(6)]
     assert sources[0] == f"/api/jobs/{job_id}/checkpoints/10/preview.png?scale=1&v=1"
-    first, last = (httpx.get(stack.api_url + src, timeout=10).content for src in (sources[0], sources[-1]))
+    first, last = (stack.http.get(stack.api_url + src, timeout=10).content for src in (sources[0], sources[-1]))
     assert first != last  # the pictures show the training, not one model six times
     screenshot(page, "jobs-timeline-strip")
 

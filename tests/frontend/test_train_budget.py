@@ -14,11 +14,11 @@ from tests.frontend.test_train_view import heart_png
 
 
 def api_config(stack) -> dict:
-    return httpx.get(f"{stack.api_url}/api/config", timeout=10).json()
+    return stack.http.get(f"{stack.api_url}/api/config", timeout=10).json()
 
 
 def api_estimate(stack, **options) -> httpx.Response:
-    return httpx.post(f"{stack.api_url}/api/estimate", json=options, timeout=10)
+    return stack.http.post(f"{stack.api_url}/api/estimate", json=options, timeout=10)
 
 
 def js_seconds(seconds: float) -> str:
@@ -127,7 +127,7 @@ def test_a_quick_look_job_sends_its_minutes(page, stack, tmp_path):
     card = page.locator(".job", has_text="quick apple")
     job_id = card.get_attribute("data-job-id")
     try:
-        job = httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()
+        job = stack.http.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()
         assert job["options"]["minutes"] == 5
         assert (job["options"]["batch_size"], job["options"]["pool_size"]) == (4, 128)  # the budget recipe
         expect(card.locator(".job-plan")).to_contain_text("Time budget 5 min")
@@ -136,9 +136,9 @@ def test_a_quick_look_job_sends_its_minutes(page, stack, tmp_path):
                                      timeout=60_000)
         screenshot(page, "jobs-budget")
     finally:
-        httpx.post(f"{stack.api_url}/api/jobs/{job_id}/cancel", timeout=10)
+        stack.http.post(f"{stack.api_url}/api/jobs/{job_id}/cancel", timeout=10)
     expect(card.locator(".badge")).to_have_text("cancelled", timeout=30_000)
-    job = httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()
+    job = stack.http.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()
     assert job["plan"]["iterations"] == job["total"]
     if job["trained_seconds"] is not None and job["trained_seconds"] < 59.5:
         expect(card.locator(".job-numbers")).to_contain_text(f"trained {js_seconds(job['trained_seconds'])} on cpu")

@@ -6,7 +6,6 @@ import base64
 import io
 import re
 
-import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 from playwright.sync_api import expect
@@ -71,7 +70,7 @@ def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
     screenshot(page, "train-photo")
 
     def server_preview(**fields) -> dict:
-        response = httpx.post(f"{stack.api_url}/api/targets/preview", timeout=30, data=fields,
+        response = stack.http.post(f"{stack.api_url}/api/targets/preview", timeout=30, data=fields,
                               files={"image": ("toy.png", photo.read_bytes(), "image/png")})
         assert response.status_code == 200, response.text
         return response.json()
@@ -108,7 +107,7 @@ def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
     expect(page).to_have_url(re.compile(r"#jobs$"))
     card = page.locator(".job", has_text="toy").first
     job_id = card.get_attribute("data-job-id")
-    stored = on_white(httpx.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
+    stored = on_white(stack.http.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
     assert np.abs(cell_centres(shown, stored) - stored).max() <= 2  # trained on what was shown
     expect(card.locator(".badge")).to_have_text("succeeded", timeout=120_000)
 
@@ -142,13 +141,14 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     job_id = card.get_attribute("data-job-id")
     assert page.evaluate("() => { const p = document.querySelector('.job progress'); return p.value === p.max; }")
     expect(card.locator(".job-numbers")).to_contain_text("30 / 30 it")
-    assert httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()["options"]["early_stop_patience"] == 1000
+    record = stack.http.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()
+    assert record["options"]["early_stop_patience"] == 1000
     expect(card.locator(".job-numbers")).to_contain_text(re.compile(r"trained \d+s on cpu"))  # wall time, device
     expect(card.locator("[data-action=cancel]")).to_be_hidden()
     # The server's processed target is shown, and the browser's preview agreed with it.
     expect(card.locator("img.job-target")).to_have_js_property("naturalWidth", 16)
     expect(card.locator("img.job-preview")).to_have_js_property("naturalWidth", 16)  # the grown model
-    server_target = on_white(httpx.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
+    server_target = on_white(stack.http.get(f"{stack.api_url}/api/jobs/{job_id}/target.png", timeout=10).content)
     assert np.abs(cell_centres(preview, server_target) - server_target).max() <= 2, "the preview is not the target"
 
     # The loss chart has a curve (painted pixels) and the model file downloads and loads.
@@ -212,7 +212,7 @@ def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
 def test_invalid_upload_shows_the_api_message(page, stack):
     """A text file named .png, dropped on the drop zone: the API's `detail` appears by the form."""
     text = b"this is not an image, just text\n" * 4
-    api = httpx.post(f"{stack.api_url}/api/jobs", files={"image": ("notes.png", text, "image/png")}, timeout=10)
+    api = stack.http.post(f"{stack.api_url}/api/jobs", files={"image": ("notes.png", text, "image/png")}, timeout=10)
     assert 400 <= api.status_code < 500
     message = api.json()["detail"]
     assert isinstance(message, str) and message

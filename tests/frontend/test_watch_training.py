@@ -34,8 +34,8 @@ def exploding_model(iteration: int) -> ModelFile:
 
 
 @pytest.fixture
-def job(stack):
-    job = TrainingJob(stack.redis_url, name="apple", total=2000)
+def job(page, stack):  # the page's: its owner lists it
+    job = TrainingJob(stack.redis_url, name="apple", total=2000, owner_token=stack.owner_token)
     yield job
     job.close()
 

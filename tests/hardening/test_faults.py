@@ -26,7 +26,8 @@ LEASE_SECONDS = float(SERVICE_ENV["NCA_LEASE_SECONDS"])  # the test workers'
 
 
 def api(redis_url: str, models_dir: Path) -> TestClient:
-    settings = Settings(redis_url=redis_url, models_dir=models_dir, max_active_jobs_per_client=100)
+    settings = Settings(redis_url=redis_url, models_dir=models_dir, max_active_jobs_per_client=100,
+                        max_active_jobs_per_owner=100)
     return TestClient(create_app(settings))
 
 

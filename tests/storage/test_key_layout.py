@@ -20,7 +20,8 @@ def test_every_key_the_code_names_is_in_the_table() -> None:
     assert [name for name in used if name not in names] == []
     parts = {key.pattern.removeprefix(keys.JOB.pattern + ":") for key in keys.LAYOUT
              if key.pattern.startswith(keys.JOB.pattern + ":")}
-    assert parts == {"target", "upload", "model", "history", "history:weights", "lease"}
+    assert parts == {"target", "upload", "model", "history", "history:weights", "lease", "owner", "shares",
+                     "dispatched"}
 
 
 def test_the_record_codec_reads_the_schema_off_the_model() -> None:

@@ -17,6 +17,7 @@ from backend.nca import JobSpec, modelfile
 from backend.nca.modelfile import ModelFile
 from backend.storage.connection import connect
 from backend.storage.jobs import CHECKPOINT_CHANNEL, JobStore
+from backend.storage.owners import Owners
 from tests.helpers import REPO_ROOT
 
 HEART = REPO_ROOT / "models" / "heart.safetensors"  # shipped, 36 x 36, regenerating: grows in ~60 steps
@@ -38,10 +39,13 @@ class TrainingJob:
     """A claimed job in Redis; `checkpoint` and `finish` are the worker's transitions (the store announces them)."""
 
     def __init__(self, redis_url: str, name: str = "hot swap", height: int = 36, width: int = 36,
-                 experiment: str = "regenerating", total: int = 1000) -> None:
+                 experiment: str = "regenerating", total: int = 1000, owner_token: str | None = None) -> None:
+        """`owner_token`: whose job it is (a page's owner lists it); none: a job from before owners existed."""
         self.client = connect(redis_url)
         self.store = JobStore(self.client)
         self.id, self.token = uuid.uuid4().hex, "lease-token"
+        if owner_token:
+            Owners(self.client).claim(self.id, owner_token.split(".")[0])
         spec = JobSpec.from_options({"name": name, "experiment": experiment, "iterations": total})
         self.store.create(self.id, spec, torch.zeros(4, height, width))
         assert self.store.claim(self.id, self.token, 600, "cpu", "test") == "ok"

@@ -343,24 +343,24 @@ def test_a_new_checkpoint_reaches_everyone_in_a_room_once(server: StreamServer, 
 
 def test_a_joiner_who_may_not_see_the_model_is_refused(store: RoomStore, redis_server: EmbeddedRedis, models_dir,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stream asks backend.storage.models.may_see_model on every join (true for every model today; owners
-    will make some private): the app in-process, the policy refusing, the join closed with 4403."""
+    """The stream asks the one visibility check (`Access.visible`) on every join: the app in-process, the check
+    refusing (the model is neither the joiner's nor, any more, the room creator's), the join closed with 4403."""
     from fastapi.testclient import TestClient
     from starlette.websockets import WebSocketDisconnect
 
     from backend.config import get_settings
+    from backend.storage.sharing import Access
     from backend.stream import app as stream_app
-    from backend.stream import rooms
 
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     monkeypatch.setenv("NCA_MODELS_DIR", str(models_dir))
     monkeypatch.setenv("NCA_DEVICE", "cpu")
     get_settings.cache_clear()
-    monkeypatch.setattr(rooms, "may_see_model", lambda model, caller: False)
+    monkeypatch.setattr(Access, "visible", lambda self, model, caller: False)
     room, _ = store.create(RANDOM, "test-private", 100)
     try:
         with TestClient(stream_app.app) as client, client.websocket_connect(f"/ws/stream?room={room.id}") as ws:
-            assert "may not see this room's model" in ws.receive_json()["message"]
+            assert "no longer available to its host" in ws.receive_json()["message"]
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
         assert closed.value.code == protocol.CLOSE_FORBIDDEN_ORIGIN == 4403

@@ -5,42 +5,76 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from backend.nca.target import target_to_png
 from backend.storage.jobs import Job, JobNotFound, JobStore
 from backend.storage.models import CheckpointNotFound
+from backend.storage.owners import Caller
+from backend.storage.shared import Storage
 
-from ..deps import JobIdDep, PreviewsDep, SettingsDep, StorageDep, StoreDep
-from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobList, JobOut
-from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES
+from ..deps import PreviewsDep, RendersDep, SettingsDep, StorageDep, StoreDep
+from ..identity import CallerDep, OwnerDep, managed_job, visible_job
+from ..renders import model_digest
+from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobAccess, JobList, JobOut
+from ..security import QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES, job_slot
 from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, job_spec, read_upload, submit
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 413, 422, 503)}
 Scale = Annotated[int, Query(ge=1, le=16, description="each cell becomes scale x scale pixels")]
 Iteration = Annotated[int, Path(ge=0, le=10**9, description="a checkpoint's training iteration")]
-HISTORY_CACHE = "public, max-age=86400"  # a checkpoint of the history never changes (the page adds its version)
+HISTORY_CACHE = "private, max-age=86400"  # a checkpoint of the history never changes (the page adds its version)
+# A job the caller may see (404 otherwise, as for no job), and one it may change (its owner's, the operator's).
+JobIdDep = Annotated[str, Depends(visible_job)]
+ManagedDep = Annotated[tuple[str, Caller], Depends(managed_job)]
+
+
+def out(storage: Storage, jobs: list[Job], who: Caller) -> list[JobOut]:
+    """The jobs as answered: links, and what the caller may do with each (its shares only to who manages it)."""
+    described = storage.access.describe([job.id for job in jobs])
+    owners = dict(zip([j.id for j in jobs], storage.owners.owners_of([j.id for j in jobs]), strict=True)) \
+        if not who.admin else {}
+    answers = []
+    for job in jobs:
+        published, shares = described[job.id]
+        mine = who.admin or (who.owner is not None and owners.get(job.id) == who.owner)
+        expires = storage.deletion.expires_at(job.finished_at, job.created_at, job.status, published or bool(shares))
+        access = JobAccess(mine=mine, published=published, shares=shares if mine else [], expires_at=expires)
+        answers.append(JobOut.of(job).model_copy(update={"access": access}))
+    return answers
 
 
 @router.post("", status_code=202, response_model=JobOut,
              responses={**ERRORS, **UPLOAD_ERRORS, **TOKEN_RESPONSES, **QUOTA_RESPONSES},
-             dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training", openapi_extra=UPLOAD_BODY)
-async def create_job(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> JobOut:
-    """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location."""
-    upload = await read_upload(request, settings.max_upload_bytes)
-    spec = job_spec(upload, settings)
-    job = await run_in_threadpool(submit, storage, settings, upload, spec)
+             dependencies=[TOKEN], summary="Upload an image and start training", openapi_extra=UPLOAD_BODY)
+async def create_job(request: Request, response: Response, settings: SettingsDep, storage: StorageDep,
+                     who: OwnerDep) -> JobOut:
+    """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location.
+    Without an owner (cookie or X-Owner-Token) the request gets a new one: the cookie, and `owner_token`."""
+    async with job_slot(request, storage, who.owner) as slot:  # 429 over a quota, before the body is read
+        upload = await read_upload(request, settings.max_upload_bytes)
+        spec = job_spec(upload, settings)
+        job = await run_in_threadpool(submit, storage, settings, upload, spec, who.owner)
+        slot.job_id = job.id
     response.headers["Location"] = f"/api/jobs/{job.id}"
-    return JobOut.of(job)
+    (answer,) = await run_in_threadpool(out, storage, [job], who)
+    return answer.model_copy(update={"owner_token": getattr(request.state, "new_owner_token", None)})
 
 
-@router.get("", response_model=JobList, summary="List jobs, newest first")
-def list_jobs(store: StoreDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,  # Redis ranges are 64-bit
+@router.get("", response_model=JobList, summary="List your jobs, newest first")
+def list_jobs(storage: StorageDep, who: CallerDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,  # 64-bit
               limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobList:
-    jobs, total = store.list(offset, limit)
-    return JobList(items=[JobOut.of(j) for j in jobs], total=total, offset=offset, limit=limit)
+    """The caller's own jobs (the operator: everybody's). Shared and published models are in /api/models."""
+    if who.admin:
+        jobs, total = storage.jobs.list(offset, limit)
+    elif who.owner is None:
+        jobs, total = [], 0
+    else:
+        ids, total = storage.owners.job_ids(who.owner, offset, limit)
+        jobs = storage.jobs.get_many(ids)
+    return JobList(items=out(storage, jobs, who), total=total, offset=offset, limit=limit)
 
 
 def get_job_or_404(store: JobStore, job_id: str) -> Job:
@@ -51,14 +85,36 @@ def get_job_or_404(store: JobStore, job_id: str) -> Job:
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS, summary="Status, progress and links of a job")
-def get_job(job_id: JobIdDep, store: StoreDep) -> JobOut:
-    return JobOut.of(get_job_or_404(store, job_id))
+def get_job(job_id: JobIdDep, storage: StorageDep, who: CallerDep) -> JobOut:
+    return out(storage, [get_job_or_404(storage.jobs, job_id)], who)[0]
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses={**ERRORS, 403: {"model": ErrorOut}},
+               summary="Delete a job and every byte of it")
+async def delete_job(managed: ManagedDep, storage: StorageDep, previews: PreviewsDep,
+                     renders: RendersDep) -> Response:
+    """Cancels it if it is queued or running, then removes its record, target, upload, checkpoints and
+    history, model, share links, cached previews and renders, and the worker's exported file; nothing of any
+    other job. Its owner's or the operator's; a job already deleted answers 404."""
+    job_id, _ = managed
+    digests = await run_in_threadpool(model_digests, storage.jobs, job_id)
+    await run_in_threadpool(storage.deletion.delete, job_id)
+    previews.forget(job_id)
+    renders.forget(digests)
+    return Response(status_code=204)
+
+
+def model_digests(store: JobStore, job_id: str) -> set[str]:
+    """The digests the render cache knows the job's model files by: the latest and the history's."""
+    files = [store.checkpoint(job_id), *(store.history_weights(job_id, c.iteration) for c in store.history(job_id))]
+    return {model_digest(data) for data in files if data}
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={**ERRORS, **TOKEN_RESPONSES},
              dependencies=[TOKEN], summary="Cancel a job (keeps its checkpoint)")
-def cancel_job(job_id: JobIdDep, store: StoreDep, response: Response) -> JobOut:
+def cancel_job(managed: ManagedDep, store: StoreDep, response: Response) -> JobOut:
     """A queued job is cancelled at once (200); a running one stops after its current iteration (202)."""
+    job_id, _ = managed
     try:
         outcome = store.cancel(job_id)  # announced to the stream by the store
     except JobNotFound:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -21,14 +21,18 @@ from backend.exports.video import LIMITS as VIDEO_LIMITS
 from backend.nca.distill import export_distill
 from backend.nca.modelfile import ModelFile
 from backend.storage.connection import REDIS_DOWN_ERRORS
-from backend.storage.models import BadReference, CheckpointNotFound, ModelCatalog, ModelNotFound
+from backend.storage.models import BadReference, CheckpointNotFound, ModelCatalog, ModelEntry, ModelNotFound
+from backend.storage.owners import Caller
+from backend.storage.shared import Storage
 
-from ..deps import CatalogDep, RendersDep
+from ..deps import CatalogDep, RendersDep, StorageDep
+from ..identity import CallerDep, visible_model
 from ..renders import computed, model_digest, stored_card
 from ..schemas import ErrorOut, ModelOut
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/models", tags=["models"])
+# Every route with a model id answers 404 for a job's model the caller may not see (backend/api/identity.py).
+router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[Depends(visible_model)])
 PARTIAL_HEADER = "X-Models-Partial"
 NOT_FOUND = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
 
@@ -51,19 +55,37 @@ def looked_up(model_id: str) -> Iterator[None]:
             responses={200: {"headers": {PARTIAL_HEADER: {
                 "description": "present when only the examples are listed: why the jobs' models are missing",
                 "schema": {"type": "string"}}}}})
-def list_models(catalog: CatalogDep, response: Response) -> list[ModelOut]:
-    """The shipped examples (`example-<name>`), then jobs with at least one checkpoint, newest first.
+def list_models(catalog: CatalogDep, storage: StorageDep, who: CallerDep, response: Response) -> list[ModelOut]:
+    """The shipped examples (`example-<name>`), then the models of the caller's own jobs, of the jobs shared
+    with it (share links it opened) and of the public gallery, each newest first; `access` says which.
+    Only jobs with at least one checkpoint have a model.
 
     While Redis is down the examples (files on this machine) are still listed, with the header
     `X-Models-Partial` saying that the jobs' models are unavailable.
     """
-    entries = catalog.examples()
+    answers = [ModelOut.of(entry).model_copy(update={"access": "example"}) for entry in catalog.examples()]
     try:
-        entries += catalog.job_models()
+        answers += [ModelOut.of(entry).model_copy(update={"access": access})
+                    for entry, access in visible_job_models(catalog, storage, who)]
     except REDIS_DOWN_ERRORS as exc:
         log.warning("listing models without the jobs': Redis is unreachable: %s", exc)
         response.headers[PARTIAL_HEADER] = "jobs unavailable: the job store (Redis) is unreachable; try again shortly"
-    return [ModelOut.of(entry) for entry in entries]
+    return answers
+
+
+def visible_job_models(catalog: ModelCatalog, storage: Storage, who: Caller) -> list[tuple[ModelEntry, str]]:
+    """(entry, why the caller sees it) for the jobs' models in its listing: its own, shared with it, public."""
+    if who.admin:
+        return [(entry, "owner") for entry in catalog.job_models()]
+    groups = [(storage.owners.all_job_ids(who.owner) if who.owner else [], "owner"),
+              (storage.access.shared_jobs(who), "shared"), (storage.access.gallery(), "public")]
+    seen: set[str] = set()
+    listed = []
+    for ids, access in groups:
+        ids = [i for i in ids if i not in seen]
+        seen.update(ids)
+        listed += [(entry, access) for entry in catalog.job_models(ids)]
+    return listed
 
 
 @router.get("/{model_id}", response_model=ModelOut, responses=NOT_FOUND, summary="One model")

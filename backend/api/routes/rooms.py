@@ -13,10 +13,11 @@ import segno
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
-from backend.storage.models import BadReference, ModelNotFound, may_see_model, parse_reference, reference
+from backend.storage.models import BadReference, ModelNotFound, parse_reference, reference
 from backend.storage.rooms import Room, RoomNotFound, RoomStore, TooManyRooms
 
 from ..deps import CatalogDep, SettingsDep, StorageDep
+from ..identity import resolve
 from ..schemas import ErrorOut
 from ..security import client_id, require_token
 
@@ -83,8 +84,9 @@ def create_room(body: RoomIn, request: Request, rooms: RoomsDep, catalog: Catalo
         raise HTTPException(422, str(exc)) from None
     except ModelNotFound:
         raise HTTPException(404, f"no model {body.model[:80]!r}: pick one from GET /api/models") from None
-    caller = client_id(request)
-    if not may_see_model(model, caller):
+    who = resolve(request)  # rooms count per owner; without one (an old script), per address
+    caller = f"owner:{who.owner}" if who.owner else client_id(request)
+    if not request.app.state.storage.access.visible(model, who):
         raise HTTPException(404, f"no model {body.model[:80]!r}: pick one from GET /api/models")
     try:
         room, token = rooms.create(model, caller, settings.rooms_per_client)
