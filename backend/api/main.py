@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(error, redis_down)
 
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
-    for module in (jobs, sharing, estimate, targets, models, rooms, sharing, health, config):
+    for module in (jobs, sharing, estimate, targets, models, rooms, health, config):
         app.include_router(module.router)
     if settings.frontend_dir.is_dir():  # last: every path the API does not own is a frontend file
         app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="frontend")

@@ -66,3 +66,15 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def owner_of(page) -> str:
+    """The owner token of the page's browser context (its `nca_owner` cookie): jobs made for it show on its page."""
+    return next(c["value"] for c in page.context.cookies() if c["name"] == "nca_owner")
+
+
+def act_as(page, stack, token: str) -> None:
+    """Make the page's browser context (and `stack.http`) the owner `token`: its jobs become the page's."""
+    page.context.add_cookies([{"name": "nca_owner", "value": token, "url": stack.api_url, "httpOnly": True,
+                               "sameSite": "Lax"}])
+    stack.owner_token = token

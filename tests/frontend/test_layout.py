@@ -94,7 +94,7 @@ def test_on_a_wide_screen_the_preview_is_beside_the_form(page, stack):
 def test_every_option_says_what_it_does(page, stack):
     """Each field of the form, Advanced ones included, has a one-line explanation tied to it."""
     open_app(page, "train")
-    page.click("details.advanced summary")
+    page.click("#upload-form details.advanced summary")
     hints = page.evaluate("""() => [...document.querySelectorAll('#upload-form input, #upload-form select')]
       .filter((el) => el.offsetParent !== null && !['file', 'radio', 'password'].includes(el.type))
       .map((el) => [el.id, document.getElementById(el.getAttribute('aria-describedby'))?.textContent ?? ''])

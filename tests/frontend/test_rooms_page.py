@@ -8,13 +8,14 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.frontend.pages import open_app, screenshot
+from tests.frontend.pages import open_app, owner_of, screenshot
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 
 @pytest.fixture
-def job(stack):
-    job = TrainingJob(stack.redis_url, name="room heart", total=2000)
+def job(stack, page):
+    """The page's own job (jobs are private): the phone, another owner, joins its room by the link."""
+    job = TrainingJob(stack.redis_url, name="room heart", total=2000, owner_token=owner_of(page))
     job.checkpoint(as_checkpoint(HEART, 300, 0.02))
     yield job
     job.close()

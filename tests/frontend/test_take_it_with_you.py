@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import TINY_TRAINING, png_image, wait_for
-from tests.frontend.pages import SCREENSHOTS, ca_step, open_app, screenshot, set_range
+from tests.frontend.pages import SCREENSHOTS, act_as, ca_step, open_app, screenshot, set_range
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 ALL_LOADED_JS = """(selector) => {
@@ -24,21 +24,30 @@ ALL_LOADED_JS = """(selector) => {
 
 
 @pytest.fixture(scope="module")
-def trained(stack) -> str:
+def trained_owner(stack) -> str:
+    """The owner of `trained` (jobs are private): each test's browser acts as it."""
+    return httpx.get(f"{stack.api_url}/api/me", timeout=30).json()["token"]
+
+
+@pytest.fixture(scope="module")
+def trained(stack, trained_owner) -> str:
     """A finished job trained by the stack's worker: far too short to regrow, as it was asked to."""
+    owner = {"X-Owner-Token": trained_owner}
     fields = {k: str(v) for k, v in {**TINY_TRAINING, "experiment": "regenerating", "batch_size": 4, "iterations": 40,
                                      "checkpoint_every": 20, "name": "short square"}.items()}
-    response = httpx.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10,
+    response = httpx.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10, headers=owner,
                           files={"image": ("square.png", png_image(), "image/png")})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    wait_for(lambda: httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()["status"] == "succeeded",
+    wait_for(lambda: httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10, headers=owner).json()["status"]
+             == "succeeded",
              timeout=180, what="the job to finish")
     return job_id
 
 
-def test_a_finished_jobs_card_shows_its_verdict_its_pictures_and_what_to_do(page, stack, trained):
-    card_json = httpx.get(f"{stack.api_url}/api/models/{trained}/card", timeout=60).json()
+def test_a_finished_jobs_card_shows_its_verdict_its_pictures_and_what_to_do(page, stack, trained, trained_owner):
+    act_as(page, stack, trained_owner)
+    card_json = stack.http.get(f"{stack.api_url}/api/models/{trained}/card", timeout=60).json()
     assert card_json["goal"] == "regrows" and card_json["meets_goal"] is False  # 40 iterations do not regrow
 
     open_app(page, "jobs")
@@ -70,7 +79,8 @@ def test_a_finished_jobs_card_shows_its_verdict_its_pictures_and_what_to_do(page
     card.screenshot(path=str(SCREENSHOTS / "take-job-card-only.png"))  # the README's picture
 
 
-def test_gif_and_webp_from_the_job_card_decode(page, stack, trained):
+def test_gif_and_webp_from_the_job_card_decode(page, stack, trained, trained_owner):
+    act_as(page, stack, trained_owner)
     open_app(page, "jobs")
     card = page.locator(f'.job[data-job-id="{trained}"]')
     card.locator(".takeaway summary").click()
@@ -148,8 +158,9 @@ def test_the_mp4_plays_in_a_video_element_and_the_distill_json_says_what_8_bits_
     menu.screenshot(path=str(SCREENSHOTS / "take-watch-menu-distill.png"))
 
 
-def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, trained):
-    job = TrainingJob(stack.redis_url, name="still training", total=2000)
+def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, trained, trained_owner):
+    act_as(page, stack, trained_owner)
+    job = TrainingJob(stack.redis_url, name="still training", total=2000, owner_token=stack.owner_token)
     try:
         job.checkpoint(as_checkpoint(HEART, 500, 0.01))
         open_app(page, f"watch/{trained}")
@@ -193,7 +204,7 @@ def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, tr
 
 
 def test_watch_replays_a_training_model_and_plays_on_with_the_switch_off(page, stack):
-    job = TrainingJob(stack.redis_url, name="looping", total=2000)
+    job = TrainingJob(stack.redis_url, name="looping", total=2000, owner_token=stack.owner_token)
     try:
         job.checkpoint(as_checkpoint(HEART, 500, 0.01))
         loop = 3 * 48  # stream_loop_multiple's default times the heart's max_steps
@@ -220,7 +231,8 @@ def test_watch_replays_a_training_model_and_plays_on_with_the_switch_off(page, s
         job.close()
 
 
-def test_phone_screenshots_of_the_job_card_and_watch(phone, stack, trained):
+def test_phone_screenshots_of_the_job_card_and_watch(phone, stack, trained, trained_owner):
+    act_as(phone, stack, trained_owner)
     open_app(phone, "jobs")
     card = phone.locator(f'.job[data-job-id="{trained}"]')
     card.locator(".model-card").scroll_into_view_if_needed()

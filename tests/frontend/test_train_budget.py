@@ -75,7 +75,7 @@ def test_a_budget_plans_the_iterations_and_the_paper_recipe_takes_them(page, sta
     Custom minutes are the only editable minutes, and the server's 422 about them shows in the estimate."""
     config = api_config(stack)
     open_app(page, "train")
-    page.click("details.advanced summary")
+    page.click("#upload-form details.advanced summary")
     iterations, minutes = page.locator("#iterations"), page.locator("#minutes")
     batch, pool = page.locator("#batch-size"), page.locator("#pool-size")
 
@@ -120,7 +120,7 @@ def test_a_quick_look_job_sends_its_minutes(page, stack, tmp_path):
     open_app(page, "train")
     page.set_input_files("#image-input", str(image))
     page.check("#budget-quick")
-    page.click("details.advanced summary")
+    page.click("#upload-form details.advanced summary")
     page.fill("#name", "quick apple")
     page.click("#submit-job")
     expect(page).to_have_url(re.compile(r"#jobs$"))

@@ -97,7 +97,7 @@ def test_a_photo_is_shown_before_and_after_its_cut_out(page, stack, tmp_path):
 
     page.select_option("#background", "auto")
     page.check("#budget-paper")  # a set number of iterations, not a time budget
-    page.click("details.advanced summary")
+    page.click("#upload-form details.advanced summary")
     for selector, value in TINY.items():
         page.fill(selector, value)
     expect(caption).to_contain_text(re.compile(r"on a (\d+×16|16×\d+) grid"))  # 8 cells + 2 x 4 of padding
@@ -121,7 +121,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     expect(page.locator("#preview-caption")).to_contain_text("40×40 cells on a 72×72 grid")
     screenshot(page, "train")
     page.check("#budget-paper")  # a set number of iterations, not a time budget
-    page.click("details.advanced summary")
+    page.click("#upload-form details.advanced summary")
     for selector, value in TINY.items():
         page.fill(selector, value)  # `fill` fires input events: the preview follows
     expect(page.locator("#preview-caption")).to_contain_text("8×8 cells on a 16×16 grid")
@@ -131,7 +131,7 @@ def test_upload_trains_to_success(page, stack, tmp_path):
     expect(patience).to_have_attribute("placeholder", "off")
     expect(page.locator("#option-early-stop-patience-hint")).to_contain_text("has not improved")
     patience.fill("1000")
-    page.locator("details.advanced").screenshot(path=str(SCREENSHOTS / "train-advanced.png"))
+    page.locator("#upload-form details.advanced").screenshot(path=str(SCREENSHOTS / "train-advanced.png"))
 
     page.click("#submit-job")
     expect(page.locator("#upload-error")).to_be_hidden()
@@ -175,7 +175,7 @@ def test_follow_and_cancel_a_running_job(page, stack, tmp_path):
     open_app(page, "train")
     page.set_input_files("#image-input", str(image))
     page.check("#budget-paper")  # a set number of iterations, not a time budget
-    page.click("details.advanced summary")
+    page.click("#upload-form details.advanced summary")
     for selector, value in {**TINY, "#iterations": "5000", "#name": "long apple"}.items():
         page.fill(selector, value)
     page.click("#submit-job")
@@ -247,7 +247,7 @@ def test_access_token_for_a_protected_server(page, stack, tmp_path):
         expect(page.locator("#access-token")).to_be_visible()
         page.set_input_files("#image-input", str(image))
         page.check("#budget-paper")  # a set number of iterations, not a time budget
-        page.click("details.advanced summary")
+        page.click("#upload-form details.advanced summary")
         for selector, value in {**TINY, "#iterations": "5000", "#name": "token apple"}.items():
             page.fill(selector, value)
         page.click("#submit-job")
