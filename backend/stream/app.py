@@ -41,7 +41,7 @@ from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, event, parse_command, parse_params
 from .sessions import Session
-from .transport import ExposeTransport, abort, quiet_invalid_text
+from .transport import ExposeTransport, abort, first_to_end, quiet_invalid_text
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT = 5.0  # seconds to wait for a close frame to go out before giving up on the client
@@ -223,15 +223,8 @@ async def _stream(ws: WebSocket) -> None:
 
 async def _serve(ws: WebSocket, session: Session, engine: Engine, settings: Settings) -> tuple[int, str] | None:
     """Run the receiver and the sender until one ends; (close code, reason), or None if the client left."""
-    tasks = {asyncio.create_task(_receive(ws, session, engine, settings)),
-             asyncio.create_task(_send(ws, session, settings.stream_stall_timeout))}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return next(iter(done)).result()
+    return await first_to_end(_receive(ws, session, engine, settings),
+                              _send(ws, session, settings.stream_stall_timeout))
 
 
 async def _receive(ws: WebSocket, session: Session, engine: Engine, settings: Settings) -> tuple[int, str] | None:

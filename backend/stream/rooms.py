@@ -37,6 +37,7 @@ from . import protocol as p
 from .engine import Engine, StreamsFull
 from .protocol import ProtocolError, StreamParams, event, parse_command
 from .sessions import MAX_PENDING_EVENTS, Session
+from .transport import first_to_end
 
 log = logging.getLogger(__name__)
 
@@ -370,16 +371,11 @@ async def serve(ws: WebSocket, hub: Rooms, settings: Settings, refuse: Refuse, c
     guard._limit_parser(ws, settings.stream_max_message_bytes)
     participant = live.join(False, settings)  # the host says so with its first command
     participant.may_see = may_see
-    tasks = {asyncio.create_task(_receive(ws, live, participant, settings)),
-             asyncio.create_task(_send(ws, participant, settings.stream_stall_timeout))}
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        outcome = await first_to_end(_receive(ws, live, participant, settings),
+                                     _send(ws, participant, settings.stream_stall_timeout))
     finally:
-        for task in tasks:
-            task.cancel()
         live.leave(participant)
-    await asyncio.gather(*tasks, return_exceptions=True)
-    outcome = next(iter(done)).result()
     if outcome is not None:
         await close(ws, *outcome)
 

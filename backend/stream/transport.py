@@ -20,8 +20,12 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+T = TypeVar("T")
 
 SCOPE_KEY = "nca.transport"
 
@@ -81,3 +85,16 @@ UVICORN_ERROR_LOG = "uvicorn.error"  # the logger uvicorn's websocket protocols 
 def quiet_invalid_text() -> None:
     """Install the filter on uvicorn's error log (once: adding the same filter again does nothing)."""
     logging.getLogger(UVICORN_ERROR_LOG).addFilter(_INVALID_TEXT_FILTER)
+
+
+async def first_to_end(*coroutines: Coroutine[Any, Any, T]) -> T:
+    """Run a connection's receiver and sender together until one ends (the client left, a close is due);
+    the others are cancelled and awaited. The result of the one that ended."""
+    tasks = {asyncio.create_task(c) for c in coroutines}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return next(iter(done)).result()

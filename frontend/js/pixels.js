@@ -24,6 +24,17 @@ export function drawCells(canvas, image, maxSide, offscreen = document.createEle
   return scale;
 }
 
+/**
+ * Draw a stream frame ({width, height, pixels}: RGBA, the RGB already composited on white, as the spec
+ * renders it) opaque onto `canvas`, each cell a crisp square, as large as `cssSide` allows.
+ */
+export function drawFrame(canvas, frame, cssSide, offscreen) {
+  const image = new ImageData(frame.width, frame.height);
+  image.data.set(frame.pixels);
+  for (let i = 3; i < image.data.length; i += 4) image.data[i] = 255;
+  return drawCells(canvas, image, deviceSide(canvas, cssSide), offscreen);
+}
+
 /** Device pixels available for a canvas whose CSS box is `element`'s content width. */
 export function deviceSide(element, fallback) {
   const css = element.clientWidth || fallback;

@@ -5,7 +5,7 @@
 // Protocol: docs/stream-protocol.md, "Rooms".
 
 import { getConfig, getRoom, listModels } from './api.js';
-import { deviceSide, drawCells } from './pixels.js';
+import { drawFrame } from './pixels.js';
 import { StreamClient, streamBase } from './stream.js';
 
 const CANVAS_SIDE = 576;
@@ -120,10 +120,7 @@ function enterRoom(room, hostToken, base) {
     const frame = latest;
     latest = null;
     if (!frame) return;
-    const image = new ImageData(frame.width, frame.height);
-    image.data.set(frame.pixels);
-    for (let i = 3; i < image.data.length; i += 4) image.data[i] = 255; // RGB is composited on white already
-    drawCells(canvas, image, deviceSide(canvas, CANVAS_SIDE), offscreen);
+    drawFrame(canvas, frame, CANVAS_SIDE, offscreen);
     size = [frame.width, frame.height];
     $('room-step').textContent = frame.step;
   }

@@ -6,7 +6,7 @@ import { listModels } from './api.js';
 import { STATUS_TEXT, isTraining, iterationText, lossText, splitRef } from './formats.js';
 import { latestWins } from './latest.js';
 import { createCardView } from './modelcard.js';
-import { deviceSide, drawCells } from './pixels.js';
+import { drawFrame } from './pixels.js';
 import { StreamClient, streamBase } from './stream.js';
 import { createTakeaway } from './takeaway.js';
 import { initTimeline } from './timeline.js';
@@ -265,11 +265,7 @@ function createPicture(canvas, stepOut, fpsOut) {
     const frame = latest;
     latest = null;
     if (!frame) return;
-    const image = new ImageData(frame.width, frame.height);
-    image.data.set(frame.pixels);
-    // RGB is already composited on white (the spec's rendering); show it opaque.
-    for (let i = 3; i < image.data.length; i += 4) image.data[i] = 255;
-    drawCells(canvas, image, deviceSide(canvas, CANVAS_SIDE), offscreen);
+    drawFrame(canvas, frame, CANVAS_SIDE, offscreen);
     size = [frame.width, frame.height];
     stepOut.textContent = frame.step;
     fpsOut.textContent = frameTimes.length;
