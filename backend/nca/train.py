@@ -160,13 +160,21 @@ def normalize_gradients(parameters) -> None:
                 p.grad /= p.grad.norm() + 1e-8
 
 
+def same_target(theirs: torch.Tensor | None, ours: torch.Tensor) -> bool:
+    """Whether a model file's target is this one: the test for "continue" (same target) over "fork"."""
+    return theirs is not None and theirs.shape == ours.shape and torch.equal(theirs.to(ours.device, ours.dtype), ours)
+
+
 class Trainer:
     def __init__(self, target: torch.Tensor, config: TrainConfig, device: str | torch.device = "cpu",
                  resume: ModelFile | None = None, name: str | None = None,
-                 target_size: int | None = None, padding: int | None = None, speed: Speed | None = None):
+                 target_size: int | None = None, padding: int | None = None, speed: Speed | None = None,
+                 init: ModelFile | None = None, start_from: str | None = None):
         """`speed`: the device's measured speed, for the first plan of a time budget (`config.minutes`);
-        without it the first plan is a guess, re-planned after FIRST_REPLAN_ITERATIONS iterations."""
-        self.config, self.device, self.name = config, torch.device(device), name
+        without it the first plan is a guess, re-planned after FIRST_REPLAN_ITERATIONS iterations.
+        `init`: weights to start from instead of random ones (continue, fork), with its optimizer state only
+        when it trained on this same target; `start_from` names it in the model file (lineage)."""
+        self.config, self.device, self.name, self.start_from = config, torch.device(device), name, start_from
         self.target_size, self.padding = target_size, padding  # recorded in the model file
         self.target = target.to(self.device, torch.float32)  # (4, H, W)
         _, self.height, self.width = self.target.shape
@@ -174,6 +182,10 @@ class Trainer:
         if resume is not None:
             self.model = resume.model.to(self.device)
             self.iteration = resume.info.iterations
+        elif init is not None:
+            self.model = NCA(config.channels, config.hidden, config.fire_rate).to(self.device)
+            self.model.load_state_dict(init.model.state_dict())
+            self.iteration = 0
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
@@ -186,6 +198,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr_at(self.iteration))
         if resume is not None and resume.optimizer_state:
             self._load_optimizer_state(resume.optimizer_state)
+        elif init is not None and init.optimizer_state and same_target(init.target, self.target):
+            self._load_optimizer_state(init.optimizer_state)  # continue: Adam's moments as they were
         # A resumed run draws fresh random numbers, so that it does not repeat its first part.
         self.generator = torch.Generator(self.device).manual_seed(config.seed + self.iteration)
         self.seed_state = make_seed(self.height, self.width, config.channels, device=self.device)[0]
@@ -337,7 +351,8 @@ class Trainer:
             experiment=cfg.experiment, iterations=self.iteration, total_iterations=self.total,
             final_loss=None if math.isnan(self.last_loss) else self.last_loss, name=self.name,
             extra={"train_config": asdict(cfg), "trained_seconds": round(self.trained_seconds, 3),
-                   **({"plan": self.plan.as_dict()} if self.plan is not None else {})},
+                   **({"plan": self.plan.as_dict()} if self.plan is not None else {}),
+                   **({"start_from": self.start_from} if self.start_from else {})},
         )
         return ModelFile(self.model, info, self.target, self._optimizer_state())
 

@@ -14,8 +14,8 @@ from backend.storage.models import CheckpointNotFound
 
 from ..deps import JobIdDep, PreviewsDep, SettingsDep, StorageDep, StoreDep
 from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobList, JobOut
-from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES
-from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, job_spec, read_upload, submit
+from ..security import JOB_SLOT, QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES, client_id
+from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, StartNotFound, job_spec, read_upload, submit
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 413, 422, 503)}
@@ -29,9 +29,12 @@ HISTORY_CACHE = "public, max-age=86400"  # a checkpoint of the history never cha
              dependencies=[TOKEN, JOB_SLOT], summary="Upload an image and start training", openapi_extra=UPLOAD_BODY)
 async def create_job(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> JobOut:
     """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location."""
-    upload = await read_upload(request, settings.max_upload_bytes)
+    upload = await read_upload(request, settings.max_upload_bytes, allow_no_image=True)
     spec = job_spec(upload, settings)
-    job = await run_in_threadpool(submit, storage, settings, upload, spec)
+    try:
+        job = await run_in_threadpool(submit, storage, settings, upload, spec, client_id(request))
+    except StartNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return JobOut.of(job)
 
