@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from backend.config import Settings
-from backend.nca.jobspec import JobSpec, Limits, SpecError, spec_from_request
+from backend.nca.jobspec import OPTIONS, JobSpec, Limits, SpecError, spec_from_request
 from backend.nca.modelfile import ModelFile
 from backend.nca.target import ProcessedTarget, TargetOptions, process_target
 from backend.storage.connection import REDIS_DOWN_ERRORS
@@ -100,12 +100,36 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def job_spec(upload: Upload, settings: Settings) -> JobSpec:
-    """The spec the upload asks for, with what the server chooses when the request does not; 422 if invalid."""
-    default_name = PurePath(upload.filename).stem[:80] or "image"
-    if not upload.image and upload.options.get("start_from"):
-        default_name = f"{str(upload.options['start_from'])[:60]} continued"
-    return spec_of(upload.options, settings, default_name)
+def job_spec(upload: Upload, settings: Settings, storage: Storage | None = None) -> JobSpec:
+    """The spec the upload asks for, with what the server chooses when the request does not; 422 if invalid.
+    A continued job (no image; `storage` given) takes the options it leaves out from its source job."""
+    options, default_name = upload.options, PurePath(upload.filename).stem[:80] or "image"
+    if not upload.image and upload.options.get("start_from") and storage is not None:
+        options, default_name = continued_options(storage, upload.options)
+    return spec_of(options, settings, default_name)
+
+
+# Of a source job's options, those a continued job does not inherit: its own name, seed and start.
+NOT_INHERITED = frozenset({"name", "seed", "start_from"})
+
+
+def continued_options(storage: Storage, options: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The request's options over its source job's recipe (same experiment, budget, steps...), and the name
+    "<source> (continued)"; a source that is not a job (an example) lends nothing but its id."""
+    source, _ = parse_reference(str(options["start_from"]))
+    if not is_job_id(source):
+        return options, f"{source[:60]} (continued)"
+    try:
+        job = storage.jobs.get(source)
+    except (JobNotFound, ValueError):  # unknown: start_point answers 404 for it
+        return options, "continued"
+    inherited = {opt.name: value for opt in OPTIONS if opt.meta.api and opt.name not in NOT_INHERITED
+                 and (value := job.spec.options()[opt.name]) is not None}
+    if "minutes" in inherited or "minutes" in options or "iterations" in options:
+        inherited.pop("iterations", None)  # a time budget plans them; one the request sets wins
+    if "iterations" in options:
+        inherited.pop("minutes", None)
+    return {**inherited, **options}, f"{job.name[:60]} (continued)"
 
 
 def limits_of(settings: Settings) -> Limits:

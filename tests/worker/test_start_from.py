@@ -34,11 +34,13 @@ def source(client: TestClient, worker, submit, job_waiter) -> dict:
 
 
 def test_continue_starts_from_the_source_weights_on_its_target(client: TestClient, source, job_waiter) -> None:
-    fields = {k: str(v) for k, v in {**TINY_TRAINING, "iterations": 40, "start_from": source["id"]}.items()}
-    response = client.post("/api/jobs", data=fields)  # no image: continue on the source's own target
+    response = client.post("/api/jobs", data={"start_from": source["id"], "iterations": "40"})  # no image: continue
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["options"]["start_from"] == source["id"]  # the lineage, in the record
+    assert job["name"] == "square (continued)"
+    inherited = {k: v for k, v in job["options"].items() if k in TINY_TRAINING and k != "seed"}
+    assert inherited == {k: v for k, v in TINY_TRAINING.items() if k != "seed"}  # the source's recipe
     done = job_waiter(job["id"], lambda j: j["status"] == "succeeded", what="the continued job")
     assert done["options"]["start_from"] == source["id"]
     items = client.get(f"/api/jobs/{job['id']}/checkpoints").json()["items"]

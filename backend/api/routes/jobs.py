@@ -30,7 +30,7 @@ HISTORY_CACHE = "public, max-age=86400"  # a checkpoint of the history never cha
 async def create_job(request: Request, response: Response, settings: SettingsDep, storage: StorageDep) -> JobOut:
     """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location."""
     upload = await read_upload(request, settings.max_upload_bytes, allow_no_image=True)
-    spec = job_spec(upload, settings)
+    spec = await run_in_threadpool(job_spec, upload, settings, storage)
     try:
         job = await run_in_threadpool(submit, storage, settings, upload, spec, client_id(request))
     except StartNotFound as exc:
