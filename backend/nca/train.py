@@ -16,7 +16,17 @@ import torch
 
 from . import fast
 from .budget import GUESSED_SPEED, Plan, Schedule, Speed, live_cells, make_plan
-from .model import ALIVE_THRESHOLD, CHANNELS, FIRE_RATE, HIDDEN, NCA, damage_circles, make_seed, to_rgba
+from .model import (
+    ALIVE_THRESHOLD,
+    CHANNELS,
+    FIRE_RATE,
+    HIDDEN,
+    NCA,
+    damage_circles,
+    damage_strokes,
+    make_seed,
+    to_rgba,
+)
 from .modelfile import ModelFile, ModelInfo
 from .options import check_bounds, option
 
@@ -79,6 +89,9 @@ class TrainConfig:
     early_stop_patience: int | None = option(None, "finish early when the loss (smoothed) has not improved by 1% "
                                                    "for this many iterations; off when unset",
                                              ge=1, le=1_000_000, since=5)
+    damage: Literal["circle", "strokes"] = option(
+        "circle", "how damaged samples are damaged: circle (the article's) or strokes (like a user's eraser swipes)",
+        since=6)
     fast: bool = True  # rollouts through backend.nca.fast (same function, computed on the live box only)
 
     def __post_init__(self) -> None:
@@ -255,7 +268,8 @@ class Trainer:
         idx, x = idx[order], x[order]
         x[0] = self.seed_state  # the worst sample goes back to the seed
         if cfg.damage_count:
-            keep = damage_circles(cfg.damage_count, self.height, self.width, self.generator, self.device)
+            shape = damage_strokes if cfg.damage == "strokes" else damage_circles
+            keep = shape(cfg.damage_count, self.height, self.width, self.generator, self.device)
             x[-cfg.damage_count:] *= keep  # the best samples are damaged
         return x, idx
 
