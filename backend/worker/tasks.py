@@ -31,6 +31,7 @@ from backend.nca.train import Progress, TrainResult
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, JobStatus, JobStore
 from backend.storage.shared import Storage
+from backend.worker.cpus import pick_threads
 from backend.worker.losses import LossHistory
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class TrainingWorker:
             log.info("job %s: skipped (%s)", job_id, outcome)
             return {"job_id": job_id, "skipped": outcome}
         self.current_job = job_id
+        if self.device.type == "cpu":  # the cores free now (backend/worker/cpus.py): contention costs up to 7x
+            torch.set_num_threads(pick_threads(self.settings.torch_threads))
         try:
             with Lease(store, job_id, token, lease_seconds) as lease:
                 try:
