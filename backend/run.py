@@ -90,7 +90,8 @@ def services(api_port: int, stream_port: int, api_host: str = "127.0.0.1", strea
     python = sys.executable
     # On one machine the worker and the stream share the CPU: half the cores each, unless told otherwise
     # (oversubscribed torch threads make small-grid training many times slower).
-    half = str(max(1, (os.cpu_count() or 2) // 2))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    half = str(max(1, cores // 2))  # of the cores this process may use, not the machine's
     worker_env = {} if "NCA_TORCH_THREADS" in os.environ else {"NCA_TORCH_THREADS": half}
     return [
         Service("worker", [python, "-m", "celery", "-A", "backend.worker.celery_app", "worker", "--pool=solo",

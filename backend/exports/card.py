@@ -10,6 +10,11 @@ measures, each as a number and a small picture:
 - rotation: growth with the perception turned by 45 and 90 degrees, against the turned reference;
 - the 8-bit Distill export: growth of the quantised model next to the float one.
 
+Besides, a damage battery (`battery`): the ways people break a pattern on the page (five swipes of the
+Watch view's eraser, half the pattern cut away, noise on the hidden channels), each with the PSNR after
+regrowth and the steps it took, and persistence to 5,000 steps. It does not change the verdict (the
+thresholds above were fitted without it); it says `survives` per damage.
+
 It ends in one word, fitted to the experiment the model was trained for: `grows`, `persists`,
 `regrows` or `fails`. The thresholds come from the article's 31 reference models, the shipped
 examples and deliberately broken models (`scripts/card_evidence.py`; the figures are in
@@ -43,6 +48,13 @@ ANGLES = (45.0, 90.0)
 PICTURE_SIDE = 72  # pictures are upscaled (nearest neighbour) to at least this many pixels a side
 VERDICTS = ("fails", "grows", "persists", "regrows")  # each one includes the ones before it
 GOALS = {"growing": "grows", "persistent": "persists", "regenerating": "regrows"}  # the experiment's aim
+# The damage battery: the Watch view's default eraser radius (frontend/index.html, 6 cells on the paper's 72-cell
+# grid; scaled to the model's grid), five horizontal swipes across the grid at random rows of the pattern (fixed
+# seed), then regrowth watched every BATTERY_EVERY steps up to BATTERY_MAX_STEPS: recovered once the pattern
+# keeps THRESHOLDS.regrow_kept of its grown quality. Persistence: the uncut twin run on to PERSIST_STEPS.
+PAGE_ERASER_RADIUS, PAPER_GRID_SIDE, SWIPES = 6.0, 72, 5
+HIDDEN_NOISE = 0.25  # std of the noise on the hidden channels: half their spread in a grown pattern (~0.5)
+BATTERY_EVERY, BATTERY_MAX_STEPS, PERSIST_STEPS = 25, 500, 5000
 
 
 @dataclass
@@ -146,6 +158,54 @@ def judge(m: Measurements, t: Thresholds = THRESHOLDS) -> dict[str, bool]:
     return {"grows": grows, "persists": persists, "regrows": regrows}
 
 
+def swiped(x: torch.Tensor, box: tuple[int, int, int, int], generator: torch.Generator) -> torch.Tensor:
+    """A copy of the states with SWIPES horizontal eraser strokes across the grid, at random rows of the box."""
+    out, (y0, y1, _, _) = x.clone(), box
+    height, width = x.shape[-2:]
+    radius = max(1.0, PAGE_ERASER_RADIUS * max(height, width) / PAPER_GRID_SIDE)
+    rows = torch.arange(height, dtype=torch.float32)
+    for centre in y0 + torch.rand(SWIPES, generator=generator) * (y1 - y0):
+        out[..., (rows - centre).abs() <= radius, :] = 0.0
+    return out
+
+
+def battery(mf: ModelFile, m: Measurements, grows: bool, t: Thresholds = THRESHOLDS,
+            seed: int = evaluate.SEED) -> dict[str, Any]:
+    """The damage battery on the grown runs: per damage the PSNR once regrown (or at BATTERY_MAX_STEPS), the
+    steps it took (None: not within them) and whether it survives; then persistence to PERSIST_STEPS."""
+    model, x, ref = mf.model, m.growth.x, m.reference
+    runs, generator = x.shape[0], torch.Generator().manual_seed(seed + 2)
+    y0, y1, x0, x1 = ref.box
+    noisy = x.clone()
+    noisy[:, 4:] += torch.randn(noisy[:, 4:].shape, generator=generator) * HIDDEN_NOISE
+    damaged = {"swipes": swiped(x, ref.box, generator), "half": evaluate.cut_off_right(x, (x0 + x1) // 2),
+               "hidden_noise": noisy}
+    kept = lambda states: evaluate.kept(evaluate.mse(pictures(states), ref.rgb).mean().item(),  # noqa: E731
+                                        m.growth.error, m.blank_error)
+    out: dict[str, Any] = {name: {"psnr_damaged": round(evaluate.psnr(pictures(d), ref.rgb), 2),
+                                  "regrown_steps": None} for name, d in damaged.items()}
+    batch, done = torch.cat([x, *damaged.values()]), 0
+    while done < BATTERY_MAX_STEPS and any(r["regrown_steps"] is None for r in out.values()):
+        batch, done = grow(model, batch, BATTERY_EVERY, generator=generator), done + BATTERY_EVERY
+        for i, name in enumerate(damaged, start=1):
+            states = batch[i * runs:(i + 1) * runs]
+            if out[name]["regrown_steps"] is None and (kept(states) >= t.regrow_kept or done >= BATTERY_MAX_STEPS):
+                out[name].update(psnr=round(evaluate.psnr(pictures(states), ref.rgb), 2),
+                                 kept=round(kept(states), 3), at_steps=done)
+                out[name]["regrown_steps"] = done if kept(states) >= t.regrow_kept else None
+    for name in damaged:
+        out[name].setdefault("psnr", out[name]["psnr_damaged"])
+        out[name]["survives"] = grows and out[name]["regrown_steps"] is not None
+    twin, steps = batch[:runs], m.growth_steps + done
+    twin = grow(model, twin, max(PERSIST_STEPS - steps, 0), generator=generator)
+    alive = evaluate.alive_of(twin)
+    out[f"steps_{PERSIST_STEPS}"] = {
+        "psnr": round(evaluate.psnr(pictures(twin), ref.rgb), 2), "kept": round(kept(twin), 3),
+        "alive": round(alive, 4), "survives": grows and kept(twin) >= t.persist_kept and alive >= t.min_alive
+        and alive <= m.growth.alive * t.persist_alive_ratio}
+    return out
+
+
 def verdict(does: dict[str, bool], experiment: str | None) -> str:
     """The highest level reached, up to the experiment's goal (a growing model is not asked to persist)."""
     goal = GOALS.get(experiment or "", "regrows")
@@ -163,17 +223,19 @@ def _check_json(check: Check) -> dict[str, Any]:
     return out
 
 
-def model_card(mf: ModelFile, model_sha256: str | None = None, quantization: bool = True) -> dict[str, Any]:
+def model_card(mf: ModelFile, model_sha256: str | None = None, quantization: bool = True,
+               damage_battery: bool = True) -> dict[str, Any]:
     """The card as a JSON-ready dict. `model_sha256` (of the file's bytes) ties it to one model version."""
     started = time.perf_counter(), time.process_time()
     m = measure(mf)
     does = judge(m)
+    start_from = mf.info.extra.get("start_from") if isinstance(mf.info.extra, dict) else None
     goal = GOALS.get(mf.info.experiment or "", "regrows")
     card: dict[str, Any] = {
         "card_version": CARD_VERSION,
         "model": {"name": mf.info.name, "experiment": mf.info.experiment, "source": mf.info.source,
                   "iterations": mf.info.iterations, "grid": [mf.info.grid_height, mf.info.grid_width],
-                  "sha256": model_sha256},
+                  "sha256": model_sha256, "start_from": start_from},
         "verdict": verdict(does, mf.info.experiment),
         "goal": goal,
         "meets_goal": verdict(does, mf.info.experiment) == goal,
@@ -186,6 +248,8 @@ def model_card(mf: ModelFile, model_sha256: str | None = None, quantization: boo
         "thresholds": asdict(THRESHOLDS),
         "checks": {name: _check_json(check) for name, check in m.checks.items()},
     }
+    if damage_battery:
+        card["battery"] = battery(mf, m, does["grows"])
     if quantization:
         card["quantization"] = quantization_report(mf, m.reference).as_dict()
     card["seconds"] = round(time.perf_counter() - started[0], 2)
@@ -198,6 +262,8 @@ CHECK_LABELS = {
     "growth": "growth", "cut_centre": "centre cut", "cut_edge": "edge cut", "steps_1000": "long run",
     "steps_2000": "longer run", "angle_45": "turned 45°", "angle_90": "turned 90°",
 }
+BATTERY_LABELS = {"swipes": "five swipes", "half": "half cut away", "hidden_noise": "hidden noise",
+                  f"steps_{PERSIST_STEPS}": f"{PERSIST_STEPS} steps"}
 SCORE_LABELS = {"growth": "dB over empty", "cut_centre": "repaired", "cut_edge": "repaired"}
 
 
@@ -212,6 +278,13 @@ def summary(card: dict[str, Any]) -> str:
         label, result = SCORE_LABELS.get(name, "kept"), "pass" if check["passed"] else "FAIL"
         lines.append(f"  {CHECK_LABELS[name]:<11} {check['steps']:>5} steps  {check['psnr']:5.1f} dB  "
                      f"alive {check['alive']:.3f}  {label} {check['score']:.2f}  {result}")
+    for name, result in card.get("battery", {}).items():
+        steps = f"regrown in {result['regrown_steps']} steps" if result.get("regrown_steps") else \
+            f"kept {result['kept']:.2f}" if name.startswith("steps_") else "not regrown"
+        lines.append(f"  {BATTERY_LABELS.get(name, name):<17} {result['psnr']:5.1f} dB  {steps}  "
+                     f"{'survives' if result['survives'] else 'DOES NOT SURVIVE'}")
+    if m.get("start_from"):
+        lines.append(f"  started from {m['start_from']}")
     if "quantization" in card:
         q = card["quantization"]
         lines.append(f"  8-bit export: grown {q['psnr_8bit']:.1f} dB (float {q['psnr_float']:.1f} dB)"

@@ -35,7 +35,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="paper: 40-cell target, 8000 iterations; preview: 24-cell target, 1500 shorter "
                         "iterations (a recognisable pattern in minutes on a CPU)")
     for opt in OPTIONS:
-        if opt.part != "job":
+        if opt.part != "job" or opt.name == "start_from":  # the name is the image's
             _add_option(p, opt)
     p.add_argument("--key-background", dest="background", action="store_const", const="key",
                    help="the same as --background key (kept for old scripts)")
@@ -45,7 +45,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-every", type=positive, default=500, help="iterations between growth videos")
 
 
-FLAG_ALIASES = {"target_size": ["--size"]}  # the flag's older, shorter name
+# Older or shorter names: --size; --init MODEL for start_from (a model file, or example-<name> in ./models/).
+FLAG_ALIASES = {"target_size": ["--size"], "start_from": ["--init"]}
 
 
 def _add_option(p: argparse.ArgumentParser, opt: OptionField) -> None:
@@ -89,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     resume = modelfile.load(args.out) if args.resume and args.out.exists() else None
     speed = calibrate(device) if config.minutes is not None else None  # about a second: the first plan
-    trainer = spec.trainer(target, device, resume, speed)
+    init = _start_model(spec.start_from) if spec.start_from is not None and resume is None else None
+    trainer = spec.trainer(target, device, resume, speed, init=init)
     writer = None
     if args.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -129,6 +131,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.finished_early:
         print(result.finished_early)
     return 0
+
+
+def _start_model(name: str) -> modelfile.ModelFile:
+    """--init MODEL: a model file, or a shipped example `example-<name>` (models/<name>.safetensors from here)."""
+    path = Path(name)
+    if not path.exists() and name.startswith("example-"):
+        path = Path("models") / f"{name.removeprefix('example-')}.safetensors"
+    if not path.is_file():
+        raise SpecError(f"start_from: no model file {name!r} (a .safetensors file, or example-<name> from the "
+                        "repository root)", "start_from")
+    return modelfile.load(path)
 
 
 def _rgb_target(target: torch.Tensor):

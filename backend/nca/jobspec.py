@@ -40,6 +40,10 @@ class SpecError(ValueError):
 @dataclass(frozen=True)
 class JobSpec:
     name: str = option("", "shown in lists", max_length=80)
+    # Continue or fork: the job starts from this model's weights (a model id, `<job id>@<iteration>` or a shipped
+    # `example-<name>`; on the command line a model file). Same target: "continue training"; a new image: a fork.
+    start_from: str | None = option(None, "start from this model's weights (a model id, <job id>@<iteration> or "
+                                          "example-<name>) instead of random ones", max_length=120, since=6)
     # The budget is train.iterations, or train.minutes (a time budget; the trainer plans the iterations).
     train: TrainConfig = field(default_factory=TrainConfig)
     target: TargetOptions = field(default_factory=TargetOptions)
@@ -82,11 +86,25 @@ class JobSpec:
             values = _migrate(values, older)
         return cls.from_options(values, complete=True)
 
-    def trainer(self, target: Any, device: Any = "cpu", resume: Any = None, speed: Any = None) -> Trainer:
+    def trainer(self, target: Any, device: Any = "cpu", resume: Any = None, speed: Any = None,
+                init: Any = None) -> Trainer:
         """The job's trainer, given the spec whole: its recipe, its name and its target's geometry (recorded in
-        the model file). `target` (4, H, W), `resume` a ModelFile, `speed` the device's (backend.nca.budget)."""
+        the model file). `target` (4, H, W), `resume` a ModelFile, `speed` the device's (backend.nca.budget);
+        `init` the ModelFile `start_from` names (its weights; its optimizer state too when it trained on
+        this very target: a continued job), used when there is no `resume`."""
+        if init is not None and resume is None:
+            self.check_start(init.info)
         return Trainer(target, self.train, device, resume=resume, name=self.name, target_size=self.target.size,
-                       padding=self.target.padding, speed=speed)
+                       padding=self.target.padding, speed=speed, init=init, start_from=self.start_from)
+
+    def check_start(self, info: Any) -> None:
+        """SpecError (start_from) when the model `start_from` names (its ModelInfo) has another shape."""
+        theirs = {"channels": info.channels, "hidden": info.hidden}
+        ours = {"channels": self.train.channels, "hidden": self.train.hidden}
+        wrong = [f"{k} {theirs[k]} (this job: {ours[k]})" for k in theirs if int(theirs[k]) != ours[k]]
+        if wrong:
+            raise SpecError(f"start_from: the model {self.start_from or ''} has another shape: {', '.join(wrong)}; "
+                            "start from a model of the same channels and hidden size", "start_from")
 
     def pool_megabytes(self) -> float:
         """Memory of the sample pool for a square image (the most it can be); 0 without a pool."""

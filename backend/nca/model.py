@@ -145,6 +145,30 @@ def damage_circles(batch: int, height: int, width: int, generator: torch.Generat
     return (~inside).float()[:, None]
 
 
+def damage_strokes(batch: int, height: int, width: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu", strokes: int = 3) -> torch.Tensor:
+    """(batch, 1, H, W) float keep-mask with 1 to `strokes` eraser strokes per sample, like a user's swipes.
+
+    Each stroke is a segment through a point uniform in [-0.5, 0.5] (grid coordinates scaled to [-1, 1]),
+    at a random angle, 0.6 to 1.6 long, erasing within 0.08 to 0.2 of it (the Watch view's eraser is 0.17).
+    """
+    xs = torch.linspace(-1.0, 1.0, width, device=device)[None, None, :]
+    ys = torch.linspace(-1.0, 1.0, height, device=device)[None, :, None]
+    draw = torch.rand(6, strokes, batch, 1, 1, device=device, generator=generator)
+    count = 1 + (torch.rand(batch, device=device, generator=generator) * strokes).long()  # 1..strokes
+    keep = torch.ones(batch, height, width, dtype=torch.bool, device=device)
+    for k in range(strokes):
+        cx, cy = draw[0, k] - 0.5, draw[1, k] - 0.5
+        angle, half = draw[2, k] * math.pi, (draw[3, k] + 0.6) / 2  # half its length
+        radius = draw[4, k] * 0.12 + 0.08
+        dx, dy = torch.cos(angle), torch.sin(angle)
+        px, py = xs - cx, ys - cy
+        along = (px * dx + py * dy).clamp(-half, half)
+        inside = (px - along * dx) ** 2 + (py - along * dy) ** 2 < radius**2
+        keep &= ~(inside & (k < count)[:, None, None])
+    return keep.float()[:, None]
+
+
 def erase_circle(x: torch.Tensor, cx: float, cy: float, radius: float) -> torch.Tensor:
     """Zero every cell within `radius` cells of (cx, cy) in grid cells, in place; returns x."""
     _, _, h, w = x.shape

@@ -16,7 +16,17 @@ import torch
 
 from . import fast
 from .budget import GUESSED_SPEED, Plan, Schedule, Speed, live_cells, make_plan
-from .model import ALIVE_THRESHOLD, CHANNELS, FIRE_RATE, HIDDEN, NCA, damage_circles, make_seed, to_rgba
+from .model import (
+    ALIVE_THRESHOLD,
+    CHANNELS,
+    FIRE_RATE,
+    HIDDEN,
+    NCA,
+    damage_circles,
+    damage_strokes,
+    make_seed,
+    to_rgba,
+)
 from .modelfile import ModelFile, ModelInfo
 from .options import check_bounds, option
 
@@ -79,6 +89,9 @@ class TrainConfig:
     early_stop_patience: int | None = option(None, "finish early when the loss (smoothed) has not improved by 1% "
                                                    "for this many iterations; off when unset",
                                              ge=1, le=1_000_000, since=5)
+    damage: Literal["circle", "strokes"] = option(
+        "circle", "how damaged samples are damaged: circle (the article's) or strokes (like a user's eraser swipes)",
+        since=6)
     fast: bool = True  # rollouts through backend.nca.fast (same function, computed on the live box only)
 
     def __post_init__(self) -> None:
@@ -160,13 +173,21 @@ def normalize_gradients(parameters) -> None:
                 p.grad /= p.grad.norm() + 1e-8
 
 
+def same_target(theirs: torch.Tensor | None, ours: torch.Tensor) -> bool:
+    """Whether a model file's target is this one: the test for "continue" (same target) over "fork"."""
+    return theirs is not None and theirs.shape == ours.shape and torch.equal(theirs.to(ours.device, ours.dtype), ours)
+
+
 class Trainer:
     def __init__(self, target: torch.Tensor, config: TrainConfig, device: str | torch.device = "cpu",
                  resume: ModelFile | None = None, name: str | None = None,
-                 target_size: int | None = None, padding: int | None = None, speed: Speed | None = None):
+                 target_size: int | None = None, padding: int | None = None, speed: Speed | None = None,
+                 init: ModelFile | None = None, start_from: str | None = None):
         """`speed`: the device's measured speed, for the first plan of a time budget (`config.minutes`);
-        without it the first plan is a guess, re-planned after FIRST_REPLAN_ITERATIONS iterations."""
-        self.config, self.device, self.name = config, torch.device(device), name
+        without it the first plan is a guess, re-planned after FIRST_REPLAN_ITERATIONS iterations.
+        `init`: weights to start from instead of random ones (continue, fork), with its optimizer state only
+        when it trained on this same target; `start_from` names it in the model file (lineage)."""
+        self.config, self.device, self.name, self.start_from = config, torch.device(device), name, start_from
         self.target_size, self.padding = target_size, padding  # recorded in the model file
         self.target = target.to(self.device, torch.float32)  # (4, H, W)
         _, self.height, self.width = self.target.shape
@@ -174,6 +195,10 @@ class Trainer:
         if resume is not None:
             self.model = resume.model.to(self.device)
             self.iteration = resume.info.iterations
+        elif init is not None:
+            self.model = NCA(config.channels, config.hidden, config.fire_rate).to(self.device)
+            self.model.load_state_dict(init.model.state_dict())
+            self.iteration = 0
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
@@ -186,6 +211,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr_at(self.iteration))
         if resume is not None and resume.optimizer_state:
             self._load_optimizer_state(resume.optimizer_state)
+        elif init is not None and init.optimizer_state and same_target(init.target, self.target):
+            self._load_optimizer_state(init.optimizer_state)  # continue: Adam's moments as they were
         # A resumed run draws fresh random numbers, so that it does not repeat its first part.
         self.generator = torch.Generator(self.device).manual_seed(config.seed + self.iteration)
         self.seed_state = make_seed(self.height, self.width, config.channels, device=self.device)[0]
@@ -241,7 +268,8 @@ class Trainer:
         idx, x = idx[order], x[order]
         x[0] = self.seed_state  # the worst sample goes back to the seed
         if cfg.damage_count:
-            keep = damage_circles(cfg.damage_count, self.height, self.width, self.generator, self.device)
+            shape = damage_strokes if cfg.damage == "strokes" else damage_circles
+            keep = shape(cfg.damage_count, self.height, self.width, self.generator, self.device)
             x[-cfg.damage_count:] *= keep  # the best samples are damaged
         return x, idx
 
@@ -337,7 +365,8 @@ class Trainer:
             experiment=cfg.experiment, iterations=self.iteration, total_iterations=self.total,
             final_loss=None if math.isnan(self.last_loss) else self.last_loss, name=self.name,
             extra={"train_config": asdict(cfg), "trained_seconds": round(self.trained_seconds, 3),
-                   **({"plan": self.plan.as_dict()} if self.plan is not None else {})},
+                   **({"plan": self.plan.as_dict()} if self.plan is not None else {}),
+                   **({"start_from": self.start_from} if self.start_from else {})},
         )
         return ModelFile(self.model, info, self.target, self._optimizer_state())
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from backend.nca.modelfile import ModelFileError, ModelInfo, read_metadata
+from backend.nca.modelfile import ModelFile, ModelFileError, ModelInfo, from_bytes, read_metadata
 
 from .jobs import CHECKPOINT_CHANNEL, Checkpoint, Job, JobStore, is_job_id
 
@@ -141,6 +141,15 @@ class ModelCatalog:
         if data is None:
             raise ModelNotFound(model_id)
         return data
+
+    def start_model(self, model_id: str) -> ModelFile:
+        """The model a job starts from (its `start_from`: continue, fork), read whole: the one place the API
+        (to check it) and the worker (to train from it) load it. ModelNotFound, CheckpointNotFound, BadReference;
+        a file that does not read is ModelNotFound too (nothing to start from)."""
+        try:
+            return from_bytes(self.get_model_bytes(model_id))
+        except ModelFileError:
+            raise ModelNotFound(model_id) from None
 
     def get_model_version(self, model_id: str) -> int:
         """Of a reference `<job id>@<iteration>`: the job's version when that checkpoint was written (fixed)."""

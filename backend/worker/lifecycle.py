@@ -15,6 +15,7 @@ import torch
 from celery import Celery, signals
 
 from backend.nca.train import calibrate
+from backend.worker.cpus import usable_cores
 
 from .tasks import TrainingWorker, recover_orphans
 
@@ -65,8 +66,7 @@ def connect_signals(celery: Celery, worker: TrainingWorker) -> None:
     def ready(sender: object = None, **_: object) -> None:
         if getattr(sender, "app", None) is not celery:
             return
-        if worker.settings.torch_threads:
-            torch.set_num_threads(worker.settings.torch_threads)
+        torch.set_num_threads(worker.settings.torch_threads or usable_cores())  # not the machine's: ours
         try:  # about a second: what this device does, for the API's estimates and the first plan of a budget
             worker.speed = calibrate(worker.device)
         except Exception:  # a device that cannot train fails its jobs with the reason; the guess stays

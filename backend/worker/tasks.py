@@ -25,12 +25,14 @@ from celery import Celery
 from backend.config import Settings
 from backend.nca import Trainer, TrainingFailed
 from backend.nca.budget import GUESSED_SPEED, Speed
+from backend.nca.jobspec import SpecError
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress, TrainResult
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, JobStatus, JobStore
 from backend.storage.shared import Storage
+from backend.worker.cpus import pick_threads
 from backend.worker.losses import LossHistory
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,8 @@ class TrainingWorker:
             log.info("job %s: skipped (%s)", job_id, outcome)
             return {"job_id": job_id, "skipped": outcome}
         self.current_job = job_id
+        if self.device.type == "cpu":  # the cores free now (backend/worker/cpus.py): contention costs up to 7x
+            torch.set_num_threads(pick_threads(self.settings.torch_threads))
         try:
             with Lease(store, job_id, token, lease_seconds) as lease:
                 try:
@@ -110,7 +114,7 @@ class TrainingWorker:
                     store.finish(job_id, token, "failed", f"this worker cannot read the job's options: {exc}")
                     return {"job_id": job_id, "status": "failed"}
                 run = JobRun(store, job, token, self.device, self.settings, lease, stopping=self.stopping,
-                             worker_id=self.id, speed=self.speed)
+                             worker_id=self.id, speed=self.speed, start_model=self.storage.catalog.start_model)
                 status = run.run()
                 self.speed = run.speed  # refined by what the run measured
         finally:
@@ -173,9 +177,11 @@ class JobRun:
 
     def __init__(self, store: JobStore, job: Job, token: str, device: torch.device, settings: Settings,
                  lease: Lease, stopping: threading.Event | None = None, worker_id: str = "this worker",
-                 speed: Speed = GUESSED_SPEED):
+                 speed: Speed = GUESSED_SPEED, start_model: Callable[[str], ModelFile] | None = None):
+        """`start_model` reads the model a job's `start_from` names (ModelCatalog.start_model)."""
         self.store, self.job, self.token, self.device, self.settings, self.lease = \
             store, job, token, device, settings, lease
+        self.start_model = start_model
         self.stopping, self.worker_id, self.speed = stopping or threading.Event(), worker_id, speed
         self.history = LossHistory(job.loss_history, job.loss_every)
         self.last_write = 0.0
@@ -214,9 +220,26 @@ class JobRun:
             resumed_from = [*resumed_from, start]
             log.info("job %s: resuming from the checkpoint at iteration %d %s", job.id, start,
                      INTERRUPTIONS.get(job.interrupted_by, ""))
-        trainer = spec.trainer(self.store.target(job.id), self.device, resume, self.speed)
+        init = self.initial_model() if resume is None else None
+        try:
+            trainer = spec.trainer(self.store.target(job.id), self.device, resume, self.speed, init=init)
+        except SpecError as exc:  # its start model was replaced by one of another shape since it was queued
+            raise TrainingFailed(str(exc)) from None
         self.write(trainer.progress(), resumed_from)
+        if init is not None:  # the start, as the job's first checkpoint: the lineage's link, and what it resumes from
+            self.store_checkpoint(trainer.export())
         return trainer
+
+    def initial_model(self) -> ModelFile | None:
+        """The weights `start_from` names (continue, fork); TrainingFailed when they are gone since the upload."""
+        name = self.job.spec.start_from
+        if name is None or self.start_model is None:
+            return None
+        try:
+            return self.start_model(name)
+        except (KeyError, ValueError) as exc:  # ModelNotFound, CheckpointNotFound; BadReference
+            raise TrainingFailed(f"the model to start from, {name!r}, is no longer there ({exc}); "
+                                 "start again from another") from None
 
     def conclude(self, trainer: Trainer, result: TrainResult) -> str:
         """After training stopped: the last checkpoint, then succeeded, cancelled or back to the queue."""

@@ -197,7 +197,10 @@ function createCard(job, { onWatch, onCancel, onDeleted, onChanged }) {
         <button type="button" data-action="room">Open a room</button>
         <button type="button" data-action="cancel">Cancel</button>
         <a data-action="download" class="button" download>Download model</a>
+        <a data-action="continue" class="button">Continue training</a>
+        <a data-action="fork" class="button">Train a new picture from this</a>
       </div>
+      <p class="job-lineage hint" hidden></p>
       <div class="job-confirm" role="group" aria-label="Confirm cancelling" hidden>
         <p></p>
         <button type="button" class="danger" data-action="confirm-cancel">Stop training</button>
@@ -315,6 +318,17 @@ function updateCard(card) {
   card.takeaway.setModel(hasModel ? job.id : null, { experiment: job.options?.experiment, version: job.model_version });
   li.querySelector('[data-action="room"]').hidden = !hasModel;
   updateOwnerActions(li.querySelector('.job-owner'), job);
+  // Continue (same target, from the latest checkpoint) or fork (a new image): start_from is this model.
+  const cont = li.querySelector('[data-action="continue"]');
+  cont.hidden = !hasModel || active;
+  cont.href = `#continue/${encodeURIComponent(job.id)}`;
+  const fork = li.querySelector('[data-action="fork"]');
+  fork.hidden = !hasModel;
+  fork.href = `#train/${encodeURIComponent(job.id)}`;
+  const lineage = li.querySelector('.job-lineage');
+  const from = job.options?.start_from;
+  lineage.textContent = from ? `Started from ${from}` : '';
+  lineage.hidden = !from;
   drawChart(li, job);
 }
 

@@ -1,7 +1,7 @@
 // Entry point: read the server's config, wire the three views, and switch between them by URL
 // hash (#train, #jobs, #watch, #watch/<model id>).
 
-import { getConfig } from './api.js';
+import { createJob, getConfig } from './api.js';
 import { initJobs } from './jobs.js';
 import { initOwnerPanel } from './owner.js';
 import { initRoomButton } from './rooms.js';
@@ -9,6 +9,8 @@ import { initUpload } from './upload.js';
 import { initWatch } from './watch.js';
 
 const VIEWS = ['train', 'jobs', 'watch'];
+// #train/<model> opens the Train form starting from that model (a new picture from it); #continue/<model>
+// queues a job that continues it on its own target, then shows the Jobs view.
 
 async function main() {
   let config;
@@ -31,6 +33,10 @@ async function main() {
   let current = null;
   function route() {
     const [name, arg] = location.hash.replace(/^#/, '').split('/');
+    if (name === 'continue' && arg) {
+      continueJob(decodeURIComponent(arg), jobs);
+      return;
+    }
     const view = VIEWS.includes(name) ? name : 'train';
     for (const v of VIEWS) document.getElementById(`view-${v}`).hidden = v !== view;
     for (const link of document.querySelectorAll('[data-view-link]')) {
@@ -41,12 +47,25 @@ async function main() {
     if (view === 'watch') watch.show(arg ? decodeURIComponent(arg) : null);
     if (view === 'jobs' && current !== 'jobs') jobs.refresh();
     if (view === 'train' && current !== null && current !== 'train') upload.show(); // the queue has moved on
+    if (view === 'train') upload.startFrom(arg ? decodeURIComponent(arg) : null);
     if (current !== null && current !== view) document.getElementById(`${view}-title`).focus({ preventScroll: true });
     current = view;
   }
   window.addEventListener('hashchange', route);
   route();
   document.body.dataset.ready = 'true'; // lets tests (and people) know the page is wired up
+}
+
+/** Queue a job that continues `ref` on its own target (start_from, no image), then show it among the jobs. */
+async function continueJob(ref, jobs) {
+  const form = new FormData();
+  form.append('start_from', ref);
+  try {
+    jobs.add(await createJob(form));
+  } catch (error) {
+    showPageError(`Could not continue ${ref}: ${error.message}`);
+  }
+  location.hash = '#jobs';
 }
 
 function showPageError(message) {

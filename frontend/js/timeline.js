@@ -29,7 +29,9 @@ export function initTimeline(field, onPick) {
     <label for="timeline">Training history <output id="timeline-value" for="timeline"></output></label>
     <input id="timeline" type="range" min="0" max="0" step="1" value="0">
     <div class="timeline-ends hint"><span data-end="first"></span><span data-end="latest"></span></div>
-    <p id="timeline-info" class="hint" aria-live="polite"></p>`;
+    <p id="timeline-info" class="hint" aria-live="polite"></p>
+    <p class="timeline-actions"><a id="timeline-fork" class="button" href="#train">Train a new picture from this</a>
+      <a id="timeline-continue" class="button" href="#jobs">Continue training from here</a></p>`;
   field.after(box);
   const slider = box.querySelector('input');
   const value = box.querySelector('output');
@@ -64,6 +66,11 @@ export function initTimeline(field, onPick) {
     info.textContent = atLatest()
       ? `${what}: the latest checkpoint${isTraining(status) ? ', live: each new one is swapped in' : ''}.`
       : `${what}: a snapshot of the training at that point.`;
+    const ref = atLatest() ? jobId : checkpoint.model; // what a new job starts from (start_from)
+    box.querySelector('#timeline-fork').href = `#train/${encodeURIComponent(ref)}`;
+    const again = box.querySelector('#timeline-continue');
+    again.hidden = isTraining(status);
+    again.href = `#continue/${encodeURIComponent(ref)}`;
   }
 
   async function load() {

@@ -205,7 +205,16 @@ export function initUpload(config, onCreated) {
       submit.disabled = false;
     }
   });
-  return { show: budget.refresh };
+  /** #train/<model>: the next job starts from that model (start_from, shown open in Advanced); null: unchanged. */
+  function startFrom(ref) {
+    const field = form.elements.start_from;
+    if (!ref || !field) return;
+    field.value = ref;
+    field.closest('details')?.setAttribute('open', '');
+    statusLine.textContent = `The next job starts from ${ref}: choose its picture.`;
+  }
+
+  return { show: budget.refresh, startFrom };
 }
 
 function renderExperiments(experiments) {

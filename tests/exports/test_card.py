@@ -116,3 +116,25 @@ def test_persistence_and_regrowth_scores():
     assert evaluate.recovered(0.9, 0.9, 0.9) == pytest.approx(1.0)
     assert evaluate.recovered(0.9 - evaluate.MIN_HARM, 0.9, 0.9) == pytest.approx(0.0)
     assert evaluate.recovered(-5.0, 0.9, 0.91) == -1.0
+
+
+def test_the_damage_battery_on_a_shipped_model_and_on_random_weights():
+    """Swipes, half cut away, hidden noise and 5,000 steps: a shipped regenerating model survives losing
+    half of itself, noise and the long run; random weights survive nothing. The summary prints each."""
+    card = model_card(modelfile.load(REPO_ROOT / "models" / "heart.safetensors"), quantization=False)
+    battery = card["battery"]
+    assert set(battery) == {"swipes", "half", "hidden_noise", "steps_5000"}
+    for name in ("half", "hidden_noise"):
+        assert battery[name]["survives"] and 0 < battery[name]["regrown_steps"] <= 500
+        assert battery[name]["psnr"] > card["checks"]["growth"]["psnr"] - 6
+        assert battery[name]["kept"] >= evaluate.THRESHOLDS.regrow_kept
+    assert battery["swipes"]["psnr_damaged"] < card["checks"]["growth"]["psnr"] - 5  # the swipes hurt
+    assert battery["steps_5000"]["survives"]
+    assert card["model"]["start_from"] is None
+    text = summary(card)
+    assert "five swipes" in text and "half cut away" in text and "5000 steps" in text
+
+    bad = model_card(random_model(), quantization=False)
+    assert bad["verdict"] == "fails"
+    assert not any(result["survives"] for result in bad["battery"].values())
+    assert "DOES NOT SURVIVE" in summary(bad)

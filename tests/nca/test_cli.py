@@ -165,3 +165,27 @@ def test_train_refuses_a_budget_and_iterations_together(disc_image, tmp_path):
                  "--iterations", "10")
     assert result.returncode == 2 and "error (--iterations): send minutes or iterations, not both" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_train_init_starts_from_a_model_and_refuses_another_shape(disc_image, tmp_path):
+    """--init MODEL: the run starts from its weights (a tiny learning rate keeps them), the file says so."""
+    image, out = tmp_path / "disc.png", tmp_path / "forked.safetensors"
+    disc_image.save(image)
+    common = ["train", str(image), "--out", str(out), "--size", "10", "--padding", "3", "--iterations", "1",
+              "--batch-size", "2", "--pool-size", "8", "--min-steps", "8", "--max-steps", "10", "--lr", "1e-9",
+              "--experiment", "persistent"]
+    result = nca(*common, "--init", "example-heart")
+    assert result.returncode == 0, result.stderr
+    forked, source = modelfile.load(out), modelfile.load(REPO_ROOT / "models" / "heart.safetensors")
+    assert forked.info.extra["start_from"] == "example-heart"
+    for key, value in source.model.state_dict().items():
+        torch.testing.assert_close(forked.model.state_dict()[key], value, atol=1e-6, rtol=0)
+    assert forked.model.hidden_to_update.weight.abs().max() > 1e-3  # not a fresh rule (its last layer is zero)
+
+    narrow = tmp_path / "narrow.safetensors"
+    modelfile.save(modelfile.ModelFile(modelfile.NCA(hidden=32), modelfile.ModelInfo(hidden=32)), narrow)
+    result = nca(*common, "--init", str(narrow))
+    assert result.returncode == 2
+    assert "(--start-from)" in result.stderr and "hidden 32 (this job: 128)" in result.stderr
+    result = nca(*common, "--init", str(tmp_path / "missing.safetensors"))
+    assert result.returncode == 2 and "no model file" in result.stderr

@@ -142,3 +142,19 @@ def test_the_option_schema_serves_the_form_its_fields() -> None:
     patience = schema["early_stop_patience"]
     assert (patience["kind"], patience["default"], patience["min"], patience["nullable"]) == ("integer", None, 1, True)
     assert schema["background"]["choices"] == ["auto", "cutout", "key", "keep"] and schema["lr"]["above"] == 0
+
+
+def test_the_paper_preset_is_the_papers_recipe_bit_for_bit() -> None:
+    """The authors' numbers, written out: a new option (start_from, damage shapes, budgets) must not move them."""
+    from dataclasses import asdict
+
+    from backend.nca.train import PRESETS
+
+    spec = JobSpec.from_options({**PRESETS["paper"]})
+    assert spec.start_from is None
+    assert asdict(spec.train) == {
+        "experiment": "regenerating", "iterations": 8000, "batch_size": 8, "pool_size": 1024, "min_steps": 64,
+        "max_steps": 96, "lr": 2e-3, "lr_decay_at": 2000, "lr_decay": 0.1, "use_pool": True, "damage_count": 3,
+        "channels": 16, "hidden": 128, "fire_rate": 0.5, "seed": 0, "checkpoint_every": 100, "minutes": None,
+        "early_stop_patience": None, "damage": "circle", "fast": True}
+    assert (spec.target.size, spec.target.padding) == (40, 16)

@@ -193,3 +193,24 @@ def test_early_stop_finishes_when_the_loss_stops_improving_and_says_why(small_ta
     learning = Trainer(small_target, quick(iterations=12, early_stop_patience=5))
     assert learning.run().iteration == 12  # a learning run goes on (early stop is also off by default)
     assert TrainConfig().early_stop_patience is None
+
+
+def test_init_starts_from_its_weights_and_keeps_adam_only_on_the_same_target(small_target):
+    """Continue (the model file trained on this target): weights and Adam's moments; fork (another target):
+    the weights alone. Either way the count starts at 0 and the file names where it started."""
+    source = Trainer(small_target, quick(iterations=3))
+    source.run()
+    first = source.export()
+    cont = Trainer(small_target, quick(), init=first, start_from="abc")
+    assert cont.iteration == 0
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(cont.model.state_dict()[key], value)
+    assert cont._optimizer_state().keys() == first.optimizer_state.keys()
+    assert all(torch.equal(cont._optimizer_state()[k], v) for k, v in first.optimizer_state.items())
+    other = small_target.flip(-1).roll(3, -1)
+    fork = Trainer(other, quick(), init=first, start_from="abc@3")
+    assert fork._optimizer_state() == {}  # a new picture: a fresh optimizer
+    assert torch.equal(fork.model.hidden_to_update.weight, first.model.hidden_to_update.weight)
+    fork.run()
+    assert fork.export().info.extra["start_from"] == "abc@3"
+    assert fork.iteration == 20

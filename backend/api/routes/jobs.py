@@ -19,7 +19,7 @@ from ..identity import CallerDep, OwnerDep, managed_job, visible_job
 from ..renders import model_digest
 from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobAccess, JobList, JobOut
 from ..security import QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES, job_slot
-from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, job_spec, read_upload, submit
+from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, StartNotFound, job_spec, read_upload, submit
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 413, 422, 503)}
@@ -52,11 +52,15 @@ def out(storage: Storage, jobs: list[Job], who: Caller) -> list[JobOut]:
 async def create_job(request: Request, response: Response, settings: SettingsDep, storage: StorageDep,
                      who: OwnerDep) -> JobOut:
     """Multipart: `image` plus JobOptions as form fields or as a JSON `options` field. Answers 202 and a Location.
-    Without an owner (cookie or X-Owner-Token) the request gets a new one: the cookie, and `owner_token`."""
+    Without an owner (cookie or X-Owner-Token) the request gets a new one: the cookie, and `owner_token`.
+    Without an image, `start_from` continues that model on its own target."""
     async with job_slot(request, storage, who.owner) as slot:  # 429 over a quota, before the body is read
-        upload = await read_upload(request, settings.max_upload_bytes)
-        spec = job_spec(upload, settings)
-        job = await run_in_threadpool(submit, storage, settings, upload, spec, who.owner)
+        upload = await read_upload(request, settings.max_upload_bytes, allow_no_image=True)
+        spec = await run_in_threadpool(job_spec, upload, settings, storage)
+        try:
+            job = await run_in_threadpool(submit, storage, settings, upload, spec, who)
+        except StartNotFound as exc:
+            raise HTTPException(404, str(exc)) from None
         slot.job_id = job.id
     response.headers["Location"] = f"/api/jobs/{job.id}"
     (answer,) = await run_in_threadpool(out, storage, [job], who)

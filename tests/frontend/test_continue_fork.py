@@ -1,0 +1,43 @@
+"""Continue and fork from the page, with the stack's real worker: a finished job's card offers "Continue
+training" (a new job on the same target, from its weights) and "Train a new picture from this" (the Train
+form, starting from it); the new job's card says where it started."""
+
+from __future__ import annotations
+
+from playwright.sync_api import expect
+
+from tests.conftest import TINY_TRAINING, png_image, wait_for
+from tests.frontend.pages import open_app, screenshot
+
+
+def test_continue_and_fork_from_a_job_card(page, stack):
+    fields = {k: str(v) for k, v in {**TINY_TRAINING, "iterations": 40, "name": "source"}.items()}
+    response = stack.http.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10,
+                          files={"image": ("square.png", png_image(), "image/png")})
+    assert response.status_code == 202, response.text
+    source = response.json()["id"]
+    wait_for(lambda: stack.http.get(f"{stack.api_url}/api/jobs/{source}", timeout=10).json()["status"] == "succeeded",
+             timeout=120, what="the source job")
+    open_app(page, "jobs")
+    card = page.locator(f'li.job[data-job-id="{source}"]')
+    expect(card.locator('[data-action="continue"]')).to_be_visible()
+    expect(card.locator('[data-action="fork"]')).to_be_visible()
+    expect(card.locator(".job-lineage")).to_be_hidden()
+
+    card.locator('[data-action="fork"]').click()
+    expect(page.locator("#view-train")).to_be_visible()
+    expect(page.locator("#option-start-from")).to_have_value(source)
+    expect(page.locator("#upload-status")).to_contain_text(f"starts from {source}")
+    screenshot(page, "train-fork-from-job")
+
+    open_app(page, "jobs")
+    before = {job["id"] for job in stack.http.get(f"{stack.api_url}/api/jobs", timeout=10).json()["items"]}
+    page.locator(f'li.job[data-job-id="{source}"] [data-action="continue"]').click()
+    expect(page).to_have_url(f"{stack.api_url}/#jobs")
+    new = wait_for(lambda: ({job["id"] for job in stack.http.get(f"{stack.api_url}/api/jobs", timeout=10)
+                             .json()["items"]} - before) or None, timeout=20, what="the continued job")
+    (job_id,) = new
+    record = stack.http.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()
+    assert record["options"]["start_from"] == source
+    expect(page.locator(f'li.job[data-job-id="{job_id}"] .job-lineage')).to_have_text(f"Started from {source}")
+    screenshot(page, "jobs-continued")
