@@ -24,6 +24,10 @@ def test_continue_and_fork_from_a_job_card(page, stack):
     expect(card.locator('[data-action="continue"]')).to_be_visible()
     expect(card.locator('[data-action="fork"]')).to_be_visible()
     expect(card.locator(".job-lineage")).to_be_hidden()
+    battery = card.locator(".model-card .battery")  # the card's damage battery, in one line
+    expect(battery).to_contain_text("5,000 steps", timeout=60_000)
+    expect(battery).to_contain_text("five eraser swipes")
+    screenshot(page, "jobs-card-battery")
 
     card.locator('[data-action="fork"]').click()
     expect(page.locator("#view-train")).to_be_visible()
