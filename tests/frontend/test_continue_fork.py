@@ -35,6 +35,11 @@ def test_continue_and_fork_from_a_job_card(page, stack):
     expect(page.locator("#upload-status")).to_contain_text(f"starts from {source}")
     screenshot(page, "train-fork-from-job")
 
+    open_app(page, f"watch/{source}@20")  # the Watch view's training history offers both for the checkpoint shown
+    expect(page.locator("#timeline-fork")).to_have_attribute("href", f"#train/{source}%4020")
+    expect(page.locator("#timeline-continue")).to_have_attribute("href", f"#continue/{source}%4020")
+    screenshot(page, "watch-timeline-fork")
+
     open_app(page, "jobs")
     before = {job["id"] for job in httpx.get(f"{stack.api_url}/api/jobs", timeout=10).json()["items"]}
     page.locator(f'li.job[data-job-id="{source}"] [data-action="continue"]').click()
