@@ -67,6 +67,8 @@ async def read_upload(request: Request, max_image_bytes: int, allow_no_image: bo
         if not isinstance(image, UploadFile):
             if allow_no_image and raw.get("start_from"):  # continue training: the source's own target
                 return Upload(b"", "", raw)
+            if form_only:  # a plain form that continues nothing: as any other type, not an upload
+                raise HTTPException(415, "send multipart/form-data with the image in a file field named 'image'")
             raise HTTPException(422, "missing the image: send it as a file field named 'image'")
         data = await image.read(max_image_bytes + 1)
         filename = image.filename or "image"
