@@ -46,6 +46,23 @@ export function verdictText(card) {
 }
 
 /** What to do about a missed goal, in one line; '' when the goal is met. */
+const BATTERY = [['swipes', 'five eraser swipes'], ['half', 'half cut away'], ['hidden_noise', 'noise inside'],
+  ['steps_5000', '5,000 steps']];
+
+/** The damage battery in one line: what the model survives and what it does not (card.battery). */
+export function batteryText(card) {
+  const results = BATTERY.filter(([name]) => card.battery?.[name]);
+  if (!results.length) return '';
+  const word = ([name, label]) => {
+    const r = card.battery[name];
+    return r.regrown_steps ? `${label} (regrown in ${r.regrown_steps} steps)` : label;
+  };
+  const yes = results.filter(([name]) => card.battery[name].survives).map(word);
+  const no = results.filter(([name]) => !card.battery[name].survives).map(([, label]) => label);
+  return [yes.length && `Survives ${yes.join(', ')}.`, no.length && `Does not survive ${no.join(', ')}.`]
+    .filter(Boolean).join(' ') + (card.model?.start_from ? ` Started from ${card.model.start_from}.` : '');
+}
+
 export function suggestionText(card) {
   if (card.meets_goal) return '';
   const { does = {} } = card;
@@ -67,12 +84,14 @@ export function createCardView(box) {
   box.innerHTML = `
     <p class="verdict" role="status" aria-live="polite"></p>
     <p class="suggestion" hidden></p>
+    <p class="battery hint" hidden></p>
     <details class="card-pictures" hidden>
       <summary>Its pictures: growth, long runs, cuts, rotation</summary>
       <div class="card-gallery"></div>
     </details>`;
   const verdict = box.querySelector('.verdict');
   const suggestion = box.querySelector('.suggestion');
+  const battery = box.querySelector('.battery');
   const pictures = box.querySelector('.card-pictures');
   const gallery = box.querySelector('.card-gallery');
   const requests = latestWins();
@@ -93,6 +112,7 @@ export function createCardView(box) {
     verdict.textContent = text;
     delete verdict.dataset.meets;
     suggestion.hidden = true;
+    battery.hidden = true;
     pictures.hidden = true;
     pictures.open = false;
     gallery.replaceChildren();
@@ -128,6 +148,8 @@ export function createCardView(box) {
     verdict.dataset.meets = String(Boolean(card.meets_goal));
     suggestion.textContent = suggestionText(card);
     suggestion.hidden = !suggestion.textContent;
+    battery.textContent = batteryText(card);
+    battery.hidden = !battery.textContent;
     pictures.hidden = false;
   }
 

@@ -28,10 +28,12 @@ export function initTimeline(field, onPick) {
   box.innerHTML = `
     <label for="timeline">Training history <output id="timeline-value" for="timeline"></output></label>
     <input id="timeline" type="range" min="0" max="0" step="1" value="0">
-    <div class="timeline-ends hint"><span data-end="first"></span><span data-end="latest"></span></div>
-    <p id="timeline-info" class="hint" aria-live="polite"></p>
-    <p class="timeline-actions"><a id="timeline-fork" class="button" href="#train">Train a new picture from this</a>
-      <a id="timeline-continue" class="button" href="#jobs">Continue training from here</a></p>`;
+    <div class="timeline-ends hint"><span data-end="first"></span>
+      <span class="timeline-actions"><a id="timeline-fork" href="#train" title="Train a new picture from this
+        checkpoint">new picture</a><span> · <a id="timeline-continue" href="#jobs"
+        title="Continue training from this checkpoint">continue</a></span></span>
+      <span data-end="latest"></span></div>
+    <p id="timeline-info" class="hint" aria-live="polite"></p>`;
   field.after(box);
   const slider = box.querySelector('input');
   const value = box.querySelector('output');
@@ -69,7 +71,7 @@ export function initTimeline(field, onPick) {
     const ref = atLatest() ? jobId : checkpoint.model; // what a new job starts from (start_from)
     box.querySelector('#timeline-fork').href = `#train/${encodeURIComponent(ref)}`;
     const again = box.querySelector('#timeline-continue');
-    again.hidden = isTraining(status);
+    again.parentElement.hidden = isTraining(status);
     again.href = `#continue/${encodeURIComponent(ref)}`;
   }
 

@@ -23,12 +23,21 @@ def test_continue_and_fork_from_a_job_card(page, stack):
     expect(card.locator('[data-action="continue"]')).to_be_visible()
     expect(card.locator('[data-action="fork"]')).to_be_visible()
     expect(card.locator(".job-lineage")).to_be_hidden()
+    battery = card.locator(".model-card .battery")  # the card's damage battery, in one line
+    expect(battery).to_contain_text("5,000 steps", timeout=60_000)
+    expect(battery).to_contain_text("five eraser swipes")
+    screenshot(page, "jobs-card-battery")
 
     card.locator('[data-action="fork"]').click()
     expect(page.locator("#view-train")).to_be_visible()
     expect(page.locator("#option-start-from")).to_have_value(source)
     expect(page.locator("#upload-status")).to_contain_text(f"starts from {source}")
     screenshot(page, "train-fork-from-job")
+
+    open_app(page, f"watch/{source}@20")  # the Watch view's training history offers both for the checkpoint shown
+    expect(page.locator("#timeline-fork")).to_have_attribute("href", f"#train/{source}%4020")
+    expect(page.locator("#timeline-continue")).to_have_attribute("href", f"#continue/{source}%4020")
+    screenshot(page, "watch-timeline-fork")
 
     open_app(page, "jobs")
     before = {job["id"] for job in stack.http.get(f"{stack.api_url}/api/jobs", timeout=10).json()["items"]}
