@@ -128,7 +128,8 @@ def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec) 
     """Process the image (TargetError: 422), store the job and send its message. Blocking: run it in a thread."""
     processed = process_upload(upload, spec, settings)
     job_id = new_job_id()
-    stored_upload = upload.image if len(upload.image) <= settings.max_stored_upload_bytes else None
+    keep = settings.keep_upload and len(upload.image) <= settings.max_stored_upload_bytes
+    stored_upload = upload.image if keep else None  # nothing reads it back: kept only when asked (keep_upload)
     job = storage.jobs.create(job_id, spec, processed.target, stored_upload, processed.warning)
     try:
         storage.queue.send(job_id)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from backend.config import Settings
+
 __all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "ArtifactUnavailable",
-           "DirArtifacts", "S3Artifacts", "artifact_store", "sha256"]
+           "DirArtifacts", "S3Artifacts", "artifact_store", "artifacts_from_settings", "sha256"]
 
 
 class ArtifactError(Exception):
@@ -79,8 +81,8 @@ class ArtifactStore(Protocol):
         """Remove every object of a job (DELETE of a job, the orphan sweep); how many were removed."""
         ...
 
-    def job_ids(self) -> Iterator[str]:
-        """The jobs that have at least one object (for the orphan sweep)."""
+    def objects(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """(key, last modified as unix seconds) of every object whose key starts with `prefix` (the sweep)."""
         ...
 
     def ping(self) -> None:
@@ -139,10 +141,14 @@ class DirArtifacts:
         shutil.rmtree(folder, ignore_errors=True)
         return count
 
-    def job_ids(self) -> Iterator[str]:
-        for entry in self.root.iterdir():
-            if entry.is_dir():
-                yield entry.name
+    def objects(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for path in self.root.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and not path.name.startswith(".tmp-") and key.startswith(prefix):
+                try:
+                    yield key, path.stat().st_mtime
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
 
     def ping(self) -> None:
         if not (self.root.is_dir() and os.access(self.root, os.W_OK)):
@@ -209,24 +215,25 @@ class S3Artifacts:
         except (self._client_error, self._boto_error) as exc:
             raise self._unavailable(key, exc) from exc
 
-    def _keys(self, prefix: str) -> Iterator[str]:
-        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                yield item["Key"]
+    def _keys(self, prefix: str) -> Iterator[tuple[str, float]]:
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], item["LastModified"].timestamp()
+        except (self._client_error, self._boto_error) as exc:
+            raise self._unavailable(prefix, exc) from exc
 
     def delete_job(self, job_id: str) -> int:
         _check_key(job_id)
-        names = list(self._keys(f"{self.prefix}{job_id}/"))
+        names = [name for name, _ in self._keys(f"{self.prefix}{job_id}/")]
         for start in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
             chunk = [{"Key": name} for name in names[start:start + 1000]]
             self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
         return len(names)
 
-    def job_ids(self) -> Iterator[str]:
-        paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix, Delimiter="/"):
-            for common in page.get("CommonPrefixes", []):
-                yield common["Prefix"][len(self.prefix):].rstrip("/")
+    def objects(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        for name, modified in self._keys(self.prefix + prefix):
+            yield name[len(self.prefix):], modified
 
     def ping(self) -> None:
         try:
@@ -246,3 +253,11 @@ def artifact_store(location: str, *, endpoint_url: str | None = None, access_key
         return S3Artifacts(parsed.netloc, parsed.path, endpoint_url=endpoint_url, access_key=access_key,
                            secret_key=secret_key, region=region, create_bucket=create_bucket)
     return DirArtifacts(location)
+
+
+def artifacts_from_settings(settings: Settings) -> ArtifactStore:
+    """The store the settings name (NCA_ARTIFACTS and NCA_S3_*): every service builds it so."""
+    location = settings.artifacts or str(settings.data_dir / "artifacts")
+    return artifact_store(location, endpoint_url=settings.s3_endpoint_url, access_key=settings.s3_access_key_id,
+                          secret_key=settings.s3_secret_access_key, region=settings.s3_region,
+                          create_bucket=settings.s3_create_bucket)

@@ -1,7 +1,11 @@
-"""Training jobs in Redis: the record, the processed target, the latest checkpoint, the lease.
+"""Training jobs: the record, indexes and the lease in Redis; the files in the artifact store.
 
 Every host (API, workers, stream) reads and writes jobs here only, so nothing needs a shared
 filesystem. Where each part lives is the key table of backend.storage.keys (docs/api.md, "Storage").
+The processed target, the latest checkpoint and the history's weights are objects of the artifact store
+(backend.storage.artifacts, `<job id>/...`): each is written first, then the record points at it with its
+SHA-256 (verified on read). Jobs stored by an earlier version (blobs in Redis) are read through and
+moved by `migrate` (run at start).
 The record is one hash; its fields are `Job`'s, declared once there: `RecordCodec` reads the field
 types to encode and decode them (lists and dicts as JSON, None as '', flags as '1'), beside the
 bookkeeping fields the scripts use (`BOOKKEEPING_FIELDS`).
@@ -32,11 +36,12 @@ import redis
 import torch
 from pydantic import AliasChoices, BaseModel, Field, PlainSerializer, PlainValidator, PrivateAttr, WithJsonSchema
 
-from backend.config import CHECKPOINT_HISTORY
+from backend.config import CHECKPOINT_HISTORY, Settings
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
 from backend.nca.train import Progress
 
 from . import keys
+from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings
 from .connection import text
 from .job_scripts import SCRIPTS
 from .keys import job_key
@@ -55,7 +60,9 @@ ACTIVE_KEY = keys.JOBS_ACTIVE.pattern
 CHECKPOINT_CHANNEL = keys.CHECKPOINTS_CHANNEL.pattern
 # Hash fields that are bookkeeping, not part of the record: the spec's version, the loss history's
 # stride, and the claim (lease token and length) that lets an owner take back a lease that expired.
-BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms")
+# The artifact pointers (key and SHA-256 of the target, the upload, the latest model file) are bookkeeping too.
+BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms", "target_sha256", "upload_sha256",
+                      "model_key", "model_sha256")
 
 
 def new_job_id() -> str:
@@ -216,11 +223,14 @@ class LossPoints(Protocol):
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY):
-        """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2."""
+    def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY,
+                 artifacts: ArtifactStore | None = None):
+        """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2.
+        `artifacts`: where the files go; default: the one the environment's settings name (NCA_ARTIFACTS)."""
         if history_cap < 2:
             raise ValueError("the checkpoint history keeps at least 2 checkpoints (the first and the latest)")
         self._client, self.history_cap = client, history_cap
+        self.artifacts = artifacts if artifacts is not None else artifacts_from_settings(Settings())
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
@@ -265,28 +275,47 @@ class JobStore:
         """0 until the first checkpoint (or for an unknown job)."""
         return int(self._client.hget(job_key(job_id), "model_version") or 0)
 
+    def _pointers(self, job_id: str, *fields: str) -> list[str | None]:
+        return [None if v is None or v == b"" else text(v) for v in self._client.hmget(job_key(job_id), fields)]
+
     def target(self, job_id: str) -> torch.Tensor:
-        data = self._client.get(job_key(job_id, "target"))
+        """The processed target (ArtifactMissing / ArtifactCorrupt when its object is lost or damaged)."""
+        digest, status = self._pointers(job_id, "target_sha256", "status")
+        if digest is not None:
+            return tensor_from_bytes(self.artifacts.get(f"{job_id}/target", digest))
+        data = self._client.get(job_key(job_id, "target"))  # a job stored before the artifact store
         if data is None:
+            if status is not None:
+                raise ArtifactMissing(f"{job_id}/target", "the job's target is missing")
             raise JobNotFound(job_id)
         return tensor_from_bytes(data)
 
     def checkpoint(self, job_id: str) -> bytes | None:
-        """The model file of the latest checkpoint."""
-        return self._client.get(job_key(job_id, "model"))
+        """The model file of the latest checkpoint (None before the first)."""
+        key, digest = self._pointers(job_id, "model_key", "model_sha256")
+        if key is not None:
+            return self.artifacts.get(key, digest)
+        return self._client.get(job_key(job_id, "model"))  # a job stored before the artifact store
 
     def history(self, job_id: str) -> list[Checkpoint]:
         """The job's checkpoints, oldest first (empty for an unknown job or before the first checkpoint)."""
         return [Checkpoint.model_validate_json(m) for m in self._client.zrange(job_key(job_id, "history"), 0, -1)]
 
+    def _history_member(self, job_id: str, iteration: int) -> dict | None:
+        found = self._client.zrangebyscore(job_key(job_id, "history"), iteration, iteration)
+        return json.loads(found[0]) if found else None
+
     def history_entry(self, job_id: str, iteration: int) -> Checkpoint | None:
         """The history's checkpoint at `iteration`, None if it has none there."""
-        found = self._client.zrangebyscore(job_key(job_id, "history"), iteration, iteration)
-        return Checkpoint.model_validate_json(found[0]) if found else None
+        member = self._history_member(job_id, iteration)
+        return None if member is None else Checkpoint.model_validate(member)
 
     def history_weights(self, job_id: str, iteration: int) -> bytes | None:
         """The weights-only model file of the history's checkpoint at `iteration`."""
-        return self._client.hget(job_key(job_id, "history:weights"), str(iteration))
+        member = self._history_member(job_id, iteration)
+        if member is not None and member.get("key"):
+            return self.artifacts.get(member["key"], member.get("sha256"))
+        return self._client.hget(job_key(job_id, "history:weights"), str(iteration))  # stored before the store
 
     def cancel_requested(self, job_id: str) -> bool:
         return text(self._client.hget(job_key(job_id), "cancel_requested")) == "1"
@@ -305,9 +334,10 @@ class JobStore:
             "grid_width": width, "model_version": 0, "loss_history": [], "loss_every": 1, "resumed_from": [],
             "warning": warning,
         }
-        keys = [job_key(job_id), job_key(job_id, "target"), job_key(job_id, "upload"), JOBS_KEY]
-        args = [job_id, now, tensor_to_bytes(target), upload or b"", *RecordCodec.encode(record)]
-        if not self._run("create", keys, args):
+        record["target_sha256"] = self.artifacts.put(f"{job_id}/target", tensor_to_bytes(target))
+        if upload:
+            record["upload_sha256"] = self.artifacts.put(f"{job_id}/upload", upload)
+        if not self._run("create", [job_key(job_id), JOBS_KEY], [job_id, now, *RecordCodec.encode(record)]):
             raise ValueError(f"job {job_id} exists already")
         return self.get(job_id)
 
@@ -360,13 +390,32 @@ class JobStore:
     def store_checkpoint(self, job_id: str, token: str, model_bytes: bytes, iteration: int,
                          loss: float | None, weights: bytes | None = None) -> int:
         """Store the model file, add `weights` (its weights-only file; default: `model_bytes`) to the
-        history and bump the version, in one step; the new version, or -1 when the lease was lost."""
-        keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "model"), job_key(job_id, "history"),
-                job_key(job_id, "history:weights")]
+        history and bump the version; the new version, or -1 when the lease was lost.
+
+        The files go to the artifact store first, under fresh keys (a reader never sees a half-replaced
+        object), then one script points the record and the history at them; what nothing points at any
+        more is deleted after (ArtifactUnavailable when the store cannot take the files: nothing changed)."""
+        fresh = uuid.uuid4().hex[:12]
+        model_key, weights_key = f"{job_id}/model/{iteration}-{fresh}", f"{job_id}/history/{iteration}-{fresh}"
+        model_sha = self.artifacts.put(model_key, model_bytes)
+        weights_sha = self.artifacts.put(weights_key, model_bytes if weights is None else weights)
+        keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "history"),
+                job_key(job_id, "history:weights"), job_key(job_id, "model")]
         loss_json = json.dumps(loss) if loss is not None and math.isfinite(loss) else "null"
-        args = [token, model_bytes, int(iteration), "" if loss is None else loss, time.time(), job_id,
-                model_bytes if weights is None else weights, self.history_cap, loss_json]
-        return int(self._run("checkpoint", keys, args))
+        args = [token, model_key, int(iteration), "" if loss is None else loss, time.time(), job_id, model_sha,
+                self.history_cap, loss_json, weights_key, weights_sha]
+        version, *unused = self._run("checkpoint", keys, args)
+        version = int(version)
+        self._discard([model_key, weights_key] if version < 0 else [text(key) for key in unused])
+        return version
+
+    def _discard(self, artifact_keys: list[str]) -> None:
+        """Delete objects nothing points at; best effort (the orphan sweep removes what is left)."""
+        for key in artifact_keys:
+            try:
+                self.artifacts.delete(key)
+            except ArtifactError:
+                pass
 
     def finish(self, job_id: str, token: str, status: JobStatus, error: str | None = None,
                warning: str | None = None) -> bool:

@@ -33,9 +33,11 @@ def test_delete_job_removes_every_object_of_that_job_only(artifacts) -> None:
     artifacts.put("job1/history/100", b"h")
     artifacts.put("job1/renders/video.mp4", b"v")
     artifacts.put("job2/target", b"other")
-    assert sorted(artifacts.job_ids()) == ["job1", "job2"]
+    assert sorted(key for key, _ in artifacts.objects()) == ["job1/history/100", "job1/renders/video.mp4",
+                                                             "job1/target", "job2/target"]
+    assert [key for key, _ in artifacts.objects("job1/h")] == ["job1/history/100"]
     assert artifacts.delete_job("job1") == 3
-    assert list(artifacts.job_ids()) == ["job2"]
+    assert [key for key, _ in artifacts.objects()] == ["job2/target"]
     with pytest.raises(ArtifactMissing):
         artifacts.get("job1/history/100")
     assert artifacts.get("job2/target") == b"other"
