@@ -72,6 +72,33 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 _buckets = count(1)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--artifacts", choices=("dir", "s3"), default="dir",
+                     help="the artifact backend every service of the run uses (NCA_ARTIFACTS): a temporary "
+                          "directory, or a bucket on a real S3-protocol server (rclone serve s3)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def artifacts_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Point NCA_ARTIFACTS (and what the S3 backend needs) at this run's store, for the test process and
+    every service it starts (they inherit the environment): `pytest --artifacts s3 tests/...` runs the
+    same tests against S3."""
+    saved = {k: os.environ.get(k) for k in ("NCA_ARTIFACTS", "NCA_S3_ENDPOINT_URL", "NCA_S3_ACCESS_KEY_ID",
+                                             "NCA_S3_SECRET_ACCESS_KEY", "NCA_S3_CREATE_BUCKET")}
+    if request.config.getoption("--artifacts") == "s3":
+        os.environ.update(NCA_ARTIFACTS="s3://nca-run/artifacts", NCA_S3_ENDPOINT_URL=request.getfixturevalue(
+            "s3_server"), NCA_S3_ACCESS_KEY_ID=S3_KEYS[0], NCA_S3_SECRET_ACCESS_KEY=S3_KEYS[1],
+            NCA_S3_CREATE_BUCKET="1")
+    else:
+        os.environ["NCA_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
+    yield os.environ["NCA_ARTIFACTS"]
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(params=["dir", "s3"])
 def artifacts(request: pytest.FixtureRequest, tmp_path: Path):
     """An empty artifact store of each backend: a directory, and a fresh bucket on the S3 server."""

@@ -105,11 +105,11 @@ return 1
 # equals), one at a time: the first and the latest stay, and the gaps between those kept stay within a
 # factor of two of each other (the newest gap aside), so the whole run is covered evenly.
 _THIN_LUA = """
--- The artifact key a history entry points at ('' for an entry written before the artifact store: its
--- weights are in the legacy hash, dropped here).
+-- The artifact key a history entry points at, after its job's id: `history/<iteration>-<sha256>` ('' for an
+-- entry written before the artifact store: its weights are in the legacy hash, dropped here).
 local function entry_key(member, iteration, weights)
   local ok, entry = pcall(cjson.decode, member)
-  if ok and type(entry) == 'table' and entry.key then return entry.key end
+  if ok and type(entry) == 'table' and entry.sha256 then return 'history/' .. iteration .. '-' .. entry.sha256 end
   redis.call('HDEL', weights, iteration)
   return ''
 end
@@ -136,17 +136,18 @@ end
 
 # KEYS: job, lease, history, legacy history weights (hash), legacy model (deleted: this one replaces it).
 # ARGV: token, model key, iteration, loss ('' for none), now, id, model sha256, history cap, loss as JSON,
-#       weights key, weights sha256.
+#       weights sha256 (its object: `<id>/history/<iteration>-<sha256>`, content-addressed).
 # The model file and the weights are in the artifact store already (written first, under fresh keys).
-# Returns {version (-1: the lease was lost), artifact keys nothing points at any more...}: the caller
-# deletes those (a crash before that leaves orphans, which the sweep removes).
+# Returns {version (-1: the lease was lost), artifact keys nothing points at any more (the model's whole, the
+# history's after the job id)...}: the caller deletes those (a crash before that leaves orphans, which the
+# sweep removes).
 # The new checkpoint replaces every history entry at its iteration or later: those belong to a run that
 # was lost after them and are being trained again, so the history is always one line ending here.
 _CHECKPOINT = _LUA_HELPERS + _THIN_LUA + """
 if not owns(ARGV[1]) then return {-1} end
 local dropped = {}
 local previous = redis.call('HGET', KEYS[1], 'model_key')
-if previous and previous ~= '' then dropped[#dropped + 1] = previous end
+if previous and previous ~= '' and previous ~= ARGV[2] then dropped[#dropped + 1] = previous end
 local version = redis.call('HINCRBY', KEYS[1], 'model_version', 1)
 redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5],
            'iteration', ARGV[3], 'loss', ARGV[4], 'model_key', ARGV[2], 'model_sha256', ARGV[7])
@@ -157,7 +158,7 @@ for i = 2, #later, 2 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], ARGV[3], '+inf')
 redis.call('ZADD', KEYS[3], ARGV[3], '{"iteration":' .. ARGV[3] .. ',"loss":' .. ARGV[9] .. ',"at":' .. ARGV[5]
-           .. ',"version":' .. version .. ',"key":"' .. ARGV[10] .. '","sha256":"' .. ARGV[11] .. '"}')
+           .. ',"version":' .. version .. ',"sha256":"' .. ARGV[10] .. '"}')
 thin(KEYS[3], KEYS[4], tonumber(ARGV[8]), dropped)
 redis.call('DEL', KEYS[5])
 announce(ARGV[6])

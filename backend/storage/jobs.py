@@ -22,6 +22,7 @@ status of a job with a checkpoint, or stores one, also publishes on CHECKPOINT_C
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -41,7 +42,7 @@ from backend.nca.jobspec import SPEC_VERSION, JobSpec
 from backend.nca.train import Progress
 
 from . import keys
-from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings
+from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings, sha256
 from .connection import text
 from .job_scripts import SCRIPTS
 from .keys import job_key
@@ -313,8 +314,8 @@ class JobStore:
     def history_weights(self, job_id: str, iteration: int) -> bytes | None:
         """The weights-only model file of the history's checkpoint at `iteration`."""
         member = self._history_member(job_id, iteration)
-        if member is not None and member.get("key"):
-            return self.artifacts.get(member["key"], member.get("sha256"))
+        if member is not None and member.get("sha256"):
+            return self.artifacts.get(self._weights_key(job_id, iteration, member["sha256"]), member["sha256"])
         return self._client.hget(job_key(job_id, "history:weights"), str(iteration))  # stored before the store
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -366,11 +367,13 @@ class JobStore:
 
     def progress(self, job_id: str, token: str, progress: Progress, history: LossPoints,
                  resumed_from: list[int] | None = None) -> bool:
-        """Where training is: the trainer's record and the worker's loss history, in one write (False: the
-        lease is lost). What the record does not know yet (no loss, no measured rate) stays as it is;
+        """Where training is: the trainer's record and the worker's loss history (6 significant digits: a
+        chart's precision, and Redis stays small), in one write (False: the lease is lost). What the record
+        does not know yet (no loss, no measured rate) stays as it is;
         `resumed_from` at the start of a run."""
         fields: dict[str, Any] = {"iteration": progress.iteration, "total": progress.total,
-                                  "loss_history": history.points, "loss_every": history.every,
+                                  "loss_history": [(i, float(f"{loss:.6g}")) for i, loss in history.points],
+                                  "loss_every": history.every,
                                   "trained_seconds": round(progress.trained_seconds, 1)}
         if progress.loss is not None and math.isfinite(progress.loss):
             fields["loss"] = progress.loss
@@ -392,30 +395,37 @@ class JobStore:
         """Store the model file, add `weights` (its weights-only file; default: `model_bytes`) to the
         history and bump the version; the new version, or -1 when the lease was lost.
 
-        The files go to the artifact store first, under fresh keys (a reader never sees a half-replaced
-        object), then one script points the record and the history at them; what nothing points at any
+        The files go to the artifact store first, under fresh keys (the weights' is their SHA-256, the model
+        file's a nonce: a reader never sees a half-replaced object), then one script points the record and
+        the history at them; what nothing points at any
         more is deleted after (ArtifactUnavailable when the store cannot take the files: nothing changed)."""
-        fresh = uuid.uuid4().hex[:12]
-        model_key, weights_key = f"{job_id}/model/{iteration}-{fresh}", f"{job_id}/history/{iteration}-{fresh}"
+        data = model_bytes if weights is None else weights
+        weights_sha = self.artifacts.put(self._weights_key(job_id, iteration, sha256(data)), data)
+        model_key = f"{job_id}/model/{iteration}-{uuid.uuid4().hex[:12]}"
         model_sha = self.artifacts.put(model_key, model_bytes)
-        weights_sha = self.artifacts.put(weights_key, model_bytes if weights is None else weights)
         keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "history"),
                 job_key(job_id, "history:weights"), job_key(job_id, "model")]
         loss_json = json.dumps(loss) if loss is not None and math.isfinite(loss) else "null"
-        args = [token, model_key, int(iteration), "" if loss is None else loss, time.time(), job_id, model_sha,
-                self.history_cap, loss_json, weights_key, weights_sha]
+        args = [token, model_key, int(iteration), "" if loss is None else loss, round(time.time(), 3), job_id,
+                model_sha, self.history_cap, loss_json, weights_sha]
         version, *unused = self._run("checkpoint", keys, args)
         version = int(version)
-        self._discard([model_key, weights_key] if version < 0 else [text(key) for key in unused])
+        if version < 0:  # the lease is lost: the history's object stays if another run wrote the same weights
+            self._discard([model_key])
+        else:
+            self._discard([text(k) if text(k).startswith(job_id) else f"{job_id}/{text(k)}" for k in unused])
         return version
+
+    @staticmethod
+    def _weights_key(job_id: str, iteration: int | str, digest: str) -> str:
+        """A history entry's object: content-addressed, so the entry needs only its SHA-256 (Redis stays small)."""
+        return f"{job_id}/history/{iteration}-{digest}"
 
     def _discard(self, artifact_keys: list[str]) -> None:
         """Delete objects nothing points at; best effort (the orphan sweep removes what is left)."""
         for key in artifact_keys:
-            try:
+            with contextlib.suppress(ArtifactError):
                 self.artifacts.delete(key)
-            except ArtifactError:
-                pass
 
     def finish(self, job_id: str, token: str, status: JobStatus, error: str | None = None,
                warning: str | None = None) -> bool:
@@ -445,3 +455,85 @@ class JobStore:
     def mark_orphan(self, *job_ids: str) -> None:
         """Put jobs back for recovery (their resend failed)."""
         self._client.sadd(ACTIVE_KEY, *job_ids)
+
+    # --- the artifact store: upgrade in place, orphans ------------------------------------------
+
+    def migrate(self, job_id: str) -> bool:
+        """Move a job stored by an earlier version (target, upload, latest model and history weights as
+        Redis blobs) to the artifact store; True when something moved. Each blob is written to the store
+        first, then the record is pointed at it and the blob deleted in one transaction (WATCH: a worker
+        that checkpoints meanwhile wins, the move is retried against what it wrote)."""
+        record, legacy = job_key(job_id), {part: job_key(job_id, part) for part in ("target", "upload", "model")}
+        weights_key, history_key = job_key(job_id, "history:weights"), job_key(job_id, "history")
+
+        def move(pipe: redis.client.Pipeline) -> bool:
+            target, upload, model = (pipe.get(key) for key in legacy.values())
+            weights = pipe.hgetall(weights_key)
+            members = pipe.zrange(history_key, 0, -1, withscores=True)
+            if target is None and upload is None and model is None and not weights:
+                return False
+            fields: dict[str, str] = {}
+            if target is not None:
+                fields["target_sha256"] = self.artifacts.put(f"{job_id}/target", target)
+            if upload is not None:
+                fields["upload_sha256"] = self.artifacts.put(f"{job_id}/upload", upload)
+            if model is not None and not pipe.hget(record, "model_key"):
+                key = f"{job_id}/model/{text(pipe.hget(record, 'checkpoint_iteration') or b'0')}-migrated"
+                fields.update(model_key=key, model_sha256=self.artifacts.put(key, model))
+            rewritten = []
+            for member, score in members:
+                entry = json.loads(member)
+                data = weights.get(str(int(score)).encode())
+                if entry.get("sha256") or data is None:
+                    continue
+                digest = self.artifacts.put(self._weights_key(job_id, int(score), sha256(data)), data)
+                rewritten.append((member, score, json.dumps({**entry, "sha256": digest}, separators=(",", ":"))))
+            pipe.multi()
+            if fields:
+                pipe.hset(record, mapping=fields)
+            for member, score, new in rewritten:
+                pipe.zrem(history_key, member)
+                pipe.zadd(history_key, {new: score})
+            pipe.delete(*legacy.values(), weights_key)
+            return True
+
+        return self._client.transaction(move, *legacy.values(), weights_key, history_key, record,
+                                        value_from_callable=True)
+
+    def migrate_all(self) -> int:
+        """Move every job stored by an earlier version (at start: backend.run, the API); how many moved."""
+        moved = 0
+        for raw in self._client.scan_iter(match=job_key("*", "target"), count=1000):
+            moved += self.migrate(text(raw).removeprefix(keys.JOB.prefix).removesuffix(":target"))
+        return moved
+
+    def _referenced(self, job_id: str) -> set[str] | None:
+        """The artifact keys a job's record points at; None when there is no such job."""
+        target, upload, model, status = self._pointers(job_id, "target_sha256", "upload_sha256", "model_key",
+                                                       "status")
+        if status is None:
+            return None
+        found = {f"{job_id}/target"} if target else set()
+        found |= {f"{job_id}/upload"} if upload else set()
+        found |= {model} if model else set()
+        for member, score in self._client.zrange(job_key(job_id, "history"), 0, -1, withscores=True):
+            digest = json.loads(member).get("sha256")
+            if digest:
+                found.add(self._weights_key(job_id, int(score), digest))
+        return found
+
+    def sweep_orphans(self, grace_seconds: float = 3600.0) -> int:
+        """Delete the objects no record points at (a crash between writing an object and its record, a
+        job deleted while the store was down), once older than `grace_seconds` (so that a write in
+        progress is never taken); how many were deleted. Run by one elected process (backend.worker)."""
+        cutoff, by_job = time.time() - grace_seconds, {}
+        for key, modified in self.artifacts.objects():
+            if modified < cutoff:
+                by_job.setdefault(key.split("/", 1)[0], []).append(key)
+        swept = 0
+        for job_id, old in by_job.items():
+            referenced = self._referenced(job_id) or set()
+            unused = [key for key in old if key not in referenced]
+            self._discard(unused)
+            swept += len(unused)
+        return swept

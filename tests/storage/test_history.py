@@ -10,7 +10,7 @@ import torch
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, to_bytes
 from backend.storage.connection import connect
-from backend.storage.jobs import JobStore, job_key, new_job_id
+from backend.storage.jobs import JobStore, new_job_id
 from backend.storage.models import (
     BadReference,
     CheckpointNotFound,
