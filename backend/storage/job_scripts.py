@@ -167,13 +167,16 @@ for _, key in ipairs(dropped) do out[#out + 1] = key end
 return out
 """
 
+# The end steps (finish, suspend) delete first: a delete is allowed when Redis is full (maxmemory with
+# noeviction refuses a script only at its first write that may grow memory), so a job can still end
+# cleanly, "storage is full" in its record, instead of staying "running".
 # KEYS: job, lease, active. ARGV: token, status, now, error, id, warning ('' for none).
 _FINISH = _LUA_HELPERS + """
 if not owns(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'error', ARGV[4], 'eta_seconds', '')
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'warning', ARGV[6]) end
-redis.call('SREM', KEYS[3], ARGV[5])
-redis.call('DEL', KEYS[2])
 announce(ARGV[5])
 return 1
 """
@@ -181,9 +184,9 @@ return 1
 # KEYS: job, lease. ARGV: token, id. The worker is shutting down: back to the queue, recovery resends it.
 _SUSPEND = _LUA_HELPERS + """
 if not owns(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '',
            'interrupted_by', 'stop')
-redis.call('DEL', KEYS[2])
 announce(ARGV[2])
 return 1
 """

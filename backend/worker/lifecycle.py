@@ -15,6 +15,7 @@ import torch
 from celery import Celery, signals
 
 from backend.nca.train import calibrate
+from backend.storage.jobs import Job
 from backend.storage.shared import Storage
 
 from .tasks import INTERRUPTIONS, TrainingWorker
@@ -34,9 +35,17 @@ def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
         except Exception:
             jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
             raise
-        log.info("job %s: re-queued to resume from its checkpoint %s (unacknowledged messages dropped: %d)", job_id,
-                 INTERRUPTIONS.get(jobs.get(job_id).interrupted_by, ""), forgotten)
+        log.info("job %s: %s (unacknowledged messages dropped: %d)", job_id, requeued_words(jobs.get(job_id)),
+                 forgotten)
     return recovered
+
+
+def requeued_words(job: Job) -> str:
+    """The re-queue log line: where the job resumes from, and why it was interrupted."""
+    why = INTERRUPTIONS.get(job.interrupted_by, "")
+    if job.checkpoint_iteration is None:
+        return f"re-queued {why}; it has no checkpoint yet and starts again from the beginning".replace("  ", " ")
+    return f"re-queued {why} to resume from its checkpoint at iteration {job.checkpoint_iteration}".replace("  ", " ")
 
 
 class Heartbeat(threading.Thread):
