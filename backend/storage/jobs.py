@@ -235,7 +235,14 @@ class JobStore:
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts[script](keys=keys, args=args)
+        """Run a script; a write refused inside it for memory raises OutOfMemoryError, as a plain command's does
+        (Redis reports it as a script error), so the API says "storage is full" and a run ends cleanly."""
+        try:
+            return self._scripts[script](keys=keys, args=args)
+        except redis.exceptions.ResponseError as exc:
+            if "OOM command not allowed" in str(exc) and not isinstance(exc, redis.exceptions.OutOfMemoryError):
+                raise redis.exceptions.OutOfMemoryError(str(exc)) from exc
+            raise
 
     # --- reading ----------------------------------------------------------------------------
 
