@@ -20,13 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import ResponseError
 
 from backend.config import Settings, get_settings
 from backend.nca.jobspec import SpecError
 from backend.nca.target import TargetError
 from backend.storage.artifacts import ArtifactCorrupt, ArtifactMissing, ArtifactUnavailable
-from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.connection import REDIS_DOWN_ERRORS, is_storage_full
 from backend.storage.shared import Storage
 
 from .previews import Previews
@@ -89,8 +89,11 @@ def create_app(settings: Settings) -> FastAPI:
     for error in (*REDIS_DOWN_ERRORS, OperationalError):  # OperationalError: kombu could not send a message
         app.add_exception_handler(error, redis_down)
 
-    @app.exception_handler(OutOfMemoryError)
-    async def storage_full(_: Request, exc: OutOfMemoryError) -> JSONResponse:
+    @app.exception_handler(ResponseError)  # OutOfMemoryError is one; a script's OOM is a plain ResponseError
+    async def storage_full(_: Request, exc: ResponseError) -> JSONResponse:
+        if not is_storage_full(exc):
+            log.error("Redis error: %s", exc)
+            return JSONResponse({"detail": "internal error of the job store"}, status_code=500)
         log.warning("Redis refused a write for memory (maxmemory, noeviction): %s", exc)
         return JSONResponse({"detail": "storage is full: the server cannot take new data now; try again later"},
                             status_code=503, headers={"Retry-After": "60"})

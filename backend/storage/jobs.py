@@ -43,7 +43,7 @@ from backend.nca.train import Progress
 
 from . import keys
 from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings, sha256
-from .connection import text
+from .connection import is_storage_full, text
 from .job_scripts import SCRIPTS
 from .keys import job_key
 from .status import FINISHED, JobStatus
@@ -240,7 +240,7 @@ class JobStore:
         try:
             return self._scripts[script](keys=keys, args=args)
         except redis.exceptions.ResponseError as exc:
-            if "OOM command not allowed" in str(exc) and not isinstance(exc, redis.exceptions.OutOfMemoryError):
+            if is_storage_full(exc) and not isinstance(exc, redis.exceptions.OutOfMemoryError):
                 raise redis.exceptions.OutOfMemoryError(str(exc)) from exc
             raise
 
