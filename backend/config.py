@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Training iterations between checkpoints for jobs that do not say; None: the job option's own default
     # (backend.nca.train.TrainConfig.checkpoint_every), so that the default is written in one place.
     checkpoint_every: int | None = Field(None, ge=1)
+    # The floor a job's checkpoint_every may ask for: each checkpoint writes ~200 KB to the artifact store and a
+    # history entry to Redis; 1 wrote on every iteration.
+    min_checkpoint_every: int = Field(10, ge=1)
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod

@@ -74,3 +74,22 @@ def test_lost_damaged_or_unreachable_artifacts_are_clear_errors(tmp_path: Path) 
             assert "the artifact store is unreachable" in health["reasons"]
     finally:
         server.stop()
+
+
+def test_checkpoint_every_has_a_server_floor(tmp_path: Path) -> None:
+    """checkpoint_every=1 wrote a checkpoint on every iteration: refused below NCA_MIN_CHECKPOINT_EVERY."""
+    server = start_redis(data_dir=tmp_path / "redis")
+    try:
+        settings = Settings(redis_url=server.url, models_dir=tmp_path / "models", artifacts=str(tmp_path / "art"),
+                            min_checkpoint_every=10)
+        with TestClient(create_app(settings)) as client:
+            files = {"image": ("a.png", png_image(), "image/png")}
+            data = {**{k: str(v) for k, v in TINY_TRAINING.items()}, "checkpoint_every": "1"}
+            response = client.post("/api/jobs", files=files, data=data)
+            assert response.status_code == 422
+            assert "checkpoint_every: at least 10" in response.json()["detail"]
+            options = {o["name"]: o for o in client.get("/api/config").json()["options"]}
+            assert options["checkpoint_every"]["min"] == 10  # the form's bound says so too
+            assert client.post("/api/jobs", files=files, data={**data, "checkpoint_every": "10"}).status_code == 202
+    finally:
+        server.stop()

@@ -43,8 +43,8 @@ STACK_DB = 11  # the session Redis is shared with other tests: this stack uses a
 START_TIMEOUT = 90.0
 JOB_TIMEOUT = 180.0
 FRAME_HEADER = struct.Struct("<IIHHI")
-TINY_JOB = {"experiment": "growing", "iterations": 12, "target_size": 8, "padding": 4, "batch_size": 2,
-            "min_steps": 8, "max_steps": 12, "checkpoint_every": 6, "seed": 1}
+TINY_JOB = {"experiment": "growing", "iterations": 20, "target_size": 8, "padding": 4, "batch_size": 2,
+            "min_steps": 8, "max_steps": 12, "checkpoint_every": 10, "seed": 1}
 
 
 @dataclass
