@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     models_dir: Path = REPO_ROOT / "models"
     frontend_dir: Path = REPO_ROOT / "frontend"
     data_dir: Path = REPO_ROOT / ".data"  # `python -m backend.run` keeps its bundled Redis's data here
+    # The bundled Redis's maxmemory (noeviction): ~20 KB per finished job, see docs/deploy.md "Sizing Redis".
+    redis_maxmemory: str = "1gb"
 
     # `python -m backend.run`: the proxy is the one origin browsers open; the API and stream sit behind it.
     proxy_host: str = "127.0.0.1"
