@@ -529,6 +529,17 @@ class JobStore:
                 found.add(self._weights_key(job_id, int(score), digest))
         return found
 
+    def elect(self, role: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` is (now) the one process doing `role` for the next `seconds` (SET NX with a TTL;
+        the holder renews it): a periodic chore such as the orphan sweep runs on one process, not on every one."""
+        key = f"{keys.ELECTED.prefix}{role}"
+        if self._client.set(key, holder, nx=True, px=int(seconds * 1000)):
+            return True
+        if text(self._client.get(key)) == holder:
+            self._client.pexpire(key, int(seconds * 1000))
+            return True
+        return False
+
     def sweep_orphans(self, grace_seconds: float = 3600.0) -> int:
         """Delete the objects no record points at (a crash between writing an object and its record, a
         job deleted while the store was down), once older than `grace_seconds` (so that a write in

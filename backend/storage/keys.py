@@ -62,6 +62,8 @@ ROOM_SNAPSHOT = Key("nca:room:<id>:snapshot", "hash + TTL", "`meta` (JSON: model
                     "steps_per_frame, angle, shape), `state` (float16 bytes): what another replica resumes from")
 ROOMS_CLIENT = Key("nca:rooms:client:<address>", "sorted set + TTL",
                    "a creator's rooms (room id -> created_at), for `NCA_ROOMS_PER_CLIENT`")
+ELECTED = Key("nca:elected:<role>", "string + TTL", "the one process doing a periodic chore (`orphan-sweep`: the "
+              "artifact store's objects no record points at), renewed by its holder")
 TRAINING_QUEUE = Key("nca-training", "list",
                      "Celery's queue: task `nca.train_job`, one argument, the job id (`backend/storage/queue.py`)")
 UNACKED = Key("unacked", "hash", "kombu's messages received by a worker and not yet acknowledged "
@@ -75,7 +77,7 @@ CHECKPOINTS_CHANNEL = Key("nca:checkpoints", "pub/sub channel",
 LAYOUT: tuple[Key, ...] = (JOBS, JOBS_ACTIVE, JOB, JOB_TARGET, JOB_UPLOAD, JOB_MODEL, JOB_HISTORY,
                            JOB_HISTORY_WEIGHTS, JOB_LEASE, WORKER, WORKERS, QUOTA_ACTIVE, QUOTA_OWNER, STREAM_CLIENT,
                            ROOM, ROOM_CODE, ROOM_OWNER, ROOM_SNAPSHOT, ROOMS_CLIENT,
-                           TRAINING_QUEUE, UNACKED, UNACKED_INDEX, CHECKPOINTS_CHANNEL)
+                           ELECTED, TRAINING_QUEUE, UNACKED, UNACKED_INDEX, CHECKPOINTS_CHANNEL)
 
 
 def job_key(job_id: str, part: str | None = None) -> str:

@@ -156,3 +156,9 @@ def test_a_legacy_job_resumed_by_a_new_worker_drops_its_old_blobs(store: JobStor
     assert not client.exists(job_key(job_id, "model"))
     assert from_bytes(store.checkpoint(job_id)).info.iterations == 300
     assert from_bytes(store.history_weights(job_id, 100)).info.iterations == 100  # still read through
+
+
+def test_one_process_is_elected_for_a_chore(store: JobStore) -> None:
+    assert store.elect("orphan-sweep", "w1", 5)
+    assert not store.elect("orphan-sweep", "w2", 5)
+    assert store.elect("orphan-sweep", "w1", 5)  # the holder renews
