@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     models_dir: Path = REPO_ROOT / "models"
     frontend_dir: Path = REPO_ROOT / "frontend"
     data_dir: Path = REPO_ROOT / ".data"  # `python -m backend.run` keeps its bundled Redis's data here
+    # The bundled Redis's maxmemory (noeviction): ~20 KB per finished job, see docs/deploy.md "Sizing Redis".
+    redis_maxmemory: str = "1gb"
 
     # `python -m backend.run`: the proxy is the one origin browsers open; the API and stream sit behind it.
     proxy_host: str = "127.0.0.1"
@@ -36,6 +38,9 @@ class Settings(BaseSettings):
     # Training iterations between checkpoints for jobs that do not say; None: the job option's own default
     # (backend.nca.train.TrainConfig.checkpoint_every), so that the default is written in one place.
     checkpoint_every: int | None = Field(None, ge=1)
+    # The floor a job's checkpoint_every may ask for: each checkpoint writes ~200 KB to the artifact store and a
+    # history entry to Redis; 1 wrote on every iteration.
+    min_checkpoint_every: int = Field(10, ge=1)
 
     @field_validator("checkpoint_every", mode="before")
     @classmethod
@@ -70,7 +75,18 @@ class Settings(BaseSettings):
     progress_every: float = 0.5  # seconds between progress writes to Redis
     max_pool_megabytes: int = 2048  # training memory cap: pool_size x grid x channels x 4 bytes
     torch_threads: int = 0  # CPU threads for torch in the worker and API (0: torch's default)
-    max_stored_upload_bytes: int = 2 * 1024 * 1024  # the original upload is kept in Redis only up to this size
+    max_stored_upload_bytes: int = 2 * 1024 * 1024  # the original upload is kept only up to this size (keep_upload)
+    keep_upload: bool = False  # keep each job's original upload in the artifact store (nothing reads it back)
+
+    # The artifact store (backend/storage/artifacts.py): targets, checkpoints, history weights. A directory, or
+    # `s3://bucket[/prefix]` on any S3-compatible service; empty: `data_dir`/artifacts. Every host (API, worker,
+    # stream) must name the same one.
+    artifacts: str = ""
+    s3_endpoint_url: str = ""  # e.g. http://minio:9000 (empty: AWS S3 itself)
+    s3_access_key_id: str = ""  # empty: boto3's usual chain (env AWS_*, instance role)
+    s3_secret_access_key: str = ""
+    s3_region: str = ""
+    s3_create_bucket: bool = False  # create the bucket at start when missing (compose, `make run`; not production)
 
     # Access and quotas (docs/reliability.md, README "Security").
     access_token: str = ""  # when set, creating and cancelling jobs need `Authorization: Bearer <token>`

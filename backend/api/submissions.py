@@ -139,7 +139,8 @@ def continued_options(storage: Storage, options: dict[str, Any]) -> tuple[dict[s
 def limits_of(settings: Settings) -> Limits:
     """This server's limits and defaults for a job spec (backend.nca.jobspec.Limits)."""
     return Limits(max_iterations=settings.max_iterations, max_minutes=settings.max_minutes,
-                  max_pool_megabytes=settings.max_pool_megabytes, checkpoint_every=settings.checkpoint_every)
+                  max_pool_megabytes=settings.max_pool_megabytes, checkpoint_every=settings.checkpoint_every,
+                  min_checkpoint_every=settings.min_checkpoint_every)
 
 
 def spec_of(raw: dict[str, Any], settings: Settings, default_name: str) -> JobSpec:

@@ -198,6 +198,7 @@ class Limits:
     max_minutes: float = _bound("minutes")
     max_pool_megabytes: float = math.inf
     checkpoint_every: int | None = None  # this server's default cadence; None: the option's default
+    min_checkpoint_every: int = 1  # the server's floor: each checkpoint is ~200 KB written to its storage
 
 
 def spec_from_request(values: Mapping[str, Any], limits: Limits = Limits(), default_name: str = "image",
@@ -236,6 +237,9 @@ def spec_from_request(values: Mapping[str, Any], limits: Limits = Limits(), defa
     except ValueError as exc:  # a rule between options (TrainConfig, TargetOptions): its message names one first
         first = str(exc).split(" ", 1)[0]
         raise SpecError(str(exc), first if first in OPTION_NAMES else None) from None
+    if spec.train.checkpoint_every < limits.min_checkpoint_every:
+        raise SpecError(f"checkpoint_every: at least {limits.min_checkpoint_every} iterations on this server (each "
+                        "checkpoint is written to storage)", "checkpoint_every")
     if spec.train.iterations > limits.max_iterations:
         raise SpecError(f"iterations: at most {limits.max_iterations} iterations are allowed on this server",
                         "iterations")
@@ -274,6 +278,7 @@ def option_schema(limits: Limits = Limits()) -> list[dict[str, Any]]:
     by_name["iterations"]["default"] = min(DEFAULTS["iterations"], limits.max_iterations)
     by_name["minutes"]["max"] = min(by_name["minutes"]["max"], limits.max_minutes)
     by_name["checkpoint_every"]["default"] = limits.checkpoint_every or DEFAULTS["checkpoint_every"]
+    by_name["checkpoint_every"]["min"] = max(by_name["checkpoint_every"].get("min", 1), limits.min_checkpoint_every)
     return out
 
 

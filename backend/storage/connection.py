@@ -22,6 +22,13 @@ def connect(url: str) -> redis.Redis:
     )
 
 
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write for memory (maxmemory with noeviction): a plain command raises
+    OutOfMemoryError, a Lua script a ResponseError that quotes the OOM reply."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError) and "OOM command not allowed" in str(exc))
+
+
 def text(value: bytes | str | None) -> str | None:
     """Redis replies are bytes for a default client, str for a decode_responses client."""
     return value.decode() if isinstance(value, bytes) else value

@@ -50,7 +50,7 @@ def redis_server_binary() -> str:
 
 
 def start_redis(port: int | None = None, data_dir: str | Path | None = None, appendonly: bool = True,
-                timeout: float = 15.0, own_session: bool = False) -> EmbeddedRedis:
+                timeout: float = 15.0, own_session: bool = False, maxmemory: str | None = None) -> EmbeddedRedis:
     """Start redis-server on 127.0.0.1 and wait until it answers PING.
 
     `own_session`: out of the caller's process group, so a terminal's Ctrl-C does not reach it and the
@@ -64,6 +64,8 @@ def start_redis(port: int | None = None, data_dir: str | Path | None = None, app
         "--appendonly", "yes" if appendonly else "no", "--save", "", "--protected-mode", "yes",
         "--logfile", str(data_dir / "redis.log"),
     ]
+    if maxmemory:  # full: writes are refused (503 "storage is full"), never records or leases evicted
+        args += ["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=own_session)
     server = EmbeddedRedis(port, data_dir, process)

@@ -41,13 +41,12 @@ local function announce(id)
 end
 """
 
-# KEYS: job, target, upload, index. ARGV: id, now, target bytes, upload bytes ('' for none), record field pairs.
+# KEYS: job, index. ARGV: id, now, record field pairs. The target (and upload) are in the artifact store
+# already, their SHA-256 among the fields: an artifact is written before the record points at it.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[2], ARGV[3])
-if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
@@ -106,11 +105,20 @@ return 1
 # equals), one at a time: the first and the latest stay, and the gaps between those kept stay within a
 # factor of two of each other (the newest gap aside), so the whole run is covered evenly.
 _THIN_LUA = """
-local function thin(history, weights, cap)
+-- The artifact key a history entry points at, after its job's id: `history/<iteration>-<sha256>` ('' for an
+-- entry written before the artifact store: its weights are in the legacy hash, dropped here).
+local function entry_key(member, iteration, weights)
+  local ok, entry = pcall(cjson.decode, member)
+  if ok and type(entry) == 'table' and entry.sha256 then return 'history/' .. iteration .. '-' .. entry.sha256 end
+  redis.call('HDEL', weights, iteration)
+  return ''
+end
+
+local function thin(history, weights, cap, dropped)
   if redis.call('ZCARD', history) <= cap then return end
   local scored = redis.call('ZRANGE', history, 0, -1, 'WITHSCORES')
-  local its = {}
-  for i = 2, #scored, 2 do its[#its + 1] = scored[i] end
+  local its, members = {}, {}
+  for i = 2, #scored, 2 do its[#its + 1] = scored[i]; members[#members + 1] = scored[i - 1] end
   while #its > cap do
     local drop, narrowest = nil, nil
     for i = 2, #its - 1 do
@@ -118,40 +126,57 @@ local function thin(history, weights, cap)
       if narrowest == nil or gap <= narrowest then drop, narrowest = i, gap end
     end
     redis.call('ZREMRANGEBYSCORE', history, its[drop], its[drop])
-    redis.call('HDEL', weights, its[drop])
+    local key = entry_key(members[drop], its[drop], weights)
+    if key ~= '' then dropped[#dropped + 1] = key end
     table.remove(its, drop)
+    table.remove(members, drop)
   end
 end
 """
 
-# KEYS: job, lease, model, history, history weights.
-# ARGV: token, model bytes, iteration, loss ('' for none), now, id, weights bytes, history cap, loss as JSON.
+# KEYS: job, lease, history, legacy history weights (hash), legacy model (deleted: this one replaces it).
+# ARGV: token, model key, iteration, loss ('' for none), now, id, model sha256, history cap, loss as JSON,
+#       weights sha256 (its object: `<id>/history/<iteration>-<sha256>`, content-addressed).
+# The model file and the weights are in the artifact store already (written first, under fresh keys).
+# Returns {version (-1: the lease was lost), artifact keys nothing points at any more (the model's whole, the
+# history's after the job id)...}: the caller deletes those (a crash before that leaves orphans, which the
+# sweep removes).
 # The new checkpoint replaces every history entry at its iteration or later: those belong to a run that
 # was lost after them and are being trained again, so the history is always one line ending here.
 _CHECKPOINT = _LUA_HELPERS + _THIN_LUA + """
-if not owns(ARGV[1]) then return -1 end
-redis.call('SET', KEYS[3], ARGV[2])
+if not owns(ARGV[1]) then return {-1} end
+local dropped = {}
+local previous = redis.call('HGET', KEYS[1], 'model_key')
+if previous and previous ~= '' and previous ~= ARGV[2] then dropped[#dropped + 1] = previous end
 local version = redis.call('HINCRBY', KEYS[1], 'model_version', 1)
 redis.call('HSET', KEYS[1], 'checkpoint_iteration', ARGV[3], 'checkpoint_loss', ARGV[4], 'checkpoint_at', ARGV[5],
-           'iteration', ARGV[3], 'loss', ARGV[4])
-local later = redis.call('ZRANGEBYSCORE', KEYS[4], ARGV[3], '+inf', 'WITHSCORES')
-for i = 2, #later, 2 do redis.call('HDEL', KEYS[5], later[i]) end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], ARGV[3], '+inf')
-redis.call('ZADD', KEYS[4], ARGV[3], '{"iteration":' .. ARGV[3] .. ',"loss":' .. ARGV[9] .. ',"at":' .. ARGV[5]
-           .. ',"version":' .. version .. '}')
-redis.call('HSET', KEYS[5], ARGV[3], ARGV[7])
-thin(KEYS[4], KEYS[5], tonumber(ARGV[8]))
+           'iteration', ARGV[3], 'loss', ARGV[4], 'model_key', ARGV[2], 'model_sha256', ARGV[7])
+local later = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[3], '+inf', 'WITHSCORES')
+for i = 2, #later, 2 do
+  local key = entry_key(later[i - 1], later[i], KEYS[4])
+  if key ~= '' then dropped[#dropped + 1] = key end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], ARGV[3], '+inf')
+redis.call('ZADD', KEYS[3], ARGV[3], '{"iteration":' .. ARGV[3] .. ',"loss":' .. ARGV[9] .. ',"at":' .. ARGV[5]
+           .. ',"version":' .. version .. ',"sha256":"' .. ARGV[10] .. '"}')
+thin(KEYS[3], KEYS[4], tonumber(ARGV[8]), dropped)
+redis.call('DEL', KEYS[5])
 announce(ARGV[6])
-return version
+local out = {version}
+for _, key in ipairs(dropped) do out[#out + 1] = key end
+return out
 """
 
+# The end steps (finish, suspend) delete first: a delete is allowed when Redis is full (maxmemory with
+# noeviction refuses a script only at its first write that may grow memory), so a job can still end
+# cleanly, "storage is full" in its record, instead of staying "running".
 # KEYS: job, lease, active. ARGV: token, status, now, error, id, warning ('' for none).
 _FINISH = _LUA_HELPERS + """
 if not owns(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3], 'error', ARGV[4], 'eta_seconds', '')
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'warning', ARGV[6]) end
-redis.call('SREM', KEYS[3], ARGV[5])
-redis.call('DEL', KEYS[2])
 announce(ARGV[5])
 return 1
 """
@@ -159,9 +184,9 @@ return 1
 # KEYS: job, lease. ARGV: token, id. The worker is shutting down: back to the queue, recovery resends it.
 _SUSPEND = _LUA_HELPERS + """
 if not owns(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'eta_seconds', '', 'iterations_per_second', '',
            'interrupted_by', 'stop')
-redis.call('DEL', KEYS[2])
 announce(ARGV[2])
 return 1
 """
@@ -187,6 +212,13 @@ return 1
 """
 
 
-SCRIPTS = {"create": _CREATE, "queue_failed": _QUEUE_FAILED, "cancel": _CANCEL, "claim": _CLAIM, "refresh": _REFRESH,
+# KEYS: job. ARGV: field, value, ...: set on a record that still exists (a deleted job stays deleted).
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return 1
+"""
+
+SCRIPTS = {"set_if_exists": _SET_IF_EXISTS, "create": _CREATE, "queue_failed": _QUEUE_FAILED, "cancel": _CANCEL,
+           "claim": _CLAIM, "refresh": _REFRESH,
            "progress": _PROGRESS, "checkpoint": _CHECKPOINT, "finish": _FINISH, "suspend": _SUSPEND,
            "recover": _RECOVER}

@@ -1,7 +1,11 @@
-"""Training jobs in Redis: the record, the processed target, the latest checkpoint, the lease.
+"""Training jobs: the record, indexes and the lease in Redis; the files in the artifact store.
 
 Every host (API, workers, stream) reads and writes jobs here only, so nothing needs a shared
 filesystem. Where each part lives is the key table of backend.storage.keys (docs/api.md, "Storage").
+The processed target, the latest checkpoint and the history's weights are objects of the artifact store
+(backend.storage.artifacts, `<job id>/...`): each is written first, then the record points at it with its
+SHA-256 (verified on read). Jobs stored by an earlier version (blobs in Redis) are read through and
+moved by `migrate` (run at start).
 The record is one hash; its fields are `Job`'s, declared once there: `RecordCodec` reads the field
 types to encode and decode them (lists and dicts as JSON, None as '', flags as '1'), beside the
 bookkeeping fields the scripts use (`BOOKKEEPING_FIELDS`).
@@ -18,6 +22,7 @@ status of a job with a checkpoint, or stores one, also publishes on CHECKPOINT_C
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -32,12 +37,13 @@ import redis
 import torch
 from pydantic import AliasChoices, BaseModel, Field, PlainSerializer, PlainValidator, PrivateAttr, WithJsonSchema
 
-from backend.config import CHECKPOINT_HISTORY
+from backend.config import CHECKPOINT_HISTORY, Settings
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
 from backend.nca.train import Progress
 
 from . import keys
-from .connection import text
+from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings, sha256
+from .connection import is_storage_full, text
 from .job_scripts import SCRIPTS
 from .keys import job_key
 from .status import FINISHED, JobStatus
@@ -55,7 +61,10 @@ ACTIVE_KEY = keys.JOBS_ACTIVE.pattern
 CHECKPOINT_CHANNEL = keys.CHECKPOINTS_CHANNEL.pattern
 # Hash fields that are bookkeeping, not part of the record: the spec's version, the loss history's
 # stride, and the claim (lease token and length) that lets an owner take back a lease that expired.
-BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms")
+# The artifact pointers (key and SHA-256 of the target, the upload, the latest model file) are bookkeeping too.
+BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms", "target_bytes", "upload_bytes", "model_bytes",
+                      "weights_bytes", "target_sha256", "upload_sha256",
+                      "model_key", "model_sha256")
 
 
 def new_job_id() -> str:
@@ -216,15 +225,25 @@ class LossPoints(Protocol):
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY):
-        """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2."""
+    def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY,
+                 artifacts: ArtifactStore | None = None):
+        """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2.
+        `artifacts`: where the files go; default: the one the environment's settings name (NCA_ARTIFACTS)."""
         if history_cap < 2:
             raise ValueError("the checkpoint history keeps at least 2 checkpoints (the first and the latest)")
         self._client, self.history_cap = client, history_cap
+        self.artifacts = artifacts if artifacts is not None else artifacts_from_settings(Settings())
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts[script](keys=keys, args=args)
+        """Run a script; a write refused inside it for memory raises OutOfMemoryError, as a plain command's does
+        (Redis reports it as a script error), so the API says "storage is full" and a run ends cleanly."""
+        try:
+            return self._scripts[script](keys=keys, args=args)
+        except redis.exceptions.ResponseError as exc:
+            if is_storage_full(exc) and not isinstance(exc, redis.exceptions.OutOfMemoryError):
+                raise redis.exceptions.OutOfMemoryError(str(exc)) from exc
+            raise
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -273,28 +292,47 @@ class JobStore:
         """0 until the first checkpoint (or for an unknown job)."""
         return int(self._client.hget(job_key(job_id), "model_version") or 0)
 
+    def _pointers(self, job_id: str, *fields: str) -> list[str | None]:
+        return [None if v is None or v == b"" else text(v) for v in self._client.hmget(job_key(job_id), fields)]
+
     def target(self, job_id: str) -> torch.Tensor:
-        data = self._client.get(job_key(job_id, "target"))
+        """The processed target (ArtifactMissing / ArtifactCorrupt when its object is lost or damaged)."""
+        digest, status = self._pointers(job_id, "target_sha256", "status")
+        if digest is not None:
+            return tensor_from_bytes(self.artifacts.get(f"{job_id}/target", digest))
+        data = self._client.get(job_key(job_id, "target"))  # a job stored before the artifact store
         if data is None:
+            if status is not None:
+                raise ArtifactMissing(f"{job_id}/target", "the job's target is missing")
             raise JobNotFound(job_id)
         return tensor_from_bytes(data)
 
     def checkpoint(self, job_id: str) -> bytes | None:
-        """The model file of the latest checkpoint."""
-        return self._client.get(job_key(job_id, "model"))
+        """The model file of the latest checkpoint (None before the first)."""
+        key, digest = self._pointers(job_id, "model_key", "model_sha256")
+        if key is not None:
+            return self.artifacts.get(key, digest)
+        return self._client.get(job_key(job_id, "model"))  # a job stored before the artifact store
 
     def history(self, job_id: str) -> list[Checkpoint]:
         """The job's checkpoints, oldest first (empty for an unknown job or before the first checkpoint)."""
         return [Checkpoint.model_validate_json(m) for m in self._client.zrange(job_key(job_id, "history"), 0, -1)]
 
+    def _history_member(self, job_id: str, iteration: int) -> dict | None:
+        found = self._client.zrangebyscore(job_key(job_id, "history"), iteration, iteration)
+        return json.loads(found[0]) if found else None
+
     def history_entry(self, job_id: str, iteration: int) -> Checkpoint | None:
         """The history's checkpoint at `iteration`, None if it has none there."""
-        found = self._client.zrangebyscore(job_key(job_id, "history"), iteration, iteration)
-        return Checkpoint.model_validate_json(found[0]) if found else None
+        member = self._history_member(job_id, iteration)
+        return None if member is None else Checkpoint.model_validate(member)
 
     def history_weights(self, job_id: str, iteration: int) -> bytes | None:
         """The weights-only model file of the history's checkpoint at `iteration`."""
-        return self._client.hget(job_key(job_id, "history:weights"), str(iteration))
+        member = self._history_member(job_id, iteration)
+        if member is not None and member.get("sha256"):
+            return self.artifacts.get(self._weights_key(job_id, iteration, member["sha256"]), member["sha256"])
+        return self._client.hget(job_key(job_id, "history:weights"), str(iteration))  # stored before the store
 
     def cancel_requested(self, job_id: str) -> bool:
         return text(self._client.hget(job_key(job_id), "cancel_requested")) == "1"
@@ -313,9 +351,13 @@ class JobStore:
             "grid_width": width, "model_version": 0, "loss_history": [], "loss_every": 1, "resumed_from": [],
             "warning": warning,
         }
-        keys = [job_key(job_id), job_key(job_id, "target"), job_key(job_id, "upload"), JOBS_KEY]
-        args = [job_id, now, tensor_to_bytes(target), upload or b"", *RecordCodec.encode(record)]
-        if not self._run("create", keys, args):
+        target_bytes = tensor_to_bytes(target)
+        record["target_sha256"] = self.artifacts.put(f"{job_id}/target", target_bytes)
+        record["target_bytes"] = len(target_bytes)  # sizes, for the owner's storage quota (backend/storage/quota.py)
+        if upload:
+            record["upload_sha256"] = self.artifacts.put(f"{job_id}/upload", upload)
+            record["upload_bytes"] = len(upload)
+        if not self._run("create", [job_key(job_id), JOBS_KEY], [job_id, now, *RecordCodec.encode(record)]):
             raise ValueError(f"job {job_id} exists already")
         return self.get(job_id)
 
@@ -344,11 +386,13 @@ class JobStore:
 
     def progress(self, job_id: str, token: str, progress: Progress, history: LossPoints,
                  resumed_from: list[int] | None = None) -> bool:
-        """Where training is: the trainer's record and the worker's loss history, in one write (False: the
-        lease is lost). What the record does not know yet (no loss, no measured rate) stays as it is;
+        """Where training is: the trainer's record and the worker's loss history (6 significant digits: a
+        chart's precision, and Redis stays small), in one write (False: the lease is lost). What the record
+        does not know yet (no loss, no measured rate) stays as it is;
         `resumed_from` at the start of a run."""
         fields: dict[str, Any] = {"iteration": progress.iteration, "total": progress.total,
-                                  "loss_history": history.points, "loss_every": history.every,
+                                  "loss_history": [(i, float(f"{loss:.6g}")) for i, loss in history.points],
+                                  "loss_every": history.every,
                                   "trained_seconds": round(progress.trained_seconds, 1)}
         if progress.loss is not None and math.isfinite(progress.loss):
             fields["loss"] = progress.loss
@@ -368,13 +412,41 @@ class JobStore:
     def store_checkpoint(self, job_id: str, token: str, model_bytes: bytes, iteration: int,
                          loss: float | None, weights: bytes | None = None) -> int:
         """Store the model file, add `weights` (its weights-only file; default: `model_bytes`) to the
-        history and bump the version, in one step; the new version, or -1 when the lease was lost."""
-        keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "model"), job_key(job_id, "history"),
-                job_key(job_id, "history:weights")]
+        history and bump the version; the new version, or -1 when the lease was lost.
+
+        The files go to the artifact store first, under fresh keys (the weights' is their SHA-256, the model
+        file's a nonce: a reader never sees a half-replaced object), then one script points the record and
+        the history at them; what nothing points at any
+        more is deleted after (ArtifactUnavailable when the store cannot take the files: nothing changed)."""
+        data = model_bytes if weights is None else weights
+        weights_sha = self.artifacts.put(self._weights_key(job_id, iteration, sha256(data)), data)
+        model_key = f"{job_id}/model/{iteration}-{uuid.uuid4().hex[:12]}"
+        model_sha = self.artifacts.put(model_key, model_bytes)
+        keys = [job_key(job_id), job_key(job_id, "lease"), job_key(job_id, "history"),
+                job_key(job_id, "history:weights"), job_key(job_id, "model")]
         loss_json = json.dumps(loss) if loss is not None and math.isfinite(loss) else "null"
-        args = [token, model_bytes, int(iteration), "" if loss is None else loss, time.time(), job_id,
-                model_bytes if weights is None else weights, self.history_cap, loss_json]
-        return int(self._run("checkpoint", keys, args))
+        args = [token, model_key, int(iteration), "" if loss is None else loss, round(time.time(), 3), job_id,
+                model_sha, self.history_cap, loss_json, weights_sha]
+        version, *unused = self._run("checkpoint", keys, args)
+        version = int(version)
+        if version < 0:  # the lease is lost: the history's object stays if another run wrote the same weights
+            self._discard([model_key])
+        else:
+            self._discard([text(k) if text(k).startswith(job_id) else f"{job_id}/{text(k)}" for k in unused])
+            # Sizes for the owner's storage quota: every history entry's weights file is the same size.
+            self._run("set_if_exists", [job_key(job_id)], ["model_bytes", len(model_bytes), "weights_bytes", len(data)])
+        return version
+
+    @staticmethod
+    def _weights_key(job_id: str, iteration: int | str, digest: str) -> str:
+        """A history entry's object: content-addressed, so the entry needs only its SHA-256 (Redis stays small)."""
+        return f"{job_id}/history/{iteration}-{digest}"
+
+    def _discard(self, artifact_keys: list[str]) -> None:
+        """Delete objects nothing points at; best effort (the orphan sweep removes what is left)."""
+        for key in artifact_keys:
+            with contextlib.suppress(ArtifactError):
+                self.artifacts.delete(key)
 
     def finish(self, job_id: str, token: str, status: JobStatus, error: str | None = None,
                warning: str | None = None) -> bool:
@@ -404,3 +476,96 @@ class JobStore:
     def mark_orphan(self, *job_ids: str) -> None:
         """Put jobs back for recovery (their resend failed)."""
         self._client.sadd(ACTIVE_KEY, *job_ids)
+
+    # --- the artifact store: upgrade in place, orphans ------------------------------------------
+
+    def migrate(self, job_id: str) -> bool:
+        """Move a job stored by an earlier version (target, upload, latest model and history weights as
+        Redis blobs) to the artifact store; True when something moved. Each blob is written to the store
+        first, then the record is pointed at it and the blob deleted in one transaction (WATCH: a worker
+        that checkpoints meanwhile wins, the move is retried against what it wrote)."""
+        record, legacy = job_key(job_id), {part: job_key(job_id, part) for part in ("target", "upload", "model")}
+        weights_key, history_key = job_key(job_id, "history:weights"), job_key(job_id, "history")
+
+        def move(pipe: redis.client.Pipeline) -> bool:
+            target, upload, model = (pipe.get(key) for key in legacy.values())
+            weights = pipe.hgetall(weights_key)
+            members = pipe.zrange(history_key, 0, -1, withscores=True)
+            if target is None and upload is None and model is None and not weights:
+                return False
+            fields: dict[str, str] = {}
+            if target is not None:
+                fields["target_sha256"] = self.artifacts.put(f"{job_id}/target", target)
+            if upload is not None:
+                fields["upload_sha256"] = self.artifacts.put(f"{job_id}/upload", upload)
+            if model is not None and not pipe.hget(record, "model_key"):
+                key = f"{job_id}/model/{text(pipe.hget(record, 'checkpoint_iteration') or b'0')}-migrated"
+                fields.update(model_key=key, model_sha256=self.artifacts.put(key, model))
+            rewritten = []
+            for member, score in members:
+                entry = json.loads(member)
+                data = weights.get(str(int(score)).encode())
+                if entry.get("sha256") or data is None:
+                    continue
+                digest = self.artifacts.put(self._weights_key(job_id, int(score), sha256(data)), data)
+                rewritten.append((member, score, json.dumps({**entry, "sha256": digest}, separators=(",", ":"))))
+            pipe.multi()
+            if fields:
+                pipe.hset(record, mapping=fields)
+            for member, score, new in rewritten:
+                pipe.zrem(history_key, member)
+                pipe.zadd(history_key, {new: score})
+            pipe.delete(*legacy.values(), weights_key)
+            return True
+
+        return self._client.transaction(move, *legacy.values(), weights_key, history_key, record,
+                                        value_from_callable=True)
+
+    def migrate_all(self) -> int:
+        """Move every job stored by an earlier version (at start: backend.run, the API); how many moved."""
+        moved = 0
+        for raw in self._client.scan_iter(match=job_key("*", "target"), count=1000):
+            moved += self.migrate(text(raw).removeprefix(keys.JOB.prefix).removesuffix(":target"))
+        return moved
+
+    def _referenced(self, job_id: str) -> set[str] | None:
+        """The artifact keys a job's record points at; None when there is no such job."""
+        target, upload, model, status = self._pointers(job_id, "target_sha256", "upload_sha256", "model_key",
+                                                       "status")
+        if status is None:
+            return None
+        found = {f"{job_id}/target"} if target else set()
+        found |= {f"{job_id}/upload"} if upload else set()
+        found |= {model} if model else set()
+        for member, score in self._client.zrange(job_key(job_id, "history"), 0, -1, withscores=True):
+            digest = json.loads(member).get("sha256")
+            if digest:
+                found.add(self._weights_key(job_id, int(score), digest))
+        return found
+
+    def elect(self, role: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` is (now) the one process doing `role` for the next `seconds` (SET NX with a TTL;
+        the holder renews it): a periodic chore such as the orphan sweep runs on one process, not on every one."""
+        key = f"{keys.ELECTED.prefix}{role}"
+        if self._client.set(key, holder, nx=True, px=int(seconds * 1000)):
+            return True
+        if text(self._client.get(key)) == holder:
+            self._client.pexpire(key, int(seconds * 1000))
+            return True
+        return False
+
+    def sweep_orphans(self, grace_seconds: float = 3600.0) -> int:
+        """Delete the objects no record points at (a crash between writing an object and its record, a
+        job deleted while the store was down), once older than `grace_seconds` (so that a write in
+        progress is never taken); how many were deleted. Run by one elected process (backend.worker)."""
+        cutoff, by_job = time.time() - grace_seconds, {}
+        for key, modified in self.artifacts.objects():
+            if modified < cutoff:
+                by_job.setdefault(key.split("/", 1)[0], []).append(key)
+        swept = 0
+        for job_id, old in by_job.items():
+            referenced = self._referenced(job_id) or set()
+            unused = [key for key in old if key not in referenced]
+            self._discard(unused)
+            swept += len(unused)
+        return swept

@@ -27,16 +27,18 @@ JOBS = Key("nca:jobs", "sorted set", "job id -> created_at (listing, newest firs
 JOBS_ACTIVE = Key("nca:jobs:active", "set",
                   "jobs a worker has claimed and not finished (crash recovery looks here)")
 JOB = Key("nca:job:<id>", "hash", "the job record (fields as above; lists, `plan` and `spec` as JSON), plus the "
-          "bookkeeping fields `spec_version`, `loss_every` (the loss history's stride) and the claim: `owner` "
-          "(the lease token) and `lease_ms`")
-JOB_TARGET = Key("nca:job:<id>:target", "string", "the processed target, safetensors `{\"tensor\": (4, H, W) float32}`")
-JOB_UPLOAD = Key("nca:job:<id>:upload", "string",
-                 "the original upload, kept when at most `NCA_MAX_STORED_UPLOAD_BYTES` (2 MiB)")
-JOB_MODEL = Key("nca:job:<id>:model", "string", "model file bytes of the latest checkpoint")
+          "bookkeeping fields `spec_version`, `loss_every` (the loss history's stride), the claim: `owner` "
+          "(the lease token) and `lease_ms`, and the artifact pointers: `target_sha256`, `upload_sha256`, "
+          "`model_key` and `model_sha256` (the latest checkpoint's object)")
+JOB_TARGET = Key("nca:job:<id>:target", "string", "legacy (jobs stored before the artifact store; moved there at "
+                 "start, read through until then): the processed target")
+JOB_UPLOAD = Key("nca:job:<id>:upload", "string", "legacy: the original upload (deleted by the migration)")
+JOB_MODEL = Key("nca:job:<id>:model", "string", "legacy: model file bytes of the latest checkpoint")
 JOB_HISTORY = Key("nca:job:<id>:history", "sorted set", "the training history: score = iteration, member = JSON "
-                  "`{\"iteration\", \"loss\", \"at\", \"version\"}` (a listing is one `ZRANGE`)")
+                  "`{\"iteration\", \"loss\", \"at\", \"version\", \"key\", \"sha256\"}` (`key`: the "
+                  "weights' object in the artifact store; a listing is one `ZRANGE`)")
 JOB_HISTORY_WEIGHTS = Key("nca:job:<id>:history:weights", "hash",
-                          "iteration -> the weights-only model file of that checkpoint")
+                          "legacy: iteration -> the weights-only model file of that checkpoint")
 JOB_LEASE = Key("nca:job:<id>:lease", "string + TTL", "token of the worker training it")
 WORKER = Key("nca:worker:<id>", "string + TTL", "worker presence (JSON: id, device, job, started_at, seen_at, "
              "threads, speed: the worker's measured speed)")
@@ -50,6 +52,8 @@ STREAM_CLIENT = Key("nca:stream:client:<address>", "sorted set + TTL",
                     "the streams a client address (or `owner:<owner id>`: an owner) has open on any stream replica: "
                     "slot id -> expiry (ms, Redis clock); renewed every 10 s by its replica, lapses 30 s after "
                     "(`backend/storage/stream_clients.py`)")
+ELECTED = Key("nca:elected:<role>", "string + TTL", "the one process doing a periodic chore (`orphan-sweep`: the "
+              "artifact store's objects no record points at), renewed by its holder")
 TRAINING_QUEUE = Key("nca-training", "list",
                      "Celery's queue: task `nca.train_job`, one argument, the job id (`backend/storage/queue.py`)")
 UNACKED = Key("unacked", "hash", "kombu's messages received by a worker and not yet acknowledged "
@@ -99,7 +103,7 @@ LAYOUT: tuple[Key, ...] = (JOBS, JOBS_ACTIVE, JOB, JOB_TARGET, JOB_UPLOAD, JOB_M
                            TRAINING_QUEUE, UNACKED, UNACKED_INDEX, CHECKPOINTS_CHANNEL, SECRET, JOB_OWNER, OWNER_JOBS,
                            OWNERS_MINTED, SHARE, JOB_SHARES, GALLERY, JOB_DISPATCHED, FAIR_OWNERS, FAIR_QUEUE,
                            FAIR_RESUME, FAIR_WAITING, FAIR_SERVED, RETENTION_LOCK, ROOM, ROOM_CODE, ROOM_OWNER,
-                           ROOM_WANT, ROOM_SNAPSHOT, ROOMS_CLIENT)
+                           ROOM_WANT, ROOM_SNAPSHOT, ROOMS_CLIENT, ELECTED)
 
 
 def job_key(job_id: str, part: str | None = None) -> str:

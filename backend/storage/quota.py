@@ -86,6 +86,12 @@ _BYTES = """
 local total = 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local base = ARGV[1] .. id
+  -- Files in the artifact store: their sizes in the record (every history entry's weights are one size).
+  local sizes = redis.call('HMGET', base, 'target_bytes', 'upload_bytes', 'model_bytes', 'weights_bytes')
+  local stored = {}
+  for i = 1, 4 do stored[i] = tonumber(sizes[i]) or 0 end
+  total = total + stored[1] + stored[2] + stored[3] + stored[4] * redis.call('ZCARD', base .. ':history')
+  -- Blobs of a job stored by an older version (in Redis until moved).
   total = total + redis.call('STRLEN', base .. ':target') + redis.call('STRLEN', base .. ':upload')
     + redis.call('STRLEN', base .. ':model')
   local weights = base .. ':history:weights'

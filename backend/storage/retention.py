@@ -78,6 +78,8 @@ class Deletion:
         args = [job_id, keys.job_key(""), keys.OWNER_JOBS.prefix, keys.SHARE.prefix, keys.JOBS.pattern,
                 keys.JOBS_ACTIVE.pattern, keys.GALLERY.pattern, QUOTA_ACTIVE, QUOTA_OWNER, *JOB_PARTS]
         existed = bool(self._delete(keys=[], args=args))
+        # Its files, after the record (a crash between the two leaves orphans, which the orphan sweep removes).
+        self.jobs.artifacts.delete_job(job_id)
         try:
             self.exported_file(job_id).unlink(missing_ok=True)
         except OSError as exc:  # a read-only models folder: the bytes in Redis are gone all the same

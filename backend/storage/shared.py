@@ -12,6 +12,7 @@ from celery import Celery
 
 from backend.config import Settings
 
+from .artifacts import ArtifactStore, ArtifactUnavailable, artifacts_from_settings
 from .connection import connect
 from .dispatch import FairQueue
 from .jobs import JobStore
@@ -29,7 +30,8 @@ class Storage:
     def __init__(self, client: redis.Redis, settings: Settings, celery: Celery | None = None):
         """`celery`: the app that sends training messages (a worker passes its own; default: a sender)."""
         self._client = client
-        self.jobs = JobStore(client, settings.checkpoint_history)
+        self.artifacts: ArtifactStore = artifacts_from_settings(settings)
+        self.jobs = JobStore(client, settings.checkpoint_history, self.artifacts)
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
         self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client,
                               settings.max_active_jobs_per_owner, int(settings.max_owner_megabytes * 1e6),
@@ -51,6 +53,19 @@ class Storage:
     def ping(self) -> None:
         """Raises one of REDIS_DOWN_ERRORS (backend.storage.connection) when Redis is unreachable."""
         self._client.ping()
+
+    def memory(self) -> tuple[int, int]:
+        """Redis's (used_memory, maxmemory) in bytes; maxmemory 0 means no limit."""
+        info = self._client.info("memory")
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+
+    def artifacts_error(self) -> str | None:
+        """Why the artifact store cannot be reached, or None when it can."""
+        try:
+            self.artifacts.ping()
+        except ArtifactUnavailable as exc:
+            return str(exc)
+        return None
 
     def close(self) -> None:
         self._client.close()

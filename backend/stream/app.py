@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from backend.config import Settings, get_settings
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFileError
+from backend.storage.artifacts import ArtifactError, artifacts_from_settings
 from backend.storage.connection import REDIS_DOWN_ERRORS, connect
 from backend.storage.jobs import JobStore
 from backend.storage.models import CHECKPOINT_CHANNEL, EXAMPLE_PREFIX, CheckpointNotFound, ModelCatalog, ModelNotFound
@@ -55,7 +56,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.stream_torch_threads > 0:
         torch.set_num_threads(settings.stream_torch_threads)
     client = connect(settings.redis_url)
-    catalog = ModelCatalog(JobStore(client), settings.models_dir)
+    catalog = ModelCatalog(JobStore(client, settings.checkpoint_history, artifacts_from_settings(settings)),
+                           settings.models_dir)
 
     def fetch(model_id: str) -> tuple[bytes, int, str]:
         version = catalog.get_model_version(model_id)  # first: the bytes are then at least this new
@@ -207,6 +209,8 @@ async def _stream(ws: WebSocket) -> None:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} is unreadable: {exc}")
     except REDIS_DOWN_ERRORS:
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, "the model store (Redis) is unavailable; try again later")
+    except ArtifactError as exc:  # the model file is missing, damaged or the store unreachable: say which
+        return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} could not be loaded: {exc}")
     except Exception:  # e.g. a garbled version in the store: still a documented close, not a dropped connection
         log.exception("could not open a stream of model %s", params.model)
         return await _refuse(ws, p.CLOSE_SERVER_ERROR, f"model {params.model!r} could not be loaded")

@@ -24,10 +24,14 @@ __all__ = ["Heartbeat", "connect_signals", "recover_orphans"]
 log = logging.getLogger(__name__)
 
 
+SWEEP_EVERY = 600.0  # seconds between orphan sweeps of the artifact store, by one elected worker
+
+
 class Heartbeat(threading.Thread):
     def __init__(self, worker: TrainingWorker):
         super().__init__(name="nca-heartbeat", daemon=True)
         self.worker, self.started_at = worker, time.time()
+        self.next_sweep = time.monotonic() + 60.0  # not in the busy start
         self.period = min(worker.settings.lease_seconds / 3, 5.0)
         self.done = threading.Event()
 
@@ -45,10 +49,23 @@ class Heartbeat(threading.Thread):
                 if not self.worker.stopping.is_set():  # a stopping worker leaves its job to the next one
                     recover_orphans(self.worker.storage, skip=self.worker.current_job)
                     self.worker.storage.deletion.sweep_if_due()  # retention (NCA_RETENTION_DAYS), one process at a time
+                    self.sweep()  # orphaned artifacts, one elected worker
             except Exception:  # Redis down: keep trying, the worker itself stays up
                 log.warning("heartbeat failed", exc_info=True)
             if self.done.wait(self.period):
                 return
+
+    def sweep(self) -> None:
+        """Every SWEEP_EVERY, on the one elected worker: delete the artifact store's orphans (objects a crash
+        left with no record pointing at them)."""
+        if time.monotonic() < self.next_sweep:
+            return
+        self.next_sweep = time.monotonic() + SWEEP_EVERY
+        jobs = self.worker.storage.jobs
+        if jobs.elect("orphan-sweep", self.worker.id, 2 * SWEEP_EVERY):
+            swept = jobs.sweep_orphans()
+            if swept:
+                log.info("artifact store: %d orphaned objects deleted", swept)
 
     def stop(self) -> None:
         self.done.set()

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import torch
 from celery import Celery
+from redis.exceptions import OutOfMemoryError
 
 from backend.config import Settings
 from backend.nca import Trainer, TrainingFailed
@@ -29,6 +30,7 @@ from backend.nca.jobspec import SpecError
 from backend.nca.model import pick_device
 from backend.nca.modelfile import ModelFile, from_bytes, to_bytes, write_atomic
 from backend.nca.train import Progress, TrainResult
+from backend.storage.artifacts import ArtifactUnavailable
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, JobStatus, JobStore
 from backend.storage.shared import Storage
@@ -54,6 +56,14 @@ def recover_orphans(storage: Storage, skip: str | None = None) -> list[str]:
         return _recover(storage, skip)
 
 
+def requeued_words(job: Job) -> str:
+    """The re-queue log line: where the job resumes from, and why it was interrupted."""
+    why = INTERRUPTIONS.get(job.interrupted_by, "")
+    if job.checkpoint_iteration is None:
+        return f"re-queued {why}; it has no checkpoint yet and starts again from the beginning".replace("  ", " ")
+    return f"re-queued {why} to resume from its checkpoint at iteration {job.checkpoint_iteration}".replace("  ", " ")
+
+
 def _recover(storage: Storage, skip: str | None) -> list[str]:
     jobs, queue = storage.jobs, storage.queue
     recovered = jobs.recover_orphans(skip)
@@ -65,8 +75,8 @@ def _recover(storage: Storage, skip: str | None) -> list[str]:
         except Exception:
             jobs.mark_orphan(*recovered[i:])  # this one and the rest, not sent yet: try again next round
             raise
-        log.info("job %s: re-queued to resume from its checkpoint %s (unacknowledged messages dropped: %d)", job_id,
-                 INTERRUPTIONS.get(jobs.get(job_id).interrupted_by, ""), forgotten)
+        log.info("job %s: %s (unacknowledged messages dropped: %d)", job_id, requeued_words(jobs.get(job_id)),
+                 forgotten)
     return recovered
 
 
@@ -139,6 +149,54 @@ def until_redis(action: Callable[[], T], stopping: threading.Event, what: str) -
             stopping.wait(REDIS_RETRY_SECONDS)
 
 
+STORAGE_FULL = ("storage is full: Redis refused the job's writes for memory (maxmemory); its latest stored "
+                "checkpoint is kept. Ask the operator to free or add memory, then train it again")
+
+
+class StorageFull(Exception):
+    """Redis refused a write of this run for memory: the run ends, the job fails with STORAGE_FULL."""
+
+
+class Outage:
+    """What a training run does while Redis (or the artifact store) is unreachable: it keeps training,
+    asks again only after a growing pause (each failed call costs a client retry, ~100 ms: asking every
+    iteration made training crawl), and logs one line when the outage starts and one when it ends,
+    with how many calls failed in between (not one per call)."""
+
+    FIRST_PAUSE, MAX_PAUSE = 0.25, 5.0
+
+    def __init__(self, job_id: str):
+        self.job_id, self.since, self.failures, self.pause, self.next_try = job_id, None, 0, 0.0, 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def due(self) -> bool:
+        """Whether to call the store now: always when it is up, after the pause while it is down."""
+        return self.since is None or time.monotonic() >= self.next_try
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since, self.pause = now, self.FIRST_PAUSE
+            log.warning("job %s: storage unreachable (%s: %s); training goes on, checkpoints are kept until it "
+                        "is back", self.job_id, what, exc)
+        else:
+            self.pause = min(self.pause * 2, self.MAX_PAUSE)
+        self.failures += 1
+        self.next_try = now + self.pause
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            log.warning("job %s: storage reachable again after %.1f s (%d calls failed meanwhile)", self.job_id,
+                        time.monotonic() - self.since, self.failures)
+            self.since, self.failures = None, 0
+
+
+STORE_DOWN_ERRORS = (*REDIS_DOWN_ERRORS, ArtifactUnavailable)
+
+
 class Lease(threading.Thread):
     """Renews the job's lease in the background; `lost` is set if another worker took the job over."""
 
@@ -185,8 +243,11 @@ class JobRun:
         self.stopping, self.worker_id, self.speed = stopping or threading.Event(), worker_id, speed
         self.history = LossHistory(job.loss_history, job.loss_every)
         self.last_write = 0.0
-        self.last_checkpoint: bytes | None = None  # what Redis holds: exported as is on success
-        self.unsaved: ModelFile | None = None  # a checkpoint Redis was down for; stored before the run ends
+        self.last_checkpoint: bytes | None = None  # what the store holds: exported as is on success
+        # Checkpoints the store was down for, oldest first, as (model file, weights, iteration, loss): each is
+        # stored, in order, when it is back, so the history keeps them; only the latest keeps its optimizer state.
+        self.unsaved: list[tuple[bytes | None, bytes, int, float | None]] = []
+        self.outage = Outage(job.id)
 
     def run(self) -> str:
         job = self.job
@@ -201,12 +262,18 @@ class JobRun:
             self.speed = self.speed.refined(time.perf_counter() - start, predicted)
         except TrainingFailed as exc:
             return self.finish("failed", str(exc))
+        except (StorageFull, OutOfMemoryError):
+            log.warning("job %s: Redis is full (maxmemory): the job ends failed", job.id)
+            return until_redis(lambda: self.finish("failed", STORAGE_FULL), self.stopping, f"job {job.id}: end")
         except REDIS_DOWN_ERRORS:
             raise  # stopping while Redis is down: its lease runs out and it resumes from its checkpoint
         except Exception as exc:
             log.exception("job %s: training crashed", job.id)
             return self.finish("failed", f"internal error while training: {type(exc).__name__}: {exc}")
-        return until_redis(lambda: self.conclude(trainer, result), self.stopping, f"job {job.id}: end")
+        try:
+            return until_redis(lambda: self.conclude(trainer, result), self.stopping, f"job {job.id}: end")
+        except (StorageFull, OutOfMemoryError):
+            return until_redis(lambda: self.finish("failed", STORAGE_FULL), self.stopping, f"job {job.id}: end")
 
     def prepare(self) -> Trainer:
         """The trainer, from the latest checkpoint if there is one; the record says where the run starts."""
@@ -243,8 +310,7 @@ class JobRun:
 
     def conclude(self, trainer: Trainer, result: TrainResult) -> str:
         """After training stopped: the last checkpoint, then succeeded, cancelled or back to the queue."""
-        if self.unsaved is not None:
-            self.store_checkpoint(self.unsaved)
+        self.store_unsaved()
         if self.lease.lost.is_set():
             return "lease lost"
         self.write(trainer.progress(finished_early=result.finished_early))
@@ -259,23 +325,33 @@ class JobRun:
     def should_stop(self) -> bool:
         if self.stopping.is_set() or self.lease.lost.is_set():
             return True
-        try:
-            return self.store.cancel_requested(self.job.id)
-        except REDIS_DOWN_ERRORS:  # a blip: keep training, ask again next iteration
+        if not self.outage.due():  # Redis is down: ask again after a pause, train at full speed meanwhile
             return False
+        try:
+            cancel = self.store.cancel_requested(self.job.id)
+        except REDIS_DOWN_ERRORS as exc:  # keep training, ask again after the outage's pause
+            self.outage.failed("cancel check", exc)
+            return False
+        self.outage.succeeded()
+        return cancel
 
     def on_progress(self, p: Progress) -> None:
         """Every iteration: the loss history takes it; the record, every `progress_every` seconds (best effort)."""
         if p.loss is not None:
             self.history.add(p.iteration, p.loss)
         now = time.monotonic()
-        if now - self.last_write < self.settings.progress_every:
+        if now - self.last_write < self.settings.progress_every or not self.outage.due():
             return
         self.last_write = now
         try:
+            self.store_unsaved()  # the store is back: the checkpoints of the outage first, in order
             self.write(p)
-        except REDIS_DOWN_ERRORS:  # progress is best effort; checkpoints are not
-            log.warning("job %s: could not write progress", self.job.id)
+        except STORE_DOWN_ERRORS as exc:  # progress is best effort; checkpoints are kept until the store is back
+            self.outage.failed("progress", exc)
+            return
+        except OutOfMemoryError as exc:
+            raise StorageFull(str(exc)) from exc
+        self.outage.succeeded()
 
     def write(self, progress: Progress, resumed_from: list[int] | None = None) -> None:
         """The one way progress is written: the trainer's record with the loss history; refused: lease lost."""
@@ -283,29 +359,41 @@ class JobRun:
             self.lease.lost.set()
 
     def on_checkpoint(self, model_file: ModelFile) -> None:
-        try:
-            self.store_checkpoint(model_file)
-        except REDIS_DOWN_ERRORS:  # keep training: the next checkpoint (or the end of the run) stores it
-            log.warning("job %s: could not store the checkpoint at iteration %d (Redis unreachable)",
-                        self.job.id, model_file.info.iterations)
-            self.unsaved = model_file
-
-    def store_checkpoint(self, model_file: ModelFile) -> None:
-        """The whole file (to resume from) and, for the job's history, its weights alone (~35 KB)."""
-        data = to_bytes(model_file)
+        """The whole file (to resume from) and, for the job's history, its weights alone (~35 KB), queued
+        behind the checkpoints an outage kept, then stored unless the store is still down."""
+        if self.unsaved:  # only the latest keeps its optimizer state (what a resume needs)
+            self.unsaved[-1] = (None, *self.unsaved[-1][1:])
         weights = to_bytes(ModelFile(model_file.model, model_file.info))  # no target, no optimizer state
-        version = self.store.store_checkpoint(self.job.id, self.token, data, model_file.info.iterations,
-                                              model_file.info.final_loss, weights)  # announced by the store
-        self.unsaved = None
-        if version < 0:
-            self.lease.lost.set()
+        self.unsaved.append((to_bytes(model_file), weights, model_file.info.iterations, model_file.info.final_loss))
+        if not self.outage.due():
             return
-        self.last_checkpoint = data
+        try:
+            self.store_unsaved()
+        except STORE_DOWN_ERRORS as exc:  # keep training: stored when the store is back (or at the run's end)
+            self.outage.failed(f"checkpoint at iteration {model_file.info.iterations}", exc)
+            return
+        except OutOfMemoryError as exc:
+            raise StorageFull(str(exc)) from exc
+        self.outage.succeeded()
+
+    def store_unsaved(self) -> None:
+        """Store the checkpoints not stored yet, oldest first (each leaves the list once stored)."""
+        while self.unsaved:
+            data, weights, iteration, loss = self.unsaved[0]
+            version = self.store.store_checkpoint(self.job.id, self.token, data or weights, iteration, loss,
+                                                  weights)  # announced by the store
+            self.unsaved.pop(0)
+            if version < 0:
+                self.unsaved.clear()
+                self.lease.lost.set()
+                return
+            self.last_checkpoint = data or weights
 
     def export(self) -> str | None:
         """A copy of the final checkpoint in models_dir/jobs/ for this machine (Redis stays the source of
         truth); a warning for the record when it cannot be written."""
         data = self.last_checkpoint or self.store.checkpoint(self.job.id)
+        assert data is not None  # a run that succeeded stored its last checkpoint
         path = self.export_path()
         try:
             write_atomic(path, data)

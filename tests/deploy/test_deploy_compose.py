@@ -36,7 +36,12 @@ from tests.deploy.compose_model import (
 COMPOSE_SCHEMA = REPO_ROOT.parent / "shared" / "reference" / "compose-spec.json"
 # What a host sets for the files that refuse to start without it (`${VAR:?message}`).
 REQUIRED_HOST_ENV = {"REDIS_PASSWORD": "0123abcd", "REDIS_BIND_IP": "10.0.0.1",
-                     "REDIS_URL": "redis://:0123abcd@10.0.0.1:6379/0", "NCA_DOMAIN": "nca.example.org"}
+                     "REDIS_URL": "redis://:0123abcd@10.0.0.1:6379/0", "NCA_DOMAIN": "nca.example.org",
+                     "NCA_S3_ENDPOINT_URL": "http://10.0.0.1:9000"}
+# Settings whose compose default differs from backend/config.py's on purpose: compose stores artifacts in its
+# `s3` service's bucket (and creates it), a bare `python -m backend.run` in a local folder (.data/artifacts).
+COMPOSE_OWN_DEFAULTS = {"NCA_ARTIFACTS", "NCA_S3_ENDPOINT_URL", "NCA_S3_ACCESS_KEY_ID", "NCA_S3_SECRET_ACCESS_KEY",
+                        "NCA_S3_CREATE_BUCKET"}
 PYTHON_SERVICES = ("api", "worker", "stream")
 BEHIND_PROXY = ("api", "stream")  # what the proxy forwards to
 CADDYFILE_IN_CONTAINER = "/etc/caddy/Caddyfile"
@@ -101,7 +106,7 @@ def test_the_schema_check_rejects_a_broken_file(schema_validator, compose) -> No
 
 
 def test_services_and_their_commands_are_the_contract(compose) -> None:
-    assert set(compose["services"]) == {"proxy", "redis", "api", "worker", "stream"}
+    assert set(compose["services"]) == {"proxy", "redis", "s3", "api", "worker", "stream"}
     for name, command in CONTRACT_COMMANDS.items():
         assert command_argv(compose["services"][name]) == shlex.split(command), name
 
@@ -220,6 +225,26 @@ def test_python_services_wait_for_a_healthy_redis(compose) -> None:
     for name in PYTHON_SERVICES:
         depends_on = compose["services"][name]["depends_on"]
         assert depends_on["redis"]["condition"] == "service_healthy", name
+        assert depends_on["s3"]["condition"] == "service_healthy", name
+
+
+def test_redis_refuses_writes_when_full_instead_of_evicting(compose) -> None:
+    """noeviction: an LRU policy evicted job records and a running job's lease (issue 21)."""
+    argv = command_argv(compose["services"]["redis"])
+    assert argv[argv.index("--maxmemory-policy") + 1] == "noeviction"
+    assert argv[argv.index("--maxmemory") + 1]
+
+
+def test_the_artifact_store_is_an_s3_service_on_a_named_volume(compose) -> None:
+    s3 = compose["services"]["s3"]
+    assert s3["image"] == "rclone/rclone:1"
+    argv = command_argv(s3)
+    assert argv[:2] == ["serve", "s3"] and argv[-1] == "/data"
+    volume, target = s3["volumes"][0].split(":")[:2]
+    assert target == "/data" and volume in compose["volumes"]
+    env = compose["services"]["api"]["environment"]
+    assert env["NCA_ARTIFACTS"].startswith("s3://") and env["NCA_S3_ENDPOINT_URL"] == "http://s3:9000"
+    assert f"{env['NCA_S3_ACCESS_KEY_ID']},{env['NCA_S3_SECRET_ACCESS_KEY']}" == argv[argv.index("--auth-key") + 1]
 
 
 @pytest.mark.parametrize("variant", ["compose", "cpu_compose"])
@@ -298,7 +323,7 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
                 continue
             assert str(value) == f"${{{variable}:-{defaults.get(variable, '')}}}", (
                 f"{name}: {variable} should be `${{{variable}:-default}}` so it can be set from the host")
-            if variable.startswith("NCA_"):
+            if variable.startswith("NCA_") and variable not in COMPOSE_OWN_DEFAULTS:
                 field = variable.removeprefix("NCA_").lower()
                 assert field in Settings.model_fields, f"{variable} is not a setting in backend/config.py"
                 parsed = Settings.model_validate({field: defaults[variable]})
@@ -360,6 +385,8 @@ def test_remote_worker_file_runs_the_same_worker_against_a_given_redis(compose) 
     assert command_argv(worker) == command_argv(base)
     for key in ("deploy", "healthcheck", "image", "build", "stop_grace_period"):
         assert worker[key] == base[key], key
-    assert {k: v for k, v in worker["environment"].items() if k != "REDIS_URL"} == \
-        {k: v for k, v in base["environment"].items() if k != "REDIS_URL"}
+    assert worker["environment"]["NCA_S3_ENDPOINT_URL"] == REQUIRED_HOST_ENV["NCA_S3_ENDPOINT_URL"]
+    remote = ("REDIS_URL", "NCA_S3_ENDPOINT_URL")  # the main host's Redis and artifact store
+    assert {k: v for k, v in worker["environment"].items() if k not in remote} == \
+        {k: v for k, v in base["environment"].items() if k not in remote}
     assert "ports" not in worker and "container_name" not in worker

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from websockets.sync.client import connect as ws_connect
 
 from backend.storage.embedded_redis import EmbeddedRedis, free_port
+from tests.conftest import S3_KEYS
 from tests.deploy.compose_model import (
     COMPOSE_FILE,
     REPO_ROOT,
@@ -43,8 +44,8 @@ STACK_DB = 11  # the session Redis is shared with other tests: this stack uses a
 START_TIMEOUT = 90.0
 JOB_TIMEOUT = 180.0
 FRAME_HEADER = struct.Struct("<IIHHI")
-TINY_JOB = {"experiment": "growing", "iterations": 12, "target_size": 8, "padding": 4, "batch_size": 2,
-            "min_steps": 8, "max_steps": 12, "checkpoint_every": 6, "seed": 1}
+TINY_JOB = {"experiment": "growing", "iterations": 20, "target_size": 8, "padding": 4, "batch_size": 2,
+            "min_steps": 8, "max_steps": 12, "checkpoint_every": 10, "seed": 1}
 
 
 @dataclass
@@ -122,8 +123,11 @@ def _wait(what: str, check, stack: Stack, timeout: float = START_TIMEOUT):
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    host_env = {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{STACK_DB}"}
+def stack(redis_server: EmbeddedRedis, s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # The compose `s3` service's part is played by the session's `rclone serve s3` (the same server): the
+    # services store artifacts in its bucket, which they create at start as in compose.
+    host_env = {"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/{STACK_DB}", "NCA_S3_ENDPOINT_URL": s3_server,
+                "NCA_S3_ACCESS_KEY_ID": S3_KEYS[0], "NCA_S3_SECRET_ACCESS_KEY": S3_KEYS[1]}
     compose = interpolate(strip_tags(load(COMPOSE_FILE)), host_env)
     services = compose["services"]
     base = _base_environment()
@@ -219,6 +223,12 @@ def test_a_job_trains_through_the_api_and_the_stream_plays_it(stack: Stack) -> N
         assert (width, height, flags) == (side, side, 0)
         assert len(frame) == FRAME_HEADER.size + width * height * 4
         assert export.is_file(), "the worker exports finished models to the image's models/jobs/"
+        from backend.storage.artifacts import artifact_store  # the job's files landed in the compose bucket
+
+        bucket = artifact_store(stack.env["api"]["NCA_ARTIFACTS"], endpoint_url=stack.env["api"]["NCA_S3_ENDPOINT_URL"],
+                                access_key=S3_KEYS[0], secret_key=S3_KEYS[1])
+        keys = [key for key, _ in bucket.objects(f"{job_id}/")]
+        assert f"{job_id}/target" in keys and any("/model/" in k for k in keys), keys
     finally:
         export.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

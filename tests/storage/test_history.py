@@ -10,7 +10,7 @@ import torch
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, to_bytes
 from backend.storage.connection import connect
-from backend.storage.jobs import JobStore, job_key, new_job_id
+from backend.storage.jobs import JobStore, new_job_id
 from backend.storage.models import (
     BadReference,
     CheckpointNotFound,
@@ -31,8 +31,9 @@ def client(redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture
-def store(client: redis.Redis) -> JobStore:
-    return JobStore(client, history_cap=CAP)
+def store(client: redis.Redis, artifacts) -> JobStore:
+    """On both artifact backends (a directory, a real S3-protocol server)."""
+    return JobStore(client, history_cap=CAP, artifacts=artifacts)
 
 
 def claimed_job(store: JobStore, token: str = "a") -> str:
@@ -60,8 +61,9 @@ def iterations(store: JobStore, job_id: str) -> list[int]:
     return [c.iteration for c in store.history(job_id)]
 
 
-def stored_weights(client: redis.Redis, job_id: str) -> set[int]:
-    return {int(k) for k in client.hkeys(job_key(job_id, "history:weights"))}
+def stored_weights(store: JobStore, job_id: str) -> set[int]:
+    """The iterations whose weights are in the artifact store (none are left behind for dropped points)."""
+    return {int(key.rsplit("/", 1)[1].split("-")[0]) for key, _ in store.artifacts.objects(f"{job_id}/history/")}
 
 
 def test_every_checkpoint_up_to_the_cap_is_listed_with_its_weights(store: JobStore, client: redis.Redis) -> None:
@@ -75,7 +77,7 @@ def test_every_checkpoint_up_to_the_cap_is_listed_with_its_weights(store: JobSto
     assert store.history_entry(job_id, 40) == history[1]
     assert store.history_entry(job_id, 50) is None and store.history_weights(job_id, 50) is None
     assert from_bytes(store.history_weights(job_id, 40)).info.iterations == 40
-    assert stored_weights(client, job_id) == {20, 40, 60}
+    assert stored_weights(store, job_id) == {20, 40, 60}
     job = store.get(job_id)  # the record and the history are one step: they agree
     assert (job.checkpoint_iteration, job.model_version) == (history[-1].iteration, history[-1].version)
 
@@ -88,7 +90,7 @@ def test_past_the_cap_the_history_is_thinned_evenly_keeping_the_first_and_the_la
         kept = iterations(store, job_id)
         assert len(kept) == min(iteration // 10, CAP)
         assert kept[0] == 10 and kept[-1] == iteration  # the first and the latest are always there
-        assert stored_weights(client, job_id) == set(kept)  # no weights left behind for dropped points
+        assert stored_weights(store, job_id) == set(kept)  # no weights left behind for dropped points
     gaps = [b - a for a, b in zip(kept, kept[1:], strict=False)][:-1]  # the newest gap is whatever it is
     assert max(gaps) <= 2 * min(gaps), kept  # spread over the run, not bunched at either end
     assert kept[1] > 100 and kept[-2] > 500, kept
@@ -99,11 +101,11 @@ def test_a_lower_cap_thins_at_the_next_checkpoint(store: JobStore, client: redis
     for iteration in range(100, 601, 100):
         checkpoint(store, job_id, iteration)
     assert iterations(store, job_id) == [100, 200, 300, 400, 500, 600]
-    smaller = JobStore(client, history_cap=3)
+    smaller = JobStore(client, history_cap=3, artifacts=store.artifacts)
     checkpoint(smaller, job_id, 700)
     kept = iterations(smaller, job_id)
     assert len(kept) == 3 and kept[0] == 100 and kept[-1] == 700
-    assert stored_weights(client, job_id) == set(kept)
+    assert stored_weights(store, job_id) == set(kept)
     with pytest.raises(ValueError, match="at least 2"):
         JobStore(client, history_cap=1)
 
@@ -119,7 +121,7 @@ def test_a_resumed_run_replaces_what_was_trained_after_its_checkpoint(store: Job
     assert checkpoint(store, job_id, 40) == 4  # e.g. a run that restarted from 20 reached 40 again
     history = store.history(job_id)
     assert [(c.iteration, c.version) for c in history] == [(20, 1), (40, 4)]
-    assert stored_weights(client, job_id) == {20, 40}
+    assert stored_weights(store, job_id) == {20, 40}
     assert checkpoint(store, job_id, 40) == 5  # the same iteration again: one entry, the newest
     assert [(c.iteration, c.version) for c in store.history(job_id)] == [(20, 1), (40, 5)]
 

@@ -20,10 +20,11 @@ from backend.worker.losses import LossHistory
 
 
 @pytest.fixture
-def store(redis_url: str) -> JobStore:
+def store(redis_url: str, artifacts) -> JobStore:
+    """On both artifact backends (a directory, a real S3-protocol server)."""
     client = connect(redis_url)
     client.flushdb()
-    return JobStore(client)
+    return JobStore(client, artifacts=artifacts)
 
 
 def new_job(store: JobStore, total: int = 100) -> str:
