@@ -291,8 +291,10 @@ function updateCard(card) {
     numbers.push('cancelled before it started');
   }
   li.querySelector('.job-numbers').textContent = numbers.join(' · ');
+  // An early finish (early_stop_patience) says so, and why: "finished early at iteration N: the loss ...".
+  const early = job.status === 'succeeded' && job.finished_early ? `It ${job.finished_early}.` : '';
   li.querySelector('.job-note').textContent = active && job.cancel_requested
-    ? 'Cancel requested: it stops after its current iteration and keeps its last checkpoint.' : message;
+    ? 'Cancel requested: it stops after its current iteration and keeps its last checkpoint.' : message || early;
 
   const error = li.querySelector('.job-error');
   error.textContent = job.error || '';

@@ -23,10 +23,7 @@ RECORD_NOTES_JS = """(id) => {
 
 
 def start_job(stack, name: str) -> dict:
-    response = stack.http.post(f"{stack.api_url}/api/jobs", data={**LONG, "name": name}, timeout=30,
-                          files={"image": ("disc.png", png_image((32, 32)), "image/png")})
-    assert response.status_code == 202, response.text
-    return response.json()
+    return start_job_with(stack, {**LONG, "name": name})
 
 
 def test_cancel_asks_after_a_minute_and_every_note_follows_the_job(page, stack):
@@ -79,3 +76,24 @@ def test_a_lost_connection_is_reported_only_while_it_lasts(page, stack):
         stack.api.start()
     expect(status).to_have_text("", timeout=30_000)  # the next poll that gets through clears it
     assert stack.http.post(f"{stack.api_url}/api/jobs/{job['id']}/cancel", timeout=10).status_code in (200, 202)
+
+
+def test_a_job_that_finished_early_says_so_and_why(page, stack):
+    """early_stop_patience: a learning rate too small to learn anything stops the run after `patience`
+    iterations; the job card says it finished early, at which iteration, and why."""
+    options = {**LONG, "iterations": 400, "lr": 1e-12, "early_stop_patience": 5, "name": "stalled disc"}
+    job = start_job_with(stack, options)
+    open_app(page, "jobs")
+    card = page.locator(f'.job[data-job-id="{job["id"]}"]')
+    expect(card.locator(".badge")).to_have_text("succeeded", timeout=120_000)
+    expect(card.locator(".job-note")).to_contain_text(re.compile(r"It finished early at iteration \d+: the loss had "
+                                                                 r"not improved"))
+    assert stack.http.get(f"{stack.api_url}/api/jobs/{job['id']}", timeout=10).json()["iteration"] < 400
+    screenshot(page, "jobs-finished-early")
+
+
+def start_job_with(stack, options: dict) -> dict:
+    response = stack.http.post(f"{stack.api_url}/api/jobs", data=options, timeout=30,
+                               files={"image": ("disc.png", png_image((32, 32)), "image/png")})
+    assert response.status_code == 202, response.text
+    return response.json()
