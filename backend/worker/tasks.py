@@ -294,7 +294,7 @@ class JobRun:
             raise TrainingFailed(str(exc)) from None
         self.write(trainer.progress(), resumed_from)
         if init is not None:  # the start, as the job's first checkpoint: the lineage's link, and what it resumes from
-            self.store_checkpoint(trainer.export())
+            self.on_checkpoint(trainer.export())
         return trainer
 
     def initial_model(self) -> ModelFile | None:

@@ -18,7 +18,7 @@ from backend.api.main import create_app
 from backend.config import Settings
 from backend.nca.modelfile import from_bytes
 from backend.storage.embedded_redis import EmbeddedRedis, free_port, start_redis
-from tests.conftest import SERVICE_ENV, TINY_TRAINING, Worker, png_image, wait_for
+from tests.conftest import S3_KEYS, SERVICE_ENV, TINY_TRAINING, Worker, png_image, wait_for
 
 # Smaller still than TINY_TRAINING: each job is a fraction of a second of training.
 TINY_JOB = {**TINY_TRAINING, "min_steps": 8, "max_steps": 12, "checkpoint_every": 10}
@@ -149,7 +149,14 @@ def file_size_limit(max_bytes: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
-def test_full_disk_on_the_worker_is_a_clear_warning_not_a_hang(redis_url: str, tmp_path: Path) -> None:
+def test_full_disk_on_the_worker_is_a_clear_warning_not_a_hang(redis_url: str, tmp_path: Path, s3_server: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's own disk is full; the artifact store is elsewhere (S3), as on a deployment."""
+    monkeypatch.setenv("NCA_ARTIFACTS", "s3://nca-full-disk/artifacts")
+    monkeypatch.setenv("NCA_S3_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("NCA_S3_ACCESS_KEY_ID", S3_KEYS[0])
+    monkeypatch.setenv("NCA_S3_SECRET_ACCESS_KEY", S3_KEYS[1])
+    monkeypatch.setenv("NCA_S3_CREATE_BUCKET", "1")
     client = api(redis_url, tmp_path / "api-models")
     with file_size_limit(48 * 1024):  # the worker's log fits, a model file (about 100 kB) does not
         worker = Worker(redis_url, tmp_path / "worker-models", tmp_path / "full-disk-worker.log")

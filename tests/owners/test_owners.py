@@ -15,8 +15,10 @@ import redis
 from fastapi.testclient import TestClient
 from itsdangerous import TimestampSigner
 
+from backend.config import Settings
 from backend.nca import modelfile
 from backend.storage import keys
+from backend.storage.artifacts import artifacts_from_settings
 from backend.storage.jobs import JobStore
 from backend.storage.owners import COOKIE, TOKEN_SALT
 from backend.storage.quota import ACTIVE_KEY, OWNER_KEY
@@ -279,9 +281,12 @@ def test_delete_removes_every_key_and_file_of_the_job_and_nothing_else(browser: 
     before = _everything(client)
     doomed_keys = {k for k in before if doomed in k}
     doomed_shares = {keys.SHARE.prefix + t for t in before[keys.job_key(doomed, "shares")]}
-    assert {keys.job_key(doomed, p) for p in ("target", "upload", "model", "history", "history:weights", "owner",
-                                              "shares")} <= doomed_keys
+    assert {keys.job_key(doomed, p) for p in ("history", "owner", "shares")} <= doomed_keys
+    files = artifacts_from_settings(Settings())  # its target, model and history weights live in the artifact store
+    kept_files = {key for key, _ in files.objects(f"{kept}/")}
+    assert {key for key, _ in files.objects(f"{doomed}/")} >= {f"{doomed}/target"} and len(kept_files) >= 5
     assert a.delete(f"/api/jobs/{doomed}").status_code == 204
+    assert list(files.objects(f"{doomed}/")) == [] and {key for key, _ in files.objects(f"{kept}/")} == kept_files
     after = _everything(client)
     gone = set(before) - set(after)
     assert gone == doomed_keys | doomed_shares
