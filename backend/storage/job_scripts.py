@@ -229,16 +229,32 @@ announce(ARGV[2])
 return 1
 """
 
-# ARGV: Redis uptime in ms, batch size, a job to leave alone ('' for none). The due entries of `nca:leases`
-# (deadline passed), at most a batch, oldest deadline first. Each is a claimed job whose lease expired: its
-# worker is gone (still 'running'), or it gave the job back at shutdown or its resend failed ('queued'); it
-# is re-queued and returned, its entry removed (so it is resent once). A running one is left alone within a
-# lease's length of a Redis restart (its deadline moves to the end of that grace): every lease expired then,
-# and live owners take theirs back first (owns()), so a long outage does not count as a lost worker. An entry
-# whose lease is alive (renewed by a version that did not write deadlines) moves to the lease's end.
-# Returns {entries looked at, re-queued ids...}.
-_SWEEP = _LUA_HELPERS + f"""
+# Lua: the upgrade from the previous version's set of claimed jobs (`nca:jobs:active`): each member gets a
+# deadline (its lease's end, or now when it has none) unless it has one; then the set goes.
+_BACKFILL_LUA = """
+local function backfill(legacy, now)
+  local ids = redis.call('SMEMBERS', legacy)
+  for _, id in ipairs(ids) do
+    local ttl = redis.call('PTTL', JOB_PREFIX .. id .. ':lease')
+    redis.call('ZADD', LEASES, 'NX', ttl > 0 and now + ttl or now, id)
+  end
+  redis.call('DEL', legacy)
+  return #ids
+end
+"""
+
+# KEYS: the legacy active set. ARGV: Redis uptime in ms, batch size, a job to leave alone ('' for none).
+# The due entries of `nca:leases` (deadline passed), at most a batch, oldest deadline first. Each is a
+# claimed job whose lease expired: its worker is gone (still 'running'), or it gave the job back at shutdown
+# or its resend failed ('queued'); it is re-queued and returned, its entry removed (so it is resent once).
+# A running one is left alone within a lease's length of a Redis restart (its deadline moves to the end of
+# that grace): every lease expired then, and live owners take theirs back first (owns()), so a long outage
+# does not count as a lost worker. An entry whose lease is alive (renewed by a version that did not write
+# deadlines) moves to the lease's end. Jobs a worker of the previous version claimed (in the legacy active
+# set) get their deadline first. Returns {entries looked at, re-queued ids...}.
+_SWEEP = _LUA_HELPERS + _BACKFILL_LUA + f"""
 local now = now_ms()
+if redis.call('EXISTS', KEYS[1]) == 1 then backfill(KEYS[1], now) end
 local uptime = tonumber(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {{#due}}
@@ -273,15 +289,8 @@ return out
 
 # KEYS: the legacy active set (`nca:jobs:active`). Upgrade in place: every job in it gets a deadline (its
 # lease's end, or now when it has none), unless it has one already; then the set goes. Idempotent.
-_BACKFILL = LUA_COMMON + """
-local now = now_ms()
-local ids = redis.call('SMEMBERS', KEYS[1])
-for _, id in ipairs(ids) do
-  local ttl = redis.call('PTTL', JOB_PREFIX .. id .. ':lease')
-  redis.call('ZADD', LEASES, 'NX', ttl > 0 and now + ttl or now, id)
-end
-redis.call('DEL', KEYS[1])
-return #ids
+_BACKFILL = LUA_COMMON + _BACKFILL_LUA + """
+return backfill(KEYS[1], now_ms())
 """
 
 

@@ -237,7 +237,6 @@ class JobStore:
         self._client, self.history_cap = client, history_cap
         self.artifacts = artifacts if artifacts is not None else artifacts_from_settings(Settings())
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
-        self._backfilled = False  # whether this process moved the legacy active set (`backfill_leases`)
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script; a write refused inside it for memory raises OutOfMemoryError, as a plain command's does
@@ -469,23 +468,20 @@ class JobStore:
         each: a sweep with nothing due is two commands, however many jobs are active.
         `skip`: a job to leave alone (the caller's own: it is alive and takes its lease back).
         """
-        if not self._backfilled:  # upgrade in place: jobs claimed by the previous version have no deadline
-            self.backfill_leases()
         uptime_ms = (int(self._client.info("server")["uptime_in_seconds"]) + 1) * 1000  # whole seconds: at most
         recovered: list[str] = []
         for _ in range(1000):  # bounded: each round re-scores or removes every entry it looked at but `skip`
-            looked, *ids = self._run("sweep", [], [uptime_ms, SWEEP_BATCH, skip or ""])
+            looked, *ids = self._run("sweep", [ACTIVE_KEY], [uptime_ms, SWEEP_BATCH, skip or ""])
             recovered += [text(i) for i in ids]
             if int(looked) < SWEEP_BATCH:
                 break
         return recovered
 
     def backfill_leases(self) -> int:
-        """Give every job in the legacy active set (claimed by the previous version) a lease deadline, then
-        drop the set; how many it held. Idempotent; run by the first sweep of each process."""
-        moved = int(self._run("backfill", [ACTIVE_KEY], []))
-        self._backfilled = True
-        return moved
+        """Give every job in the legacy active set (claimed by a worker of the previous version) a lease deadline,
+        then drop the set; how many it held. Idempotent; every sweep does it first when the set exists (a rolling
+        upgrade: old workers still add to it)."""
+        return int(self._run("backfill", [ACTIVE_KEY], []))
 
     def mark_orphan(self, *job_ids: str) -> None:
         """Put jobs back for recovery (their resend failed): due at once."""
