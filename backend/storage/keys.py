@@ -25,8 +25,8 @@ class Key:
 
 JOBS = Key("nca:jobs", "sorted set", "job id -> created_at (listing, newest first)")
 JOBS_ACTIVE = Key("nca:jobs:active", "set",
-                  "legacy (before `nca:leases`): jobs a worker had claimed and not finished; moved to `nca:leases` "
-                  "once by the first recovery sweep after an upgrade, then deleted")
+                  "legacy (before `nca:leases`): jobs a worker of the previous version claimed; each lease sweep moves "
+                  "its members to `nca:leases` first, then deletes it")
 LEASES = Key("nca:leases", "sorted set", "jobs a worker has claimed and not finished: job id -> lease deadline (ms, "
              "Redis clock), written in the same script as the lease; a job given back (shutdown) or whose resend "
              "failed is due at once. The one elected sweeper reads only the due ones (`ZRANGEBYSCORE -inf now`)")
