@@ -1,7 +1,6 @@
 """Quota check and lease recovery, before and after the counters and the lease sorted set (docs/benchmarks.md).
 
     .venv/bin/python benchmarks/bench_leases.py [--jobs 1000,10000,100000] [--active 10000] [--workers 100]
-
 Fills a fresh bundled redis-server (no persistence) with synthetic job records, then measures:
 
 1. The upload's quota check (one reservation, given back after) with N jobs of which `--active` (at most
@@ -14,6 +13,7 @@ Fills a fresh bundled redis-server (no persistence) with synthetic job records, 
    **after**, every worker asks for the election (`JobStore.elect`) and the one elected runs
    `JobStore.recover_orphans` (INFO and one script over the due leases). Per second: the commands clients
    send, the commands Redis executes (scripts' inner calls included) and Redis's CPU time.
+3. For reference (unchanged): the owner's byte quota check, a walk of that owner's jobs, at `--owner-jobs`.
 """
 
 from __future__ import annotations
@@ -196,6 +196,29 @@ def bench_quota(client: redis.Redis, jobs: int, active: int, reps: int) -> dict[
     return results
 
 
+def bench_owner_bytes(client: redis.Redis, owner_jobs: int, reps: int) -> float:
+    """The owner's byte quota check (`JobQuota.owner_bytes`, left as a walk of the owner's jobs): median ms
+    for an owner with `owner_jobs` jobs, each with a 50-entry history (as at the server defaults)."""
+    client.flushdb()
+    index = keys.OWNER_JOBS.prefix + "bench:jobs"
+    with client.pipeline(transaction=False) as pipe:
+        for i in range(owner_jobs):
+            job_id = f"{i:032x}"
+            pipe.hset(job_key(job_id), mapping={"status": "succeeded", "target_bytes": 83_000, "model_bytes": 186_000,
+                                                "weights_bytes": 34_800})
+            pipe.zadd(job_key(job_id, "history"), {f"{{\"iteration\":{k}}}": k for k in range(50)})
+            pipe.zadd(index, {job_id: i})
+        pipe.execute()
+    quota = JobQuota(client, 1, 1, 1)
+    assert quota.owner_bytes("bench") == owner_jobs * (83_000 + 186_000 + 50 * 34_800)
+    walls = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        quota.owner_bytes("bench")
+        walls.append(time.perf_counter() - started)
+    return statistics.median(walls) * 1000
+
+
 def redis_cpu(client: redis.Redis) -> float:
     cpu = client.info("cpu")
     return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
@@ -261,6 +284,7 @@ def main() -> None:
     parser.add_argument("--jobs", default="1000,10000,100000")
     parser.add_argument("--active", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--owner-jobs", default="10,100,1000", help="jobs of one owner, for the byte quota")
     parser.add_argument("--recovery-active", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--period", type=float, default=5.0, help="seconds between a worker's heartbeats")
@@ -280,6 +304,11 @@ def main() -> None:
                 assert r["after_counted"] == active
                 print(f"| {jobs:,} | {active:,} | {r['before_ms']:.2f} ({r['before_redis_ms']:.2f}) | "
                       f"{r['after_ms']:.3f} ({r['after_redis_ms']:.3f}) |", flush=True)
+
+            print("\nThe owner's byte quota check (unchanged: a walk of that owner's jobs)\n")
+            print("| jobs of the owner | ms per check |\n|---:|---:|")
+            for n in (int(n) for n in args.owner_jobs.split(",")):
+                print(f"| {n:,} | {bench_owner_bytes(client, n, args.reps):.2f} |", flush=True)
 
             store = JobStore(client, artifacts=artifact_store(str(Path(tmp) / "artifacts")))
             r = bench_recovery(client, store, args.recovery_active, args.workers, args.period, args.rounds)
