@@ -20,7 +20,7 @@ in Redis by a script (no bytes travel). A cancelled or failed job counts until i
 only (not a counter): its terms are written in places that are not one script today (the model's and the
 weights' sizes after the checkpoint's script, the owner link after the record, the upgrade's WATCH
 transaction), and a counter that drifted would refuse uploads wrongly; its cost is bounded by the quota
-itself (docs/benchmarks.md: ~0.5 ms for an owner with 100 jobs).
+itself (docs/benchmarks.md: 0.5 ms for an owner with 100 jobs, 6-7 ms with 1,000).
 """
 
 from __future__ import annotations
