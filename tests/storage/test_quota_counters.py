@@ -166,3 +166,20 @@ def test_the_check_is_a_few_commands_however_many_jobs_are_active(store: JobStor
     calls = {name: stats["calls"] for name, stats in client.info("commandstats").items()}
     assert calls.get("cmdstat_hget", 0) <= 3 and "cmdstat_zrange" not in calls, calls  # no walk over the jobs
     assert keys.QUOTA_COUNTS.pattern == COUNTS_KEY and client.zcard(JOBS_KEY) == 200
+
+
+def test_the_api_start_rebuilds_the_counters(client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    """What the API's lifespan runs (backend.api.main.migrate), on a Redis written by the previous version."""
+    from backend.api.main import migrate
+    from backend.config import Settings
+    from backend.storage.shared import Storage
+
+    storage = Storage.connect(Settings(redis_url=redis_url, models_dir=tmp_path, artifacts=str(tmp_path / "a")))
+    job_id = new_job_id()
+    storage.jobs.create(job_id, JobSpec.from_options({"name": "old", "experiment": "growing", "iterations": 10}),
+                        torch.rand(4, 8, 8))
+    client.zadd(LEGACY_ACTIVE_KEY, {job_id: LEGACY_JOB_SCORE})
+    client.hset(LEGACY_OWNER_KEY, job_id, "|a:10.0.0.1|o:alice|")
+    migrate(storage)
+    assert storage.quota.counts() == {"total": 1, "a:10.0.0.1": 1, "o:alice": 1}
+    assert storage.quota.job_ids() == [job_id] and not client.exists(LEGACY_ACTIVE_KEY)
