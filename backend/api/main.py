@@ -40,8 +40,10 @@ MULTIPART_OVERHEAD = 64 * 1024  # form fields and boundaries on top of the image
 
 
 def migrate(storage: Storage) -> None:
-    """Jobs stored by the previous version (blobs in Redis) move to the artifact store (read through meanwhile)."""
+    """Jobs stored by the previous version (blobs in Redis) move to the artifact store (read through meanwhile);
+    the active-job counters are rebuilt from the previous version's set (else before the first upload)."""
     try:
+        storage.quota.upgrade()
         moved = storage.jobs.migrate_all()
     except (*REDIS_DOWN_ERRORS, ArtifactUnavailable) as exc:  # later: the reads go through until then
         log.warning("could not move old jobs to the artifact store now: %s", exc)

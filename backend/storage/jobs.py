@@ -16,7 +16,8 @@ it is written in the same step as the checkpoint, so it always ends with the lat
 Every change of a job is one method here and one Lua script (backend.storage.job_scripts), so each
 is atomic: create, queue_failed, cancel (API side); claim, refresh_lease, progress,
 store_checkpoint, finish, suspend (worker side, fenced by the lease token: a worker that lost its
-lease to another can no longer write); recover_orphans (any worker). A script that changes the
+lease to another can no longer write); recover_orphans (one script for every due lease: the elected
+sweeper, backend/worker/lifecycle.py, and a worker taking a job). A script that changes the
 status of a job with a checkpoint, or stores one, also publishes on CHECKPOINT_CHANNEL in the same step.
 """
 
@@ -49,13 +50,15 @@ from .keys import job_key
 from .status import FINISHED, JobStatus
 from .tensors import tensor_from_bytes, tensor_to_bytes
 
-__all__ = ["ACTIVE_KEY", "CHECKPOINT_CHANNEL", "FINISHED", "JOBS_KEY", "Checkpoint", "Job", "JobNotFound", "JobStatus",
-           "JobStore", "is_job_id", "job_key", "new_job_id"]
+__all__ = ["ACTIVE_KEY", "CHECKPOINT_CHANNEL", "FINISHED", "JOBS_KEY", "LEASES_KEY", "Checkpoint", "Job", "JobNotFound",
+           "JobStatus", "JobStore", "is_job_id", "job_key", "new_job_id"]
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 JOBS_KEY = keys.JOBS.pattern
-ACTIVE_KEY = keys.JOBS_ACTIVE.pattern
+ACTIVE_KEY = keys.JOBS_ACTIVE.pattern  # legacy: the claimed jobs before LEASES_KEY (moved there by `backfill_leases`)
+LEASES_KEY = keys.LEASES.pattern  # claimed jobs -> lease deadline (ms, Redis clock)
+SWEEP_BATCH = 200  # due leases one sweep script handles; a sweep runs scripts until fewer are due
 # After each checkpoint, and when a job with a checkpoint changes status:
 # {"model_id": <job id>, "version": <int>, "iteration": <int>, "status": <job status>}. The stream follows it.
 CHECKPOINT_CHANNEL = keys.CHECKPOINTS_CHANNEL.pattern
@@ -64,7 +67,7 @@ CHECKPOINT_CHANNEL = keys.CHECKPOINTS_CHANNEL.pattern
 # The artifact pointers (key and SHA-256 of the target, the upload, the latest model file) are bookkeeping too.
 BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms", "target_bytes", "upload_bytes", "model_bytes",
                       "weights_bytes", "target_sha256", "upload_sha256",
-                      "model_key", "model_sha256")
+                      "model_key", "model_sha256", "quota_tags")
 
 
 def new_job_id() -> str:
@@ -363,7 +366,8 @@ class JobStore:
 
     def queue_failed(self, job_id: str, error: str) -> bool:
         """Fail a job whose message could not be sent (it would wait forever); False if a worker has it."""
-        return bool(self._run("queue_failed", [job_key(job_id), job_key(job_id, "lease")], [time.time(), error]))
+        keys = [job_key(job_id), job_key(job_id, "lease")]
+        return bool(self._run("queue_failed", keys, [time.time(), error, job_id]))
 
     def cancel(self, job_id: str) -> str:
         """'cancelled' (it was queued), 'requested' (the worker stops soon) or 'finished' (nothing to cancel)."""
@@ -376,12 +380,12 @@ class JobStore:
 
     def claim(self, job_id: str, token: str, lease_seconds: float, device: str, worker: str) -> str:
         """'ok' when this worker now owns the job; else why not: 'busy', 'missing' or a finished status."""
-        keys = [job_key(job_id), job_key(job_id, "lease"), ACTIVE_KEY]
+        keys = [job_key(job_id), job_key(job_id, "lease")]
         args = [token, int(lease_seconds * 1000), job_id, time.time(), device, worker]
         return text(self._run("claim", keys, args))
 
     def refresh_lease(self, job_id: str, token: str, lease_seconds: float) -> bool:
-        keys = [job_key(job_id), job_key(job_id, "lease"), ACTIVE_KEY]
+        keys = [job_key(job_id), job_key(job_id, "lease")]
         return bool(self._run("refresh", keys, [token, int(lease_seconds * 1000), job_id]))
 
     def progress(self, job_id: str, token: str, progress: Progress, history: LossPoints,
@@ -450,32 +454,38 @@ class JobStore:
 
     def finish(self, job_id: str, token: str, status: JobStatus, error: str | None = None,
                warning: str | None = None) -> bool:
-        keys = [job_key(job_id), job_key(job_id, "lease"), ACTIVE_KEY]
+        keys = [job_key(job_id), job_key(job_id, "lease")]
         return bool(self._run("finish", keys, [token, status, time.time(), error or "", job_id, warning or ""]))
 
     def suspend(self, job_id: str, token: str) -> bool:
-        """Give the job back (worker shutdown); it stays in the active set for recovery to resend."""
+        """Give the job back (worker shutdown); its lease deadline becomes now, so recovery resends it."""
         return bool(self._run("suspend", [job_key(job_id), job_key(job_id, "lease")], [token, job_id]))
 
     def recover_orphans(self, skip: str | None = None) -> list[str]:
         """Jobs claimed by a worker whose lease expired, now marked queued again: resend them.
 
+        Reads only the due entries of `nca:leases` (deadline passed), in batches of SWEEP_BATCH, one script
+        each: a sweep with nothing due is two commands, however many jobs are active.
         `skip`: a job to leave alone (the caller's own: it is alive and takes its lease back).
         """
         uptime_ms = (int(self._client.info("server")["uptime_in_seconds"]) + 1) * 1000  # whole seconds: at most
-        recovered = []
-        for raw in self._client.smembers(ACTIVE_KEY):
-            job_id = text(raw)
-            if job_id == skip:
-                continue
-            keys = [job_key(job_id), job_key(job_id, "lease"), ACTIVE_KEY]
-            if self._run("recover", keys, [job_id, uptime_ms]):
-                recovered.append(job_id)
+        recovered: list[str] = []
+        for _ in range(1000):  # bounded: each round re-scores or removes every entry it looked at but `skip`
+            looked, *ids = self._run("sweep", [ACTIVE_KEY], [uptime_ms, SWEEP_BATCH, skip or ""])
+            recovered += [text(i) for i in ids]
+            if int(looked) < SWEEP_BATCH:
+                break
         return recovered
 
+    def backfill_leases(self) -> int:
+        """Give every job in the legacy active set (claimed by a worker of the previous version) a lease deadline,
+        then drop the set; how many it held. Idempotent; every sweep does it first when the set exists (a rolling
+        upgrade: old workers still add to it)."""
+        return int(self._run("backfill", [ACTIVE_KEY], []))
+
     def mark_orphan(self, *job_ids: str) -> None:
-        """Put jobs back for recovery (their resend failed)."""
-        self._client.sadd(ACTIVE_KEY, *job_ids)
+        """Put jobs back for recovery (their resend failed): due at once."""
+        self._client.zadd(LEASES_KEY, dict.fromkeys(job_ids, 0))
 
     # --- the artifact store: upgrade in place, orphans ------------------------------------------
 
@@ -553,6 +563,10 @@ class JobStore:
             self._client.pexpire(key, int(seconds * 1000))
             return True
         return False
+
+    def resign(self, role: str, holder: str) -> None:
+        """`holder` gives `role` up (a worker that stops), so that another process takes it at once."""
+        self._run("resign", [f"{keys.ELECTED.prefix}{role}"], [holder])
 
     def sweep_orphans(self, grace_seconds: float = 3600.0) -> int:
         """Delete the objects no record points at (a crash between writing an object and its record, a

@@ -25,11 +25,16 @@ class Key:
 
 JOBS = Key("nca:jobs", "sorted set", "job id -> created_at (listing, newest first)")
 JOBS_ACTIVE = Key("nca:jobs:active", "set",
-                  "jobs a worker has claimed and not finished (crash recovery looks here)")
+                  "legacy (before `nca:leases`): jobs a worker of the previous version claimed; each lease sweep moves "
+                  "its members to `nca:leases` first, then deletes it")
+LEASES = Key("nca:leases", "sorted set", "jobs a worker has claimed and not finished: job id -> lease deadline (ms, "
+             "Redis clock), written in the same script as the lease; a job given back (shutdown) or whose resend "
+             "failed is due at once. The one elected sweeper reads only the due ones (`ZRANGEBYSCORE -inf now`)")
 JOB = Key("nca:job:<id>", "hash", "the job record (fields as above; lists, `plan` and `spec` as JSON), plus the "
           "bookkeeping fields `spec_version`, `loss_every` (the loss history's stride), the claim: `owner` "
           "(the lease token) and `lease_ms`, and the artifact pointers: `target_sha256`, `upload_sha256`, "
-          "`model_key` and `model_sha256` (the latest checkpoint's object)")
+          "`model_key` and `model_sha256` (the latest checkpoint's object), and `quota_tags` "
+          "(`|a:<address>|o:<owner>|`: the quota counters it counts in, while it does)")
 JOB_TARGET = Key("nca:job:<id>:target", "string", "legacy (jobs stored before the artifact store; moved there at "
                  "start, read through until then): the processed target")
 JOB_UPLOAD = Key("nca:job:<id>:upload", "string", "legacy: the original upload (deleted by the migration)")
@@ -44,16 +49,24 @@ WORKER = Key("nca:worker:<id>", "string + TTL", "worker presence (JSON: id, devi
              "threads, speed: the worker's measured speed)")
 WORKERS = Key("nca:workers", "set",
               "ids of the workers with a presence key (an expired one is dropped when `/api/health` reads it)")
-QUOTA_ACTIVE = Key("nca:quota:active", "sorted set",
-                   "the active-job caps: job id or pending reservation -> expiry (`backend/storage/quota.py`)")
-QUOTA_OWNER = Key("nca:quota:owner", "hash", "the active-job caps: job id or reservation -> whom it counts for "
-                  "(`|a:<address>|o:<owner>|`)")
+QUOTA_COUNTS = Key("nca:quota:counts", "hash", "the active-job caps (`backend/storage/quota.py`): `total`, "
+                   "`a:<address>`, `o:<owner>` -> queued or running jobs counted for it; +1 when an upload becomes a "
+                   "job, -1 in the script that gives the job a final status or deletes it (a field at 0 is deleted)")
+QUOTA_JOBS = Key("nca:quota:jobs", "sorted set", "the jobs counted in `nca:quota:counts`: job id -> when its "
+                 "slot was taken (what is ahead of a new job, for the API's estimate)")
+QUOTA_PENDING = Key("nca:quota:pending:<tag>", "sorted set + TTL", "the active-job caps' reservations of uploads "
+                    "being read: reservation id -> expiry; `<tag>` is `total`, `a:<address>` or `o:<owner>`")
+QUOTA_ACTIVE = Key("nca:quota:active", "sorted set", "legacy (before the counters): job id or reservation -> "
+                   "expiry; turned into `nca:quota:counts` once at start, then deleted")
+QUOTA_OWNER = Key("nca:quota:owner", "hash", "legacy (before the counters): job id or reservation -> whom it "
+                  "counted for (`|a:<address>|o:<owner>|`); deleted with `nca:quota:active`")
 STREAM_CLIENT = Key("nca:stream:client:<address>", "sorted set + TTL",
                     "the streams a client address (or `owner:<owner id>`: an owner) has open on any stream replica: "
                     "slot id -> expiry (ms, Redis clock); renewed every 10 s by its replica, lapses 30 s after "
                     "(`backend/storage/stream_clients.py`)")
 ELECTED = Key("nca:elected:<role>", "string + TTL", "the one process doing a periodic chore (`orphan-sweep`: the "
-              "artifact store's objects no record points at), renewed by its holder")
+              "artifact store's objects no record points at; `lease-sweep`: re-queueing the jobs whose lease "
+              "expired), renewed by its holder")
 TRAINING_QUEUE = Key("nca-training", "list",
                      "Celery's queue: task `nca.train_job`, one argument, the job id (`backend/storage/queue.py`)")
 UNACKED = Key("unacked", "hash", "kombu's messages received by a worker and not yet acknowledged "
@@ -98,8 +111,9 @@ ROOM_SNAPSHOT = Key("nca:room:<id>:snapshot", "hash + TTL", "`meta` (JSON: model
 ROOMS_CLIENT = Key("nca:rooms:client:<creator>", "sorted set + TTL", "a creator's rooms (room id -> created_at), for "
                    "`NCA_ROOMS_PER_CLIENT`")
 
-LAYOUT: tuple[Key, ...] = (JOBS, JOBS_ACTIVE, JOB, JOB_TARGET, JOB_UPLOAD, JOB_MODEL, JOB_HISTORY,
-                           JOB_HISTORY_WEIGHTS, JOB_LEASE, WORKER, WORKERS, QUOTA_ACTIVE, QUOTA_OWNER, STREAM_CLIENT,
+LAYOUT: tuple[Key, ...] = (JOBS, LEASES, JOBS_ACTIVE, JOB, JOB_TARGET, JOB_UPLOAD, JOB_MODEL, JOB_HISTORY,
+                           JOB_HISTORY_WEIGHTS, JOB_LEASE, WORKER, WORKERS, QUOTA_COUNTS, QUOTA_JOBS, QUOTA_PENDING,
+                           QUOTA_ACTIVE, QUOTA_OWNER, STREAM_CLIENT,
                            TRAINING_QUEUE, UNACKED, UNACKED_INDEX, CHECKPOINTS_CHANNEL, SECRET, JOB_OWNER, OWNER_JOBS,
                            OWNERS_MINTED, SHARE, JOB_SHARES, GALLERY, JOB_DISPATCHED, FAIR_OWNERS, FAIR_QUEUE,
                            FAIR_RESUME, FAIR_WAITING, FAIR_SERVED, RETENTION_LOCK, ROOM, ROOM_CODE, ROOM_OWNER,

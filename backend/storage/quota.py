@@ -1,22 +1,31 @@
 """Quotas shared by every API process: active (queued or running) jobs overall, per owner and per
 address, and the bytes an owner stores.
 
-`nca:quota:active` (sorted set: job id or pending reservation -> expiry) and `nca:quota:owner`
-(hash: member -> the identities it counts for, `|a:<address>|o:<owner>|`). A Lua script counts and
-reserves in one step, so concurrent uploads cannot overshoot; a job stops counting when its status
-is final (members drop out lazily). The per-address cap is a coarse guard only (its default lets
-a classroom behind one NAT train): the owner's is the one a person meets.
+Active jobs are counters (`nca:quota:counts`: `total`, `a:<address>`, `o:<owner>`), so an upload's check is
+O(1) however many jobs exist: +1 when an upload's reservation becomes a job (`settle`, which also writes the
+job's `quota_tags`), -1 in the very script that gives the job a final status or deletes it (finish, cancel,
+queue_failed, delete, retention: backend.storage.job_scripts `release_quota`), exactly once because the tags
+go in that step. A job whose worker was lost still counts: it is queued again, not final. Uploads being read
+hold a reservation in small sorted sets (`nca:quota:pending:<tag>`, reservation -> expiry), counted beside the
+counters by the same script that reserves, so concurrent uploads cannot overshoot. The per-address cap is a
+coarse guard only (its default lets a classroom behind one NAT train): the owner's is the one a person meets.
+Counters kept by the previous version's sorted set (`nca:quota:active`) are rebuilt once (`upgrade`).
 
 Training time: the training seconds (`trained_seconds`, written by the worker as it trains) of the
 owner's jobs created in the last 24 hours, running ones included, against a daily allowance.
 
 Bytes stored: the sum of an owner's jobs' target, upload, latest model and history weights, counted
 in Redis by a script (no bytes travel). A cancelled or failed job counts until it is deleted
-(or expires): cancelling does not free storage, deleting does.
+(or expires): cancelling does not free storage, deleting does. This one stays a walk, of the owner's jobs
+only (not a counter): its terms are written in places that are not one script today (the model's and the
+weights' sizes after the checkpoint's script, the owner link after the record, the upgrade's WATCH
+transaction), and a counter that drifted would refuse uploads wrongly; its cost is bounded by the quota
+itself (docs/benchmarks.md: 0.5 ms for an owner with 100 jobs, 6-7 ms with 1,000).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -26,10 +35,13 @@ from . import keys
 from .connection import text
 from .jobs import job_key
 
-ACTIVE_KEY = keys.QUOTA_ACTIVE.pattern
-OWNER_KEY = keys.QUOTA_OWNER.pattern
+COUNTS_KEY = keys.QUOTA_COUNTS.pattern
+JOBS_KEY = keys.QUOTA_JOBS.pattern
+PENDING_PREFIX = keys.QUOTA_PENDING.prefix
+LEGACY_ACTIVE_KEY = keys.QUOTA_ACTIVE.pattern  # the previous version's: job id or reservation -> expiry
+LEGACY_OWNER_KEY = keys.QUOTA_OWNER.pattern
 RESERVATION_SECONDS = 120  # an upload being processed holds its slot this long at most
-JOB_SCORE = 1e18  # the score of a member that is a job (it stays until the job finishes)
+LEGACY_JOB_SCORE = 1e18  # in the legacy sorted set, the score of a member that is a job
 RETRY_ACTIVE = 30  # a queued job of a few hundred iterations is usually running by then
 RETRY_BYTES = 3600  # storage is freed by deleting, not by waiting
 
@@ -42,43 +54,71 @@ class QuotaExceeded(Exception):
         self.retry_after = retry_after
 
 
-# KEYS: active, owner. ARGV: now, JOB_SCORE, the job key prefix, reservation id, its expiry, max total,
-# then pairs (identity tag, its max). Returns {'ok'|'total'|<tag>, count}.
-# Job members are alive while their status is queued or running.
+# ARGV: now, reservation id, its expiry, max total, counts, pending prefix, then pairs (identity tag, its max).
+# Returns {'ok'|'total'|<tag>, count}: a tag's count is its counter plus its reservations not expired.
 _RESERVE = """
-local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local total = 0
-local counts = {}
-for i = 7, #ARGV, 2 do counts[i] = 0 end
-for i = 1, #members, 2 do
-  local member, score = members[i], tonumber(members[i + 1])
-  local alive
-  if score < tonumber(ARGV[2]) then
-    alive = score > tonumber(ARGV[1])
-  else
-    local st = redis.call('HGET', ARGV[3] .. member, 'status')
-    alive = st == 'queued' or st == 'running'
-  end
-  if alive then
-    total = total + 1
-    local who = redis.call('HGET', KEYS[2], member) or ''
-    for j = 7, #ARGV, 2 do
-      if string.find(who, '|' .. ARGV[j] .. '|', 1, true) then counts[j] = counts[j] + 1 end
-    end
-  else
-    redis.call('ZREM', KEYS[1], member)
-    redis.call('HDEL', KEYS[2], member)
-  end
+local now = tonumber(ARGV[1])
+local function count(tag)
+  local pending = ARGV[6] .. tag
+  redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
+  return (tonumber(redis.call('HGET', ARGV[5], tag) or '0') or 0) + redis.call('ZCOUNT', pending, now, '+inf')
 end
-if total >= tonumber(ARGV[6]) then return {'total', total} end
-local tags = {}
+local tags = {'total'}
+local total = count('total')
+if total >= tonumber(ARGV[4]) then return {'total', total} end
 for j = 7, #ARGV, 2 do
-  if counts[j] >= tonumber(ARGV[j + 1]) then return {ARGV[j], counts[j]} end
+  local n = count(ARGV[j])
+  if n >= tonumber(ARGV[j + 1]) then return {ARGV[j], n} end
   tags[#tags + 1] = ARGV[j]
 end
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4])
-redis.call('HSET', KEYS[2], ARGV[4], '|' .. table.concat(tags, '|') .. '|')
+for _, tag in ipairs(tags) do
+  redis.call('ZADD', ARGV[6] .. tag, ARGV[3], ARGV[2])
+  redis.call('EXPIREAT', ARGV[6] .. tag, math.ceil(tonumber(ARGV[3])))
+end
 return {'ok', total}
+"""
+
+# ARGV: reservation id, its tags (`|a:<address>|o:<owner>|`), the job id ('' for none), now, counts, pending
+# prefix, counted jobs, job key prefix. The reservation goes; the job counts from now on, unless it is final
+# already (or gone, or counted): then the script that ended it had nothing to release, and nothing is added.
+_SETTLE = """
+local names = {'total'}
+for tag in string.gmatch(ARGV[2], '[^|]+') do names[#names + 1] = tag end
+for _, tag in ipairs(names) do redis.call('ZREM', ARGV[6] .. tag, ARGV[1]) end
+if ARGV[3] == '' then return 0 end
+local job = ARGV[8] .. ARGV[3]
+local st = redis.call('HGET', job, 'status')
+if (st ~= 'queued' and st ~= 'running') or redis.call('HEXISTS', job, 'quota_tags') == 1 then return 0 end
+redis.call('HSET', job, 'quota_tags', ARGV[2])
+redis.call('ZADD', ARGV[7], ARGV[4], ARGV[3])
+for _, tag in ipairs(names) do redis.call('HINCRBY', ARGV[5], tag, 1) end
+return 1
+"""
+
+# KEYS: legacy active, legacy owner, counts, counted jobs. ARGV: the legacy job score, job key prefix, now.
+# Upgrade in place: each job of the previous version's sorted set that is still queued or running starts
+# counting (as `_SETTLE` does; a job counted already is left); its reservations are dropped (they expire within
+# minutes). Then both legacy keys go: running it again finds nothing to do.
+_UPGRADE = """
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local counted = 0
+for i = 1, #members, 2 do
+  local id = members[i]
+  if tonumber(members[i + 1]) >= tonumber(ARGV[1]) then
+    local job = ARGV[2] .. id
+    local st = redis.call('HGET', job, 'status')
+    if (st == 'queued' or st == 'running') and redis.call('HEXISTS', job, 'quota_tags') == 0 then
+      local tags = redis.call('HGET', KEYS[2], id) or '||'
+      redis.call('HSET', job, 'quota_tags', tags)
+      redis.call('ZADD', KEYS[4], ARGV[3], id)
+      redis.call('HINCRBY', KEYS[3], 'total', 1)
+      for tag in string.gmatch(tags, '[^|]+') do redis.call('HINCRBY', KEYS[3], tag, 1) end
+      counted = counted + 1
+    end
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return counted
 """
 
 # KEYS: the owner's job index. ARGV: the job key prefix. The bytes of the owner's jobs' stored files.
@@ -130,6 +170,9 @@ class JobQuota:
         self.max_per_owner, self.max_owner_bytes = max_per_owner, max_owner_bytes
         self.max_owner_seconds_per_day = max_owner_seconds_per_day
         self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
+        self._upgrade = client.register_script(_UPGRADE)
+        self._upgraded = False  # whether this process rebuilt the counters from the legacy set (`upgrade`)
         self._bytes = client.register_script(_BYTES)
         self._trained = client.register_script(_TRAINED)
 
@@ -159,13 +202,15 @@ class JobQuota:
                     f"training-time quota: your jobs of the last 24 hours trained {trained / 60:.0f} minutes (at most "
                     f"{self.max_owner_seconds_per_day / 60:.0f} a day): try again in {wait // 3600} h "
                     f"{wait % 3600 // 60} min, when the oldest of them is a day old", max(wait, 1))
+        if not self._upgraded:
+            self.upgrade()
         reservation = "reservation:" + uuid.uuid4().hex
         tags = [("a:" + client, self.max_per_client)]
         if owner is not None:
             tags.append(("o:" + owner, self.max_per_owner))
-        args = [now, JOB_SCORE, job_key(""), reservation, now + RESERVATION_SECONDS, self.max_total,
+        args = [now, reservation, now + RESERVATION_SECONDS, self.max_total, COUNTS_KEY, PENDING_PREFIX,
                 *(v for tag in tags for v in tag)]
-        outcome, count = self._reserve(keys=[ACTIVE_KEY, OWNER_KEY], args=args)
+        outcome, count = self._reserve(keys=[], args=args)
         outcome = text(outcome)
         if outcome == "ok":
             return Reservation(reservation, "|" + "|".join(tag for tag, _ in tags) + "|")
@@ -180,16 +225,22 @@ class JobQuota:
                             "or cancel one")
 
     def job_ids(self) -> list[str]:
-        """The jobs that held a slot when last counted, oldest slot first: queued or running ones, and
-        finished ones until the next reservation drops them (read their status)."""
-        return [text(m) for m in self._client.zrangebyscore(ACTIVE_KEY, JOB_SCORE, "+inf")]
+        """The jobs that count for the caps (queued or running), oldest slot first."""
+        return [text(m) for m in self._client.zrange(JOBS_KEY, 0, -1)]
+
+    def counts(self) -> dict[str, int]:
+        """The counters: `total`, `a:<address>`, `o:<owner>` -> queued or running jobs (none at 0)."""
+        return {text(k): int(v) for k, v in self._client.hgetall(COUNTS_KEY).items()}
 
     def settle(self, reservation: Reservation, job_id: str | None) -> None:
-        """The reservation becomes the job's slot (it counts until the job finishes), or is dropped."""
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(ACTIVE_KEY, reservation.id)
-            pipe.hdel(OWNER_KEY, reservation.id)
-            if job_id is not None:
-                pipe.zadd(ACTIVE_KEY, {job_id: JOB_SCORE})
-                pipe.hset(OWNER_KEY, job_id, reservation.tags)
-            pipe.execute()
+        """The reservation becomes the job's slot (it counts until the job's status is final), or is dropped."""
+        self._settle(keys=[], args=[reservation.id, reservation.tags, job_id or "", time.time(), COUNTS_KEY,
+                                    PENDING_PREFIX, JOBS_KEY, job_key("")])
+
+    def upgrade(self) -> int:
+        """Rebuild the counters from the previous version's sorted set, once (idempotent: the set is deleted);
+        how many jobs started counting. Run at the API's start and before this process's first reservation."""
+        counted = int(self._upgrade(keys=[LEGACY_ACTIVE_KEY, LEGACY_OWNER_KEY, COUNTS_KEY, JOBS_KEY],
+                                    args=[LEGACY_JOB_SCORE, job_key(""), time.time()]))
+        self._upgraded = True
+        return counted

@@ -3,7 +3,8 @@
 `Deletion.delete(job_id)` removes, in one Lua script (atomic: a worker's next write is refused by
 its lease check, so nothing of the job comes back): the record, every `nca:job:<id>:*` part the key
 table lists (target, upload, model, history and its weights, lease, owner, shares), its share
-tokens, and its place in every index (all jobs, the owner's, active, gallery, quota). Then the
+tokens, and its place in every index (all jobs, the owner's, lease deadlines, gallery); a job still counted
+for the active-job caps stops counting in the same step. Then the
 model file the worker exported to `models/jobs/<id>.safetensors` on this machine. Nothing of any
 other job is touched. A running job's worker loses its lease and stops at its next iteration.
 
@@ -25,9 +26,8 @@ import redis
 from . import keys
 from .connection import text
 from .dispatch import FairQueue
+from .job_scripts import LUA_COMMON
 from .jobs import JobStore, is_job_id
-from .quota import ACTIVE_KEY as QUOTA_ACTIVE
-from .quota import OWNER_KEY as QUOTA_OWNER
 from .status import FINISHED
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,21 @@ SWEEP_EVERY = 600.0  # seconds between sweeps, across all processes
 JOB_PARTS = tuple(key.pattern.removeprefix(keys.JOB.pattern + ":") for key in keys.LAYOUT
                   if key.pattern.startswith(keys.JOB.pattern + ":"))
 
-# ARGV: id, job key prefix, owner prefix, share prefix, jobs index, active set, gallery, quota active,
-# quota owner, then the job's key parts. Returns 1 when there was something of the job to delete.
-_DELETE = """
+# ARGV: id, job key prefix, owner prefix, share prefix, jobs index, lease deadlines, gallery, then the job's
+# key parts. Returns 1 when there was something of the job to delete.
+_DELETE = LUA_COMMON + """
 local id = ARGV[1]
 local base = ARGV[2] .. id
 local existed = redis.call('EXISTS', base, base .. ':owner', base .. ':target')
+release_quota(base, id)
 local owner = redis.call('GET', base .. ':owner')
 if owner then redis.call('ZREM', ARGV[3] .. owner .. ':jobs', id) end
 for _, token in ipairs(redis.call('SMEMBERS', base .. ':shares')) do redis.call('DEL', ARGV[4] .. token) end
-for i = 10, #ARGV do redis.call('DEL', base .. ':' .. ARGV[i]) end
+for i = 8, #ARGV do redis.call('DEL', base .. ':' .. ARGV[i]) end
 redis.call('DEL', base)
 redis.call('ZREM', ARGV[5], id)
-redis.call('SREM', ARGV[6], id)
+redis.call('ZREM', ARGV[6], id)
 redis.call('ZREM', ARGV[7], id)
-redis.call('ZREM', ARGV[8], id)
-redis.call('HDEL', ARGV[9], id)
 return existed > 0 and 1 or 0
 """
 
@@ -76,7 +75,7 @@ class Deletion:
             self.jobs.cancel(job_id)
         self.fair.drop(job_id, text(self._client.get(keys.job_key(job_id, "owner"))))
         args = [job_id, keys.job_key(""), keys.OWNER_JOBS.prefix, keys.SHARE.prefix, keys.JOBS.pattern,
-                keys.JOBS_ACTIVE.pattern, keys.GALLERY.pattern, QUOTA_ACTIVE, QUOTA_OWNER, *JOB_PARTS]
+                keys.LEASES.pattern, keys.GALLERY.pattern, *JOB_PARTS]
         existed = bool(self._delete(keys=[], args=args))
         # Its files, after the record (a crash between the two leaves orphans, which the orphan sweep removes).
         self.jobs.artifacts.delete_job(job_id)

@@ -2,7 +2,9 @@
 
 At start (worker_ready) the worker measures its training speed (backend.nca.train.calibrate). A
 background thread keeps `nca:worker:<id>` alive with that speed (for /api/health and the API's
-estimates) and re-queues jobs whose worker vanished (lease expired): at start and then every half lease.
+estimates) and, on the one worker elected for it (`nca:elected:lease-sweep`), re-queues jobs whose worker
+vanished (lease expired) every heartbeat: one script reads only the due lease deadlines (`nca:leases`). If the
+elected worker dies, another takes over within LEASE_SWEEP_HOLD heartbeats.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 
 SWEEP_EVERY = 600.0  # seconds between orphan sweeps of the artifact store, by one elected worker
+LEASE_SWEEP_HOLD = 3  # heartbeats the lease sweeper's election lasts unless renewed (its successor waits that long)
 
 
 class Heartbeat(threading.Thread):
@@ -47,13 +50,19 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
                 if not self.worker.stopping.is_set():  # a stopping worker leaves its job to the next one
-                    recover_orphans(self.worker.storage, skip=self.worker.current_job)
+                    self.recover()
                     self.worker.storage.deletion.sweep_if_due()  # retention (NCA_RETENTION_DAYS), one process at a time
                     self.sweep()  # orphaned artifacts, one elected worker
             except Exception:  # Redis down: keep trying, the worker itself stays up
                 log.warning("heartbeat failed", exc_info=True)
             if self.done.wait(self.period):
                 return
+
+    def recover(self) -> None:
+        """Re-queue the jobs whose lease expired, if this worker is the elected sweeper (one at a time)."""
+        worker = self.worker
+        if worker.storage.jobs.elect("lease-sweep", worker.id, LEASE_SWEEP_HOLD * self.period):
+            recover_orphans(worker.storage, skip=worker.current_job)
 
     def sweep(self) -> None:
         """Every SWEEP_EVERY, on the one elected worker: delete the artifact store's orphans (objects a crash
@@ -72,6 +81,7 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
         try:
             self.worker.storage.workers.forget(self.worker.id)
+            self.worker.storage.jobs.resign("lease-sweep", self.worker.id)  # the next worker sweeps at once
         except Exception:
             log.warning("could not remove the presence key", exc_info=True)
 

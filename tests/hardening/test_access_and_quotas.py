@@ -13,7 +13,7 @@ from backend.api.main import create_app
 from backend.api.security import RETRY_AFTER_SECONDS
 from backend.config import Settings
 from backend.storage.jobs import JobStore
-from backend.storage.quota import ACTIVE_KEY
+from backend.storage.quota import COUNTS_KEY, JOBS_KEY, PENDING_PREFIX
 from tests.conftest import TINY_TRAINING, png_image
 
 TOKEN = "s3cret-token"
@@ -104,7 +104,8 @@ def test_active_job_caps_per_client_and_overall(redis_url: str, tmp_path: Path) 
     assert store.finish(second.json()["id"], "w", "failed", "for the test")
     bad = alice.post("/api/jobs", files={"image": ("x.png", b"not an image", "image/png")})
     assert bad.status_code == 422
-    assert client_redis.zcard(ACTIVE_KEY) == 2  # bob's and carol's jobs; no leftover reservation
+    assert client_redis.zcard(JOBS_KEY) == 2  # bob's and carol's jobs; no leftover reservation
+    assert int(client_redis.hget(COUNTS_KEY, "total")) == 2 and client_redis.keys(PENDING_PREFIX + "*") == []
 
 
 def test_quota_is_not_bypassed_by_a_made_up_token(redis_url: str, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from backend.storage import keys
 from backend.storage.artifacts import artifacts_from_settings
 from backend.storage.jobs import JobStore
 from backend.storage.owners import COOKIE, TOKEN_SALT
-from backend.storage.quota import ACTIVE_KEY, OWNER_KEY
+from backend.storage.quota import COUNTS_KEY, JOBS_KEY
 from tests.conftest import TINY_TRAINING, png_image
 from tests.owners.conftest import ADMIN, upload
 from tests.stream.conftest import random_model
@@ -295,7 +295,7 @@ def test_delete_removes_every_key_and_file_of_the_job_and_nothing_else(browser: 
         expected = before[key]
         if isinstance(expected, list):
             expected = [m for m in expected if m != doomed]
-        if key != keys.QUOTA_ACTIVE.pattern and key != keys.QUOTA_OWNER.pattern:
+        if key not in (keys.QUOTA_COUNTS.pattern, keys.QUOTA_JOBS.pattern):
             assert content == expected, key
     assert not (models_dir / "jobs" / f"{doomed}.safetensors").exists()
     assert (models_dir / "jobs" / f"{kept}.safetensors").exists()
@@ -310,9 +310,13 @@ def test_delete_of_a_queued_job_frees_its_slot(browser: Callable[..., TestClient
     client = redis.Redis.from_url(redis_url)
     a = browser()
     job_id = upload(a).json()["id"]
-    assert client.zscore(ACTIVE_KEY, job_id) is not None and client.hget(OWNER_KEY, job_id)
+    tags = client.hget(keys.job_key(job_id), "quota_tags").decode()  # whom it counts for: its end knows which
+    owner = next(tag for tag in tags.split("|") if tag.startswith("o:"))
+    assert client.zscore(JOBS_KEY, job_id) is not None and int(client.hget(COUNTS_KEY, owner)) == 1
+    total = int(client.hget(COUNTS_KEY, "total"))
     assert a.delete(f"/api/jobs/{job_id}").status_code == 204
-    assert client.zscore(ACTIVE_KEY, job_id) is None and not client.hget(OWNER_KEY, job_id)
+    assert client.zscore(JOBS_KEY, job_id) is None and client.hget(COUNTS_KEY, owner) is None
+    assert int(client.hget(COUNTS_KEY, "total") or 0) == total - 1
 
 
 # --- quotas --------------------------------------------------------------------------------------

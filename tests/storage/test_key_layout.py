@@ -16,8 +16,10 @@ def test_docs_table_is_the_generated_one() -> None:
 
 def test_every_key_the_code_names_is_in_the_table() -> None:
     names = {key.pattern for key in keys.LAYOUT} | {key.prefix for key in keys.LAYOUT}
-    used = [jobs.JOBS_KEY, jobs.ACTIVE_KEY, jobs.CHECKPOINT_CHANNEL, keys.job_key("").rstrip(":") + ":",
-            workers.WORKER_PREFIX, workers.WORKERS_KEY, quota.ACTIVE_KEY, quota.OWNER_KEY,
+    used = [jobs.JOBS_KEY, jobs.ACTIVE_KEY, jobs.LEASES_KEY, jobs.CHECKPOINT_CHANNEL,
+            keys.job_key("").rstrip(":") + ":",
+            workers.WORKER_PREFIX, workers.WORKERS_KEY, quota.COUNTS_KEY, quota.JOBS_KEY, quota.PENDING_PREFIX,
+            quota.LEGACY_ACTIVE_KEY, quota.LEGACY_OWNER_KEY,
             stream_clients.CLIENT_PREFIX, queue.QUEUE, queue.UNACKED_KEY, queue.UNACKED_INDEX_KEY]
     assert [name for name in used if name not in names] == []
     parts = {key.pattern.removeprefix(keys.JOB.pattern + ":") for key in keys.LAYOUT

@@ -17,7 +17,7 @@ from backend.nca import JobSpec, Progress, Trainer
 from backend.nca.modelfile import to_bytes
 from backend.storage.connection import connect
 from backend.storage.embedded_redis import free_port
-from backend.storage.jobs import ACTIVE_KEY, JobStore, job_key, new_job_id
+from backend.storage.jobs import LEASES_KEY, JobStore, job_key, new_job_id
 from backend.storage.queue import QUEUE, TRAIN_TASK, make_sender
 from backend.worker.losses import LossHistory
 from backend.worker.tasks import MAX_WORKERS_LOST, JobRun, Lease
@@ -68,11 +68,11 @@ def test_a_failed_resend_keeps_every_recovered_job_for_the_next_round(redis_url:
 
     assert recover(redis_url, f"redis://127.0.0.1:{free_port()}/0") == "failed OperationalError"
     client = redis.Redis.from_url(redis_url)
-    assert sorted(m.decode() for m in client.smembers(ACTIVE_KEY)) == jobs  # all kept for the next round
+    assert sorted(m.decode() for m in client.zrange(LEASES_KEY, 0, -1)) == jobs  # all kept for the next round
     assert client.llen(QUEUE) == 0
 
     assert recover(redis_url, redis_url) == f"recovered {jobs}"  # the broker is back: every one is sent
-    assert client.llen(QUEUE) == 3 and client.scard(ACTIVE_KEY) == 0
+    assert client.llen(QUEUE) == 3 and client.zcard(LEASES_KEY) == 0
     assert {store.get(job_id).status for job_id in jobs} == {"queued"}
 
 
