@@ -29,6 +29,7 @@ from itsdangerous import BadSignature, TimestampSigner
 
 from . import keys
 from .connection import text
+from .listing import IndexSource
 
 OWNER_PATTERN = re.compile(r"[0-9a-f]{32}")
 TOKEN_SALT = "nca-owner"
@@ -134,8 +135,9 @@ class Owners:
             ids, total = pipe.execute()
         return [text(i) for i in ids], total
 
-    def all_job_ids(self, owner: str) -> list[str]:
-        return [text(i) for i in self._client.zrevrange(owner_key(owner), 0, -1)]
+    def index(self, owner: str) -> IndexSource:
+        """The owner's jobs, newest first, to read a page at a time (backend.storage.listing)."""
+        return IndexSource(self._client, owner_key(owner))
 
 
 # --- how a request says who it is (the API and the stream read it alike) -----------------------
