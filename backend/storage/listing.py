@@ -122,13 +122,14 @@ class Page(Generic[T]):
 
 
 def scan(listing: str, phases: Sequence[tuple[str, Source]], start: Cursor | None, limit: int,
-         keep: Callable[[str, list[str]], list[T | None]], budget: int = SCAN_BUDGET) -> Page[T]:
+         keep: Callable[[str, list[str]], list[T | None]], budget: int | None = None) -> Page[T]:
     """Read the phases from `start` until `limit` rows are kept or `budget` rows are read.
 
     `keep(phase, ids)` says for a chunk what each row becomes on the page (None: left out), in one round
     trip of its own. The first chunk is `limit + 1` rows (an unfiltered page is then one read that also
     knows whether more follow), later ones CHUNK.
     """
+    budget = SCAN_BUDGET if budget is None else budget
     names = [name for name, _ in phases]
     index = names.index(start.phase) if start else 0
     after = (start.score, start.member) if start and start.member else None  # "": the phase's start
