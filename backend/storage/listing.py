@@ -95,6 +95,19 @@ class IndexSource:
             offset += len(chunk)
         return rows[:count]
 
+    def oldest_after(self, after: tuple[float, str] | None, count: int, ceiling: float) -> list[Row]:
+        """Oldest first, up to score `ceiling`: the `count` rows strictly after `after` (a sweep's chunks)."""
+        low, member = ("-inf", "") if after is None else (repr(after[0]), after[1])
+        rows: list[Row] = []
+        offset = 0
+        while len(rows) < count:
+            chunk = self._client.zrangebyscore(self.key, low, repr(ceiling), start=offset, num=count, withscores=True)
+            rows += [(m, s) for m, s in ((text(m), s) for m, s in chunk) if after is None or s > after[0] or m > member]
+            if len(chunk) < count:
+                break
+            offset += len(chunk)
+        return rows[:count]
+
     def count(self) -> int:
         return int(self._client.zcard(self.key))
 

@@ -217,3 +217,20 @@ def test_scan_pages_through_ties_budgets_and_phases(redis_url: str) -> None:
         assert got == want, (limit, budget)
     odd = scan("t", phases, None, 3, lambda _, ids: [i if i[-1] in "13579" else None for i in ids])
     assert [item for _, item in odd.items] == ["m11", "m09", "m07"]
+
+
+def test_the_retention_sweep_reads_the_index_in_chunks_and_misses_none(app_factory: Callable[..., object],
+                                                                        redis_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.storage import retention
+
+    monkeypatch.setattr(retention, "SWEEP_CHUNK", 2)
+    client = redis.Redis.from_url(redis_url)
+    app = app_factory(retention_days=1)
+    with TestClient(app, client=("10.2.0.9", 1)):
+        expired = make_jobs(redis_url, new_job_id(), [f"old {i}" for i in range(7)], checkpoint=True)
+        kept = make_jobs(redis_url, new_job_id(), ["still queued"])
+        client.zadd("nca:jobs", {job_id: 1000.0 for job_id in expired[:4] + kept})  # ties across chunks
+        deleted = app.state.storage.deletion.sweep(time.time() + 2 * 86400)
+    assert sorted(deleted) == sorted(expired)
+    assert client.zrange("nca:jobs", 0, -1) == [kept[0].encode()]
