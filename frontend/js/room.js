@@ -222,9 +222,9 @@ function showHost(room, client) {
     if (document.fullscreenElement) document.exitFullscreen();
     else $('room').requestFullscreen?.();
   });
-  listModels().then((models) => {
+  listModels().then(({ items }) => { // the first page: the examples and the newest models
     const select = $('host-model');
-    for (const model of models) select.add(new Option(model.name || model.id, model.id, false, model.id === room.model));
+    for (const model of items) select.add(new Option(model.name || model.id, model.id, false, model.id === room.model));
   }).catch(() => { $('host-switch').disabled = true; });
 }
 
