@@ -226,6 +226,7 @@ def test_the_retention_sweep_reads_the_index_in_chunks_and_misses_none(app_facto
 
     monkeypatch.setattr(retention, "SWEEP_CHUNK", 2)
     client = redis.Redis.from_url(redis_url)
+    client.flushdb()  # only this test's jobs (the module's others would expire too)
     app = app_factory(retention_days=1)
     with TestClient(app, client=("10.2.0.9", 1)):
         expired = make_jobs(redis_url, new_job_id(), [f"old {i}" for i in range(7)], checkpoint=True)
