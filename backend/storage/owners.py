@@ -11,8 +11,8 @@ with NX so that every replica ends up with the same), so a plain `make run` or `
 keeps its owners across restarts of the services (not across a wipe of Redis).
 
 Keys (backend.storage.keys): `nca:job:<id>:owner` (the job's owner), `nca:owner:<owner>:jobs`
-(sorted set: the owner's jobs by creation time, what a listing reads: one ZREVRANGE however many
-jobs other owners have) and `nca:owners:minted:<address>` (owners created from an address in the
+(sorted set: the owner's jobs by creation time, what a listing reads a page at a time, `index`, however
+many jobs other owners have) and `nca:owners:minted:<address>` (owners created from an address in the
 current hour, the rate limit that keeps clearing cookies from multiplying quotas).
 """
 
@@ -126,14 +126,6 @@ class Owners:
         if not job_ids:
             return []
         return [text(o) for o in self._client.mget([keys.job_key(j, "owner") for j in job_ids])]
-
-    def job_ids(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[str], int]:
-        """The owner's jobs, newest first, and how many it has."""
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.zrevrange(owner_key(owner), offset, offset + limit - 1)
-            pipe.zcard(owner_key(owner))
-            ids, total = pipe.execute()
-        return [text(i) for i in ids], total
 
     def index(self, owner: str) -> IndexSource:
         """The owner's jobs, newest first, to read a page at a time (backend.storage.listing)."""
