@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from backend.nca.target import target_to_png
 from backend.storage.jobs import Job, JobNotFound, JobStore
-from backend.storage.listing import BadCursor, Cursor, matches, scan
+from backend.storage.listing import BadCursor, Cursor, IndexSource, matches, scan
 from backend.storage.models import CheckpointNotFound
 from backend.storage.owners import Caller
 from backend.storage.shared import Storage
@@ -89,28 +89,30 @@ def list_jobs(storage: StorageDep, who: CallerDep,
         start = Cursor.decode(cursor, "jobs", [phase]) if cursor else None
     except BadCursor as exc:
         raise HTTPException(422, str(exc)) from None
-    if offset and not q:  # offset paging (older clients): a rank range of the index
-        rows = index.at(offset, limit + 1)
-        ids, more = [job_id for job_id, _ in rows[:limit]], len(rows) > limit
-        next_page = Cursor("jobs", phase, rows[limit - 1][1], rows[limit - 1][0]) if more else None
-    else:
-        if offset:  # a search from an offset: skip that many of the index's rows first
-            skipped = index.at(offset - 1, 1)
-            start = Cursor("jobs", phase, skipped[0][1], skipped[0][0]) if skipped else None
-            if not skipped:
-                return JobList(items=[], total=index.count(), offset=offset, limit=limit)
-
-        def keep(_: str, batch: list[str]) -> list[str | None]:
-            if not q:
-                return list(batch)
-            return [job_id if fields is not None and matches(fields["name"], q) else None
-                    for job_id, fields in zip(batch, storage.jobs.peek(batch, ("name",)), strict=True)]
-
-        page = scan("jobs", [(phase, index)], start, limit, keep)
-        ids, next_page = [job_id for _, job_id in page.items], page.next
+    if offset and not start:  # offset paging (older clients): the page after the row before `offset`
+        before = index.at(offset - 1, 1)
+        if not before:
+            return JobList(items=[], total=index.count(), offset=offset, limit=limit)
+        start = Cursor("jobs", phase, before[0][1], before[0][0])
+    ids, next_page = job_page(storage, phase, index, start, limit, q)
     jobs = storage.jobs.get_many(ids)
     return JobList(items=out(storage, jobs, who), total=index.count(), offset=offset, limit=limit,
                    next_cursor=next_page.encode() if next_page else None)
+
+
+def job_page(storage: Storage, phase: str, index: IndexSource, start: Cursor | None, limit: int,
+             q: str) -> tuple[list[str], Cursor | None]:
+    """The ids of a page of the index after `start` (whose names contain `q`, when given) and where the next
+    page starts; a search reads the names of at most SCAN_BUDGET rows (backend.storage.listing)."""
+
+    def keep(_: str, batch: list[str]) -> list[str | None]:
+        if not q:
+            return list(batch)
+        return [job_id if fields is not None and matches(fields["name"], q) else None
+                for job_id, fields in zip(batch, storage.jobs.peek(batch, ("name",)), strict=True)]
+
+    page = scan("jobs", [(phase, index)], start, limit, keep)
+    return [job_id for _, job_id in page.items], page.next
 
 
 def get_job_or_404(store: JobStore, job_id: str) -> Job:
