@@ -235,3 +235,28 @@ def test_the_retention_sweep_reads_the_index_in_chunks_and_misses_none(app_facto
         deleted = app.state.storage.deletion.sweep(time.time() + 2 * 86400)
     assert sorted(deleted) == sorted(expired)
     assert client.zrange("nca:jobs", 0, -1) == [kept[0].encode()]
+
+
+def commands(client: redis.Redis, *names: str) -> int:
+    """How many times the server ran these commands so far (INFO commandstats, server-wide)."""
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names)
+
+
+def test_no_listing_reads_every_job(browser: Callable[..., TestClient], redis_url: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted by the real server: a page reads its rows' records, and a scan stops at its budget."""
+    a = browser()
+    client = redis.Redis.from_url(redis_url)
+    make_jobs(redis_url, owner_of(a), [f"no model yet {i}" for i in range(150)])  # none has a model
+    monkeypatch.setattr(listing, "SCAN_BUDGET", 40)
+    before = commands(client, "hmget", "hgetall")
+    page = a.get("/api/models").json()  # nothing to show in 150 jobs: the scan stops after 40
+    assert [m for m in page["items"] if m["access"] != "example"] == [] and page["next_cursor"]
+    assert commands(client, "hmget", "hgetall") - before <= 40
+    before = commands(client, "hmget", "hgetall")
+    assert a.get("/api/jobs", params={"q": "nothing is called this"}).json()["next_cursor"]
+    assert commands(client, "hmget", "hgetall") - before <= 40
+    before = commands(client, "hgetall")
+    assert len(a.get("/api/jobs", params={"limit": 7}).json()["items"]) == 7
+    assert commands(client, "hgetall") - before == 7  # the page's records, no other
