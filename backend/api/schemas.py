@@ -111,9 +111,10 @@ class CheckpointList(BaseModel):
 
 class JobList(BaseModel):
     items: list[JobOut]
-    total: int
+    total: int = Field(description="jobs in the listing (yours; the operator's: all), whatever `q` matches")
     offset: int
     limit: int
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; null: this is the last")
 
 
 class ModelOut(ModelEntry):
@@ -124,6 +125,15 @@ class ModelOut(ModelEntry):
     @classmethod
     def of(cls, entry: ModelEntry) -> ModelOut:
         return cls(**entry.model_dump(), file_url=f"/api/models/{entry.id}/file")
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut] = Field(description="the first page: the examples, then models of jobs; later pages: "
+                                              "jobs' models only")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: this is the last. A page "
+                                                "may hold fewer than `limit` items (a search reads a bounded part "
+                                                "of the index per request) and still have a next one")
+    limit: int
 
 
 class RedisHealth(BaseModel):

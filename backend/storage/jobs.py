@@ -47,6 +47,7 @@ from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_
 from .connection import is_storage_full, text
 from .job_scripts import SCRIPTS
 from .keys import job_key
+from .listing import IndexSource
 from .status import FINISHED, JobStatus
 from .tensors import tensor_from_bytes, tensor_to_bytes
 
@@ -256,6 +257,10 @@ class JobStore:
             raise JobNotFound(job_id)
         return Job.from_hash(raw)
 
+    def index(self) -> IndexSource:
+        """Every job, newest first, to read a page at a time (the operator's listings; backend.storage.listing)."""
+        return IndexSource(self._client, JOBS_KEY)
+
     def list(self, offset: int = 0, limit: int = 20) -> tuple[list[Job], int]:
         """Newest first; also the total number of jobs."""
         with self._client.pipeline(transaction=False) as pipe:
@@ -276,9 +281,16 @@ class JobStore:
             rows = pipe.execute()
         return [Job.from_hash(raw) for raw in rows if raw]
 
-    def ids(self) -> list[str]:
-        """Every job id, newest first."""
-        return [text(j) for j in self._client.zrevrange(JOBS_KEY, 0, -1)]
+    def peek(self, job_ids: list[str], fields: tuple[str, ...]) -> list[dict[str, str] | None]:
+        """Raw `fields` of each job, aligned with `job_ids` (None: no such job), in one round trip: what a
+        listing's filter reads (backend.storage.listing) before it builds whole records for the rows it keeps."""
+        with self._client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(job_key(job_id), ("status", *fields))
+            rows = pipe.execute()
+        return [None if row[0] is None else {name: text(value) or "" for name, value in zip(fields, row[1:],
+                                                                                           strict=True)}
+                for row in rows]
 
     def summaries(self, job_ids: list[str], fields: tuple[str, ...]) -> list[Job]:
         """The records of the jobs that exist, read with only `fields` (plus what a Job needs): no loss history."""

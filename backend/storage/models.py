@@ -90,18 +90,14 @@ class ModelCatalog:
     def __init__(self, jobs: JobStore, models_dir: str | Path):
         self.jobs, self.models_dir = jobs, Path(models_dir)
 
-    def list_models(self) -> list[ModelEntry]:
-        """Examples (by name), then jobs with at least one checkpoint, newest first."""
-        return self.examples() + self.job_models()
-
     def examples(self) -> list[ModelEntry]:
         """The shipped examples, by name (from disk only)."""
         return [entry for path in sorted(self.models_dir.glob("*.safetensors"))
                 if (entry := self._example_entry(path)) is not None]
 
-    def job_models(self, job_ids: list[str] | None = None) -> list[ModelEntry]:
-        """Jobs with at least one checkpoint, newest first (from Redis); of `job_ids` only, in their order."""
-        jobs = self.jobs.summaries(self.jobs.ids() if job_ids is None else job_ids, _ENTRY_FIELDS)
+    def job_models(self, job_ids: list[str]) -> list[ModelEntry]:
+        """Of `job_ids` (a page: backend.storage.listing), those with at least one checkpoint, in their order."""
+        jobs = self.jobs.summaries(job_ids, _ENTRY_FIELDS)
         return [self._job_entry(job) for job in jobs if job.model_version > 0]
 
     def get_entry(self, model_id: str) -> ModelEntry:

@@ -11,8 +11,8 @@ with NX so that every replica ends up with the same), so a plain `make run` or `
 keeps its owners across restarts of the services (not across a wipe of Redis).
 
 Keys (backend.storage.keys): `nca:job:<id>:owner` (the job's owner), `nca:owner:<owner>:jobs`
-(sorted set: the owner's jobs by creation time, what a listing reads: one ZREVRANGE however many
-jobs other owners have) and `nca:owners:minted:<address>` (owners created from an address in the
+(sorted set: the owner's jobs by creation time, what a listing reads a page at a time, `index`, however
+many jobs other owners have) and `nca:owners:minted:<address>` (owners created from an address in the
 current hour, the rate limit that keeps clearing cookies from multiplying quotas).
 """
 
@@ -29,6 +29,7 @@ from itsdangerous import BadSignature, TimestampSigner
 
 from . import keys
 from .connection import text
+from .listing import IndexSource
 
 OWNER_PATTERN = re.compile(r"[0-9a-f]{32}")
 TOKEN_SALT = "nca-owner"
@@ -126,16 +127,9 @@ class Owners:
             return []
         return [text(o) for o in self._client.mget([keys.job_key(j, "owner") for j in job_ids])]
 
-    def job_ids(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[str], int]:
-        """The owner's jobs, newest first, and how many it has."""
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.zrevrange(owner_key(owner), offset, offset + limit - 1)
-            pipe.zcard(owner_key(owner))
-            ids, total = pipe.execute()
-        return [text(i) for i in ids], total
-
-    def all_job_ids(self, owner: str) -> list[str]:
-        return [text(i) for i in self._client.zrevrange(owner_key(owner), 0, -1)]
+    def index(self, owner: str) -> IndexSource:
+        """The owner's jobs, newest first, to read a page at a time (backend.storage.listing)."""
+        return IndexSource(self._client, owner_key(owner))
 
 
 # --- how a request says who it is (the API and the stream read it alike) -----------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -28,10 +29,12 @@ from .connection import text
 from .dispatch import FairQueue
 from .job_scripts import LUA_COMMON
 from .jobs import JobStore, is_job_id
+from .listing import IndexSource
 from .status import FINISHED
 
 log = logging.getLogger(__name__)
 SWEEP_EVERY = 600.0  # seconds between sweeps, across all processes
+SWEEP_CHUNK = 500  # index entries the sweep reads at a time
 JOB_PARTS = tuple(key.pattern.removeprefix(keys.JOB.pattern + ":") for key in keys.LAYOUT
                   if key.pattern.startswith(keys.JOB.pattern + ":"))
 
@@ -101,12 +104,22 @@ class Deletion:
             return None
         return self.sweep(time.time() if now is None else now)
 
+    def _created_before(self, cutoff: float) -> Iterator[str]:
+        """The jobs created before `cutoff`, oldest first, read SWEEP_CHUNK at a time (never the whole index at
+        once), each chunk strictly after the last (score, id) read, so deleting them on the way skips none."""
+        index, after = IndexSource(self._client, keys.JOBS.pattern), None
+        while True:
+            rows = index.oldest_after(after, SWEEP_CHUNK, cutoff)
+            yield from (job_id for job_id, _ in rows)
+            if len(rows) < SWEEP_CHUNK:
+                return
+            after = (rows[-1][1], rows[-1][0])
+
     def sweep(self, now: float) -> list[str]:
         """Every expired job (see the module's doc), deleted; their ids."""
         cutoff = now - self.retention_seconds
-        candidates = [text(j) for j in self._client.zrangebyscore(keys.JOBS.pattern, "-inf", cutoff)]
         deleted = []
-        for job_id in candidates:
+        for job_id in self._created_before(cutoff):
             with self._client.pipeline(transaction=False) as pipe:
                 pipe.hmget(keys.job_key(job_id), ["status", "finished_at", "created_at"])
                 pipe.scard(keys.job_key(job_id, "shares"))

@@ -7,7 +7,8 @@ like a job that does not exist (404), so an id cannot be probed.
 - A share link's token (`nca:share:<token>` -> job id) is 128 random bits, read-only: it lets its
   holder watch, download, export and read the card and timeline, never cancel, delete or share on.
   Revoking deletes the key: the link is then a 404.
-- Publishing adds a finished job to the gallery (`nca:gallery`), which every visitor's listing shows.
+- Publishing adds a finished job to the gallery (`nca:gallery`), which every visitor's listing shows
+  (a page at a time: `model_phases`).
 - A job from before owners existed (no `nca:job:<id>:owner`) is found by its id as it was then, and
   listed to nobody but the operator.
 """
@@ -22,6 +23,7 @@ import redis
 from . import keys
 from .connection import text
 from .jobs import is_job_id
+from .listing import IndexSource, ListSource, Source
 from .models import EXAMPLE_PREFIX, BadReference, parse_reference
 from .owners import Caller, Owners
 
@@ -135,6 +137,19 @@ class Access:
     def published(self, job_id: str) -> bool:
         return self._client.zscore(keys.GALLERY.pattern, job_id) is not None
 
-    def gallery(self) -> list[str]:
-        """Published jobs, newest publication first."""
-        return [text(j) for j in self._client.zrevrange(keys.GALLERY.pattern, 0, -1)]
+    # --- what a caller's model listing reads ---------------------------------------------------
+
+    @staticmethod
+    def model_phase_names(caller: Caller) -> list[str]:
+        """The phases `model_phases` gives the caller, without asking Redis (to check a cursor)."""
+        return ["all"] if caller.admin else [*(["owner"] if caller.owner else []), "shared", "public"]
+
+    def model_phases(self, caller: Caller) -> list[tuple[str, Source]]:
+        """Where the caller's model listing reads, in order (backend.storage.listing): every job (the operator),
+        or its own, the ones its share links open, the public gallery; each an index read newest first (the
+        share links: their short list), never the whole of one."""
+        if caller.admin:
+            return [("all", IndexSource(self._client, keys.JOBS.pattern))]
+        own: list[tuple[str, Source]] = [("owner", self.owners.index(caller.owner))] if caller.owner else []
+        return [*own, ("shared", ListSource(self.shared_jobs(caller))),
+                ("public", IndexSource(self._client, keys.GALLERY.pattern))]

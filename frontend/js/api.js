@@ -36,7 +36,15 @@ async function request(path, options = {}) {
 }
 
 export const getConfig = () => request('/api/config');
-export const listModels = () => request('/api/models');
+/**
+ * A page of the model list (GET /api/models): `{items, next_cursor}`. `params`: `cursor` (the previous page's
+ * next_cursor), `q` (name contains), `limit`; none: the first page, the examples first.
+ */
+export const listModels = (params = {}) => {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== undefined && v !== null && v !== ''));
+  return request(query.size ? `/api/models?${query}` : '/api/models');
+};
+export const getModel = (ref) => request(`/api/models/${encodeURIComponent(ref)}`);
 export const listJobs = (params = {}) => request(`/api/jobs?${new URLSearchParams(params)}`);
 export const getJob = (id) => request(`/api/jobs/${encodeURIComponent(id)}`);
 export const listCheckpoints = (id) => request(`/api/jobs/${encodeURIComponent(id)}/checkpoints`);

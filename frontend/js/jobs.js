@@ -113,8 +113,8 @@ export function initJobs(onWatch) {
     try {
       const page = await listJobs({ limit: PAGE_SIZE });
       for (const job of page.items) upsert(job);
-      nextPage = nextOffset(page);
-      more.hidden = nextPage === null;
+      nextPage = page.next_cursor;
+      more.hidden = !nextPage;
       clearStatus('list');
       empty.hidden = cards.size > 0;
     } catch (error) {
@@ -125,10 +125,10 @@ export function initJobs(onWatch) {
 
   more.addEventListener('click', async () => {
     try {
-      const page = await listJobs({ limit: PAGE_SIZE, offset: nextPage });
+      const page = await listJobs({ limit: PAGE_SIZE, cursor: nextPage });
       for (const job of page.items) upsert(job);
-      nextPage = nextOffset(page);
-      more.hidden = nextPage === null;
+      nextPage = page.next_cursor;
+      more.hidden = !nextPage;
       clearStatus('list');
     } catch (error) {
       setStatus(`Could not load older jobs: ${error.message}`, 'list');
@@ -149,12 +149,6 @@ export function initJobs(onWatch) {
 }
 
 // --- reading the job record (GET /api/jobs/{id}, docs/api.md) -----------------------------------
-
-/** The next page's offset, or null when this page reached the end. */
-function nextOffset(page) {
-  const end = page.offset + page.items.length;
-  return end < page.total ? end : null;
-}
 
 // --- rendering ---------------------------------------------------------------------------------
 

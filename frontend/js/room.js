@@ -4,7 +4,7 @@
 // model, shows the QR code and closes the room.
 // Protocol: docs/stream-protocol.md, "Rooms".
 
-import { getConfig, getRoom, listModels } from './api.js';
+import { getConfig, getModel, getRoom, listModels } from './api.js';
 import { drawFrame } from './pixels.js';
 import { StreamClient, streamBase } from './stream.js';
 
@@ -222,9 +222,14 @@ function showHost(room, client) {
     if (document.fullscreenElement) document.exitFullscreen();
     else $('room').requestFullscreen?.();
   });
-  listModels().then((models) => {
+  // The first page of the model list (the examples and the newest models), and the room's own if it is older.
+  listModels().then(async ({ items }) => {
+    const base = (room.model || '').split('@')[0];
+    const own = !base || items.some((m) => m.id === base) ? null : await getModel(room.model).catch(() => null);
     const select = $('host-model');
-    for (const model of models) select.add(new Option(model.name || model.id, model.id, false, model.id === room.model));
+    for (const model of own ? [own, ...items] : items) {
+      select.add(new Option(model.name || model.id, model.id, false, model.id === room.model));
+    }
   }).catch(() => { $('host-switch').disabled = true; });
 }
 

@@ -2,7 +2,7 @@
 // double-click to plant a seed; play/pause, step, reset, speed and rotation go to the server.
 
 import { createViewer } from '../player/ca.js';
-import { listModels } from './api.js';
+import { getModel, listModels } from './api.js';
 import { STATUS_TEXT, isTraining, iterationText, lossText, splitRef } from './formats.js';
 import { latestWins } from './latest.js';
 import { createCardView } from './modelcard.js';
@@ -20,6 +20,8 @@ export function initWatch(config) {
   const $ = (id) => document.getElementById(id);
   const canvas = $('stream-canvas');
   const select = $('model-select');
+  const searchBox = $('model-search');
+  const moreModels = $('more-models');
   const modelInfo = $('model-info');
   const stepOut = $('ca-step');
   const fpsOut = $('measured-fps');
@@ -41,6 +43,7 @@ export function initWatch(config) {
   let visible = false;
   let modelDetails = {}; // the stream's `model` event, updated by `reloaded` and `status`
   let listed = new Map(); // id -> entry of GET /api/models, for the model picker's labels
+  let nextCursor = null; // the model list's next page (GET /api/models?cursor=), null at its end
   let pausedWhileHidden = false; // we paused it for a hidden tab, so we play it again on return
 
   const params = () => ({
@@ -212,21 +215,43 @@ export function initWatch(config) {
   });
 
   const loads = latestWins(); // only the newest model list may connect, and only while the view is shown
+  const pages = latestWins(); // a search or "More models": only the newest fills the picker
+  const query = () => { const q = searchBox.value.trim(); return q ? { q } : {}; };
+
+  /** The picker shows `models` (grouped), `keep` besides when not among them; "More models" follows `cursor`. */
+  function showList(models, cursor, keep = null) {
+    const all = keep && !models.some((m) => m.id === keep.id) ? [keep, ...models] : models;
+    listed = new Map(all.map((m) => [m.id, m]));
+    fillSelect(select, all);
+    nextCursor = cursor;
+    moreModels.hidden = !cursor;
+    if (modelId && listed.has(splitRef(modelId).id)) select.value = splitRef(modelId).id;
+  }
+
+  // The list is one page (the server's first: the examples and the newest models); the box asks the server.
   async function loadModels(wanted) {
     const ticket = loads.next();
-    let models;
+    pages.cancel();
+    let page;
+    let wantedEntry = null;
+    const wantedId = (wanted || modelId) && splitRef(wanted || modelId).id;
     try {
-      models = await listModels();
+      page = await listModels(query());
+      // A model named by the link (a share link, an older job) may be past the first page: asked for alone.
+      if (wantedId && !page.items.some((m) => m.id === wantedId)) {
+        wantedEntry = listed.get(wantedId) || await getModel(wantedId).catch(() => null);
+      }
     } catch (error) {
       if (ticket.current()) say(`Could not load models: ${error.message}`);
       return;
     }
     if (!ticket.current()) return;
-    listed = new Map(models.map((m) => [m.id, m]));
-    fillSelect(select, models);
+    showList(page.items, page.next_cursor, wantedEntry);
+    const models = [...listed.values()];
     if (!visible) return; // left the view while the list was loading: no stream for a hidden canvas
     if (models.length === 0) {
-      say('No models yet: train one, or put example model files in models/.');
+      say(searchBox.value.trim() ? 'No model by that name among the newest: More models looks further.'
+        : 'No models yet: train one, or put example model files in models/.');
       return;
     }
     const listedRef = (ref) => ref && models.some((m) => m.id === splitRef(ref).id); // a model or its checkpoint
@@ -234,6 +259,40 @@ export function initWatch(config) {
     select.value = splitRef(pick).id;
     if (pick !== modelId || !client) connect(pick);
   }
+
+  /** A new search (or an emptied box): the first page of what matches; the model playing stays listed. */
+  async function searchModels() {
+    const ticket = pages.next();
+    try {
+      const page = await listModels(query());
+      if (!ticket.current()) return;
+      showList(page.items, page.next_cursor, modelId ? listed.get(splitRef(modelId).id) : null);
+      const q = searchBox.value.trim();
+      if (q && !page.items.length) {
+        say(page.next_cursor ? `No model named “${q}” among the newest: More models looks further.`
+          : `No model's name contains “${q}”.`);
+      }
+    } catch (error) {
+      if (ticket.current()) say(`Could not search models: ${error.message}`);
+    }
+  }
+
+  let searchTimer = null;
+  searchBox.addEventListener('input', () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(searchModels, 250);
+  });
+  moreModels.addEventListener('click', async () => {
+    const ticket = pages.next();
+    try {
+      const page = await listModels({ ...query(), cursor: nextCursor });
+      if (!ticket.current()) return;
+      showList([...listed.values(), ...page.items.filter((m) => !listed.has(m.id))], page.next_cursor);
+      if (!page.items.length && searchBox.value.trim() && page.next_cursor) say('Nothing more yet: More models looks further.');
+    } catch (error) {
+      if (ticket.current()) say(`Could not load more models: ${error.message}`);
+    }
+  });
 
   return {
     /** Show the view, on `wantedModel` if given; the stream only runs while the view is visible. */

@@ -123,7 +123,7 @@ def test_redis_outage_is_503_and_the_api_recovers(tmp_path: Path) -> None:
                 assert "Redis" in response.json()["detail"]
             # The examples are files on this machine: still listed and served, with a word about the rest.
             models = client.get("/api/models")
-            assert models.status_code == 200 and [m["id"] for m in models.json()] == ["example-heart"]
+            assert models.status_code == 200 and [m["id"] for m in models.json()["items"]] == ["example-heart"]
             assert "jobs unavailable" in models.headers["x-models-partial"]
             assert client.get("/api/models/example-heart/file").status_code == 200
             response = client.post("/api/jobs", files=files, data=data)

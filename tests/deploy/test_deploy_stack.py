@@ -238,7 +238,7 @@ def test_a_job_trains_through_the_api_and_the_stream_plays_it(stack: Stack) -> N
 def test_the_shipped_example_models_are_served(stack: Stack) -> None:
     """models/ is baked into the image; natively it is the checkout's, as the image's default models_dir."""
     shipped = sorted(path.stem for path in (REPO_ROOT / "models").glob("*.safetensors"))
-    listed = httpx.get(f"{stack.api}/api/models", timeout=10).json()
+    listed = httpx.get(f"{stack.api}/api/models", timeout=10).json()["items"]
     examples = sorted(m["id"].removeprefix("example-") for m in listed if m["source"] == "example")
     assert examples == shipped
     if not shipped:

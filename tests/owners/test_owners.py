@@ -155,9 +155,9 @@ def test_owner_b_gets_404_for_everything_of_owner_a(browser: Callable[..., TestC
     trained(redis_url, job_id)
     b.get("/api/me")  # B is an owner too
     assert a.get(f"/api/models/{job_id}/file").status_code == 200
-    assert job_id in [m["id"] for m in a.get("/api/models").json()]
-    assert b.get("/api/jobs").json() == {"items": [], "total": 0, "offset": 0, "limit": 20}
-    assert job_id not in [m["id"] for m in b.get("/api/models").json()]
+    assert job_id in [m["id"] for m in a.get("/api/models").json()["items"]]
+    assert b.get("/api/jobs").json() == {"items": [], "total": 0, "offset": 0, "limit": 20, "next_cursor": None}
+    assert job_id not in [m["id"] for m in b.get("/api/models").json()["items"]]
     for method, url in job_urls(job_id):
         answer = b.request(method, url)
         assert answer.status_code == 404, (method, url, answer.text)
@@ -201,7 +201,7 @@ def test_a_share_link_opens_read_only_and_revoking_it_closes_it(browser: Callabl
     assert b.get(f"/api/models/{job_id}/file").status_code == 200
     assert b.get(f"/api/jobs/{job_id}/checkpoints").status_code == 200
     assert {"id": job_id, "access": "shared"}.items() <= next(
-        m for m in b.get("/api/models").json() if m["id"] == job_id).items()
+        m for m in b.get("/api/models").json()["items"] if m["id"] == job_id).items()
     assert b.get("/api/jobs").json()["total"] == 0  # not B's job
     for method, url_ in [("POST", f"/api/jobs/{job_id}/cancel"), ("DELETE", f"/api/jobs/{job_id}"),
                          ("POST", f"/api/jobs/{job_id}/shares"), ("POST", f"/api/jobs/{job_id}/publish")]:
@@ -217,7 +217,7 @@ def test_a_share_link_opens_read_only_and_revoking_it_closes_it(browser: Callabl
     assert b.get(url, follow_redirects=False).status_code == 404
     assert b.get(f"/api/jobs/{job_id}").status_code == 404
     assert player.get(f"/api/models/{job_id}/file", params={"share": token}).status_code == 404
-    assert job_id not in [m["id"] for m in b.get("/api/models").json()]
+    assert job_id not in [m["id"] for m in b.get("/api/models").json()["items"]]
 
 
 def test_publish_puts_a_finished_model_in_every_listing(browser: Callable[..., TestClient], redis_url: str) -> None:
@@ -227,12 +227,12 @@ def test_publish_puts_a_finished_model_in_every_listing(browser: Callable[..., T
     trained(redis_url, job_id)
     assert a.post(f"/api/jobs/{job_id}/publish").status_code == 204
     assert a.get(f"/api/jobs/{job_id}").json()["access"]["published"] is True
-    listed = {m["id"]: m["access"] for m in visitor.get("/api/models").json()}
+    listed = {m["id"]: m["access"] for m in visitor.get("/api/models").json()["items"]}
     assert listed[job_id] == "public"
     assert visitor.get(f"/api/jobs/{job_id}").status_code == 200
     assert visitor.delete(f"/api/jobs/{job_id}").status_code == 403
     assert a.delete(f"/api/jobs/{job_id}/publish").status_code == 204
-    assert job_id not in [m["id"] for m in visitor.get("/api/models").json()]
+    assert job_id not in [m["id"] for m in visitor.get("/api/models").json()["items"]]
     assert visitor.get(f"/api/jobs/{job_id}").status_code == 404
 
 

@@ -125,7 +125,7 @@ def test_catalog_lists_examples_and_jobs_with_checkpoints(store: JobStore, tmp_p
     store.claim(with_model, "a", 5, "cpu", "w")
     store.store_checkpoint(with_model, "a", model_bytes(40), 40, 0.25)
     catalog = ModelCatalog(store, tmp_path)
-    entries = {e.id: e for e in catalog.list_models()}
+    entries = {e.id: e for e in catalog.examples() + catalog.job_models([without, with_model])}
     assert set(entries) == {"example-lizard", with_model}
     example, job = entries["example-lizard"], entries[with_model]
     assert (example.source, example.status, example.name, example.grid_width, example.iterations) == \

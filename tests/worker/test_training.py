@@ -48,7 +48,7 @@ def test_job_runs_to_success_and_its_model_is_served(client: TestClient, worker,
     exported = worker_models_dir / "jobs" / f"{job['id']}.safetensors"
     assert exported.read_bytes() == response.content
     assert not (api_models_dir / "jobs").exists()
-    models = {m["id"]: m for m in client.get("/api/models").json()}
+    models = {m["id"]: m for m in client.get("/api/models").json()["items"]}
     assert models[job["id"]]["status"] == "succeeded" and models[job["id"]]["iterations"] == 240
     assert models[job["id"]]["file_url"] == f"/api/models/{job['id']}/file"
 

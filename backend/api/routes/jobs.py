@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from backend.nca.target import target_to_png
 from backend.storage.jobs import Job, JobNotFound, JobStore
+from backend.storage.listing import BadCursor, Cursor, IndexSource, matches, scan
 from backend.storage.models import CheckpointNotFound
 from backend.storage.owners import Caller
 from backend.storage.shared import Storage
@@ -67,18 +68,51 @@ async def create_job(request: Request, response: Response, settings: SettingsDep
     return answer.model_copy(update={"owner_token": getattr(request.state, "new_owner_token", None)})
 
 
-@router.get("", response_model=JobList, summary="List your jobs, newest first")
-def list_jobs(storage: StorageDep, who: CallerDep, offset: Annotated[int, Query(ge=0, le=10**9)] = 0,  # 64-bit
-              limit: Annotated[int, Query(ge=1, le=100)] = 20) -> JobList:
-    """The caller's own jobs (the operator: everybody's). Shared and published models are in /api/models."""
-    if who.admin:
-        jobs, total = storage.jobs.list(offset, limit)
-    elif who.owner is None:
-        jobs, total = [], 0
-    else:
-        ids, total = storage.owners.job_ids(who.owner, offset, limit)
-        jobs = storage.jobs.get_many(ids)
-    return JobList(items=out(storage, jobs, who), total=total, offset=offset, limit=limit)
+@router.get("", response_model=JobList, responses={422: {"model": ErrorOut}}, summary="List your jobs, newest first")
+def list_jobs(storage: StorageDep, who: CallerDep,
+              cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page; "
+                                                  "leave out for the first")] = None,
+              offset: Annotated[int, Query(ge=0, le=10**9, description="older clients' paging; prefer cursor")] = 0,
+              limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              q: Annotated[str, Query(max_length=100, description="only jobs whose name contains this "
+                                      "(case-insensitive)")] = "") -> JobList:
+    """The caller's own jobs (the operator: everybody's), a page at a time: pass each page's `next_cursor` as
+    `cursor`. With `q`, a page reads at most SCAN_BUDGET index entries (docs/api.md): it may be short, or
+    empty, and still have a `next_cursor`. Shared and published models are in /api/models."""
+    if cursor and offset:
+        raise HTTPException(422, "give either cursor (from next_cursor) or offset, not both")
+    if who.owner is None and not who.admin:
+        return JobList(items=[], total=0, offset=offset, limit=limit)
+    index = storage.jobs.index() if who.admin else storage.owners.index(who.owner)
+    phase = "all" if who.admin else "owner"
+    try:
+        start = Cursor.decode(cursor, "jobs", [phase]) if cursor else None
+    except BadCursor as exc:
+        raise HTTPException(422, str(exc)) from None
+    if offset and not start:  # offset paging (older clients): the page after the row before `offset`
+        before = index.at(offset - 1, 1)
+        if not before:
+            return JobList(items=[], total=index.count(), offset=offset, limit=limit)
+        start = Cursor("jobs", phase, before[0][1], before[0][0])
+    ids, next_page = job_page(storage, phase, index, start, limit, q)
+    jobs = storage.jobs.get_many(ids)
+    return JobList(items=out(storage, jobs, who), total=index.count(), offset=offset, limit=limit,
+                   next_cursor=next_page.encode() if next_page else None)
+
+
+def job_page(storage: Storage, phase: str, index: IndexSource, start: Cursor | None, limit: int,
+             q: str) -> tuple[list[str], Cursor | None]:
+    """The ids of a page of the index after `start` (whose names contain `q`, when given) and where the next
+    page starts; a search reads the names of at most SCAN_BUDGET rows (backend.storage.listing)."""
+
+    def keep(_: str, batch: list[str]) -> list[str | None]:
+        if not q:
+            return list(batch)
+        return [job_id if fields is not None and matches(fields["name"], q) else None
+                for job_id, fields in zip(batch, storage.jobs.peek(batch, ("name",)), strict=True)]
+
+    page = scan("jobs", [(phase, index)], start, limit, keep)
+    return [job_id for _, job_id in page.items], page.next
 
 
 def get_job_or_404(store: JobStore, job_id: str) -> Job:

@@ -21,6 +21,7 @@ from backend.exports.video import LIMITS as VIDEO_LIMITS
 from backend.nca.distill import export_distill
 from backend.nca.modelfile import ModelFile
 from backend.storage.connection import REDIS_DOWN_ERRORS
+from backend.storage.listing import BadCursor, Cursor, ListSource, Page, Source, matches, scan
 from backend.storage.models import BadReference, CheckpointNotFound, ModelCatalog, ModelEntry, ModelNotFound
 from backend.storage.owners import Caller
 from backend.storage.shared import Storage
@@ -28,12 +29,13 @@ from backend.storage.shared import Storage
 from ..deps import CatalogDep, RendersDep, StorageDep
 from ..identity import CallerDep, visible_model
 from ..renders import computed, model_digest, stored_card
-from ..schemas import ErrorOut, ModelOut
+from ..schemas import ErrorOut, ModelList, ModelOut
 
 log = logging.getLogger(__name__)
 # Every route with a model id answers 404 for a job's model the caller may not see (backend/api/identity.py).
 router = APIRouter(prefix="/api/models", tags=["models"], dependencies=[Depends(visible_model)])
 PARTIAL_HEADER = "X-Models-Partial"
+MAX_MODELS_PAGE = 200
 NOT_FOUND = {404: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}}
 
 
@@ -51,41 +53,58 @@ def looked_up(model_id: str) -> Iterator[None]:
         raise HTTPException(422, str(exc)) from None
 
 
-@router.get("", response_model=list[ModelOut], summary="List playable models",
-            responses={200: {"headers": {PARTIAL_HEADER: {
+@router.get("", response_model=ModelList, responses={422: {"model": ErrorOut}, 200: {"headers": {PARTIAL_HEADER: {
                 "description": "present when only the examples are listed: why the jobs' models are missing",
-                "schema": {"type": "string"}}}}})
-def list_models(catalog: CatalogDep, storage: StorageDep, who: CallerDep, response: Response) -> list[ModelOut]:
-    """The shipped examples (`example-<name>`), then the models of the caller's own jobs, of the jobs shared
-    with it (share links it opened) and of the public gallery, each newest first; `access` says which.
-    Only jobs with at least one checkpoint have a model.
+                "schema": {"type": "string"}}}}}, summary="List playable models, a page at a time")
+def list_models(catalog: CatalogDep, storage: StorageDep, who: CallerDep, response: Response,
+                cursor: Annotated[str | None, Query(max_length=300, description="next_cursor of the previous page; "
+                                                    "leave out for the first")] = None,
+                limit: Annotated[int, Query(ge=1, le=MAX_MODELS_PAGE, description="jobs' models per page (the "
+                                            "examples come on the first page besides)")] = 50,
+                q: Annotated[str, Query(max_length=100, description="only models whose name contains this "
+                                        "(case-insensitive)")] = "") -> ModelList:
+    """The shipped examples (`example-<name>`, first page only), then the models of the caller's own jobs, of
+    the jobs shared with it (share links it opened) and of the public gallery, each newest first; `access`
+    says which. Only jobs with at least one checkpoint have a model. A page reads at most SCAN_BUDGET entries
+    of the indexes (docs/api.md): a page may be short, or empty, and still have a `next_cursor`.
 
     While Redis is down the examples (files on this machine) are still listed, with the header
     `X-Models-Partial` saying that the jobs' models are unavailable.
     """
-    answers = [ModelOut.of(entry).model_copy(update={"access": "example"}) for entry in catalog.examples()]
     try:
-        answers += [ModelOut.of(entry).model_copy(update={"access": access})
-                    for entry, access in visible_job_models(catalog, storage, who)]
+        start = Cursor.decode(cursor, "models", storage.access.model_phase_names(who)) if cursor else None
+    except BadCursor as exc:
+        raise HTTPException(422, str(exc)) from None
+    answers = [] if start else [ModelOut.of(entry).model_copy(update={"access": "example"})
+                                for entry in catalog.examples() if matches(entry.name, q)]
+    next_cursor = None
+    try:
+        page = visible_job_models(catalog, storage, who, storage.access.model_phases(who), start, limit, q)
+        answers += [ModelOut.of(entry).model_copy(update={"access": access}) for _, (entry, access) in page.items]
+        next_cursor = page.next.encode() if page.next else None
     except REDIS_DOWN_ERRORS as exc:
         log.warning("listing models without the jobs': Redis is unreachable: %s", exc)
         response.headers[PARTIAL_HEADER] = "jobs unavailable: the job store (Redis) is unreachable; try again shortly"
-    return answers
+    return ModelList(items=answers, next_cursor=next_cursor, limit=limit)
 
 
-def visible_job_models(catalog: ModelCatalog, storage: Storage, who: Caller) -> list[tuple[ModelEntry, str]]:
-    """(entry, why the caller sees it) for the jobs' models in its listing: its own, shared with it, public."""
-    if who.admin:
-        return [(entry, "owner") for entry in catalog.job_models()]
-    groups = [(storage.owners.all_job_ids(who.owner) if who.owner else [], "owner"),
-              (storage.access.shared_jobs(who), "shared"), (storage.access.gallery(), "public")]
-    seen: set[str] = set()
-    listed = []
-    for ids, access in groups:
-        ids = [i for i in ids if i not in seen]
-        seen.update(ids)
-        listed += [(entry, access) for entry in catalog.job_models(ids)]
-    return listed
+def visible_job_models(catalog: ModelCatalog, storage: Storage, who: Caller, phases: list[tuple[str, Source]],
+                       start: Cursor | None, limit: int, q: str = "") -> Page[tuple[ModelEntry, str]]:
+    """A page of (entry, why the caller sees it) for the jobs' models in its listing: its own, shared with it,
+    public, each once (a job of its own that it also published is listed as its own)."""
+    shared = {job_id for name, source in phases if isinstance(source, ListSource) for job_id in source.ids}
+
+    def keep(phase: str, ids: list[str]) -> list[tuple[ModelEntry, str] | None]:
+        raw = catalog.jobs.peek(ids, ("name", "model_version"))
+        owners = storage.owners.owners_of(ids) if phase in ("shared", "public") else [None] * len(ids)
+        wanted = [job_id for job_id, fields, owner in zip(ids, raw, owners, strict=True)
+                  if fields is not None and int(fields["model_version"] or 0) > 0 and matches(fields["name"], q)
+                  and (who.owner is None or owner != who.owner) and not (phase == "public" and job_id in shared)]
+        access = "owner" if phase in ("all", "owner") else phase
+        entries = {entry.id: (entry, access) for entry in catalog.job_models(wanted)}
+        return [entries.get(job_id) for job_id in ids]
+
+    return scan("models", phases, start, limit, keep)
 
 
 @router.get("/{model_id}", response_model=ModelOut, responses=NOT_FOUND, summary="One model")
