@@ -42,7 +42,15 @@ from backend.nca.jobspec import SPEC_VERSION, JobSpec
 from backend.nca.train import Progress
 
 from . import keys
-from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings, sha256
+from .artifacts import (
+    EXAMPLE_RENDERS,
+    ArtifactError,
+    ArtifactMissing,
+    ArtifactStore,
+    artifacts_from_settings,
+    render_digest,
+    sha256,
+)
 from .connection import is_storage_full, text
 from .job_scripts import SCRIPTS
 from .keys import job_key
@@ -69,6 +77,11 @@ BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms", "target
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def _live_render(key: str, digests: set[str]) -> bool:
+    """A cached render of a model file the job still has (the sweep keeps it; one of a superseded file goes)."""
+    return render_digest(key) in digests
 
 
 def is_job_id(value: str) -> bool:
@@ -554,18 +567,26 @@ class JobStore:
             return True
         return False
 
+    def _model_digests(self, job_id: str) -> set[str]:
+        """The SHA-256 of every model file the job has (latest and history): its renders' keys name them."""
+        found = {digest} if (digest := self._pointers(job_id, "model_sha256")[0]) else set()
+        for member in self._client.zrange(job_key(job_id, "history"), 0, -1):
+            found |= {digest} if (digest := json.loads(member).get("sha256")) else set()
+        return found
+
     def sweep_orphans(self, grace_seconds: float = 3600.0) -> int:
         """Delete the objects no record points at (a crash between writing an object and its record, a
         job deleted while the store was down), once older than `grace_seconds` (so that a write in
         progress is never taken); how many were deleted. Run by one elected process (backend.worker)."""
         cutoff, by_job = time.time() - grace_seconds, {}
         for key, modified in self.artifacts.objects():
-            if modified < cutoff:
+            if modified < cutoff and not key.startswith(f"{EXAMPLE_RENDERS}/"):  # the examples' renders: no job's
                 by_job.setdefault(key.split("/", 1)[0], []).append(key)
         swept = 0
         for job_id, old in by_job.items():
             referenced = self._referenced(job_id) or set()
-            unused = [key for key in old if key not in referenced]
+            live = self._model_digests(job_id) if referenced else set()
+            unused = [key for key in old if key not in referenced and not _live_render(key, live)]
             self._discard(unused)
             swept += len(unused)
         return swept
