@@ -37,7 +37,7 @@ import redis
 import torch
 from pydantic import AliasChoices, BaseModel, Field, PlainSerializer, PlainValidator, PrivateAttr, WithJsonSchema
 
-from backend.config import CHECKPOINT_HISTORY, Settings
+from backend.config import CHECKPOINT_HISTORY, CHECKPOINT_HISTORY_BYTES, Settings
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
 from backend.nca.train import Progress
 
@@ -239,12 +239,13 @@ class LossPoints(Protocol):
 
 class JobStore:
     def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY,
-                 artifacts: ArtifactStore | None = None):
+                 artifacts: ArtifactStore | None = None, history_bytes: int = CHECKPOINT_HISTORY_BYTES):
         """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2.
-        `artifacts`: where the files go; default: the one the environment's settings name (NCA_ARTIFACTS)."""
+        `artifacts`: where the files go; default: the one the environment's settings name (NCA_ARTIFACTS).
+        `history_bytes`: the most bytes of weights the history keeps (NCA_CHECKPOINT_HISTORY_BYTES)."""
         if history_cap < 2:
             raise ValueError("the checkpoint history keeps at least 2 checkpoints (the first and the latest)")
-        self._client, self.history_cap = client, history_cap
+        self._client, self.history_cap, self.history_bytes = client, history_cap, history_bytes
         self.artifacts = artifacts if artifacts is not None else artifacts_from_settings(Settings())
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
@@ -439,7 +440,7 @@ class JobStore:
                 job_key(job_id, "history:weights"), job_key(job_id, "model")]
         loss_json = json.dumps(loss) if loss is not None and math.isfinite(loss) else "null"
         args = [token, model_key, int(iteration), "" if loss is None else loss, round(time.time(), 3), job_id,
-                model_sha, self.history_cap, loss_json, weights_sha]
+                model_sha, self.history_cap_for(len(data)), loss_json, weights_sha]
         version, *unused = self._run("checkpoint", keys, args)
         version = int(version)
         if version < 0:  # the lease is lost: the history's object stays if another run wrote the same weights
@@ -449,6 +450,11 @@ class JobStore:
             # Sizes for the owner's storage quota: every history entry's weights file is the same size.
             self._run("set_if_exists", [job_key(job_id)], ["model_bytes", len(model_bytes), "weights_bytes", len(data)])
         return version
+
+    def history_cap_for(self, weights_bytes: int) -> int:
+        """Entries the history keeps for weights files of this size: the count cap, or fewer when the byte cap
+        binds first (every entry of a job is the same size), never fewer than 2 (the first and the latest)."""
+        return max(2, min(self.history_cap, self.history_bytes // max(1, weights_bytes)))
 
     @staticmethod
     def _weights_key(job_id: str, iteration: int | str, digest: str) -> str:
