@@ -125,7 +125,9 @@ def module_artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     module's own fixtures that start services."""
     path = Path(str(request.node.path)).resolve()
     in_s3_directory = any(path.is_relative_to(Path(__file__).parent / d) for d in S3_DIRECTORIES)
-    if request.config.getoption("--artifacts") != "auto" or not in_s3_directory:
+    # Without rclone (a clone without the dev requirements) these run on the directory rather than not at all.
+    has_rclone = (Path(sys.executable).parent / "rclone").exists()
+    if request.config.getoption("--artifacts") != "auto" or not in_s3_directory or not has_rclone:
         yield os.environ["NCA_ARTIFACTS"]
         return
     saved = {k: os.environ.get(k) for k in ARTIFACT_VARIABLES}
