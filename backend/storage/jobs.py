@@ -547,6 +547,13 @@ class JobStore:
             moved += self.migrate(text(raw).removeprefix(keys.JOB.prefix).removesuffix(":target"))
         return moved
 
+    def _model_digests(self, job_id: str) -> set[str]:
+        """The SHA-256 of every model file the job has (latest and history): its renders' keys name them."""
+        found = {digest} if (digest := self._pointers(job_id, "model_sha256")[0]) else set()
+        for member in self._client.zrange(job_key(job_id, "history"), 0, -1):
+            found |= {digest} if (digest := json.loads(member).get("sha256")) else set()
+        return found
+
     def _referenced(self, job_id: str) -> set[str] | None:
         """The artifact keys a job's record points at; None when there is no such job."""
         target, upload, model, status = self._pointers(job_id, "target_sha256", "upload_sha256", "model_key",
@@ -572,13 +579,6 @@ class JobStore:
             self._client.pexpire(key, int(seconds * 1000))
             return True
         return False
-
-    def _model_digests(self, job_id: str) -> set[str]:
-        """The SHA-256 of every model file the job has (latest and history): its renders' keys name them."""
-        found = {digest} if (digest := self._pointers(job_id, "model_sha256")[0]) else set()
-        for member in self._client.zrange(job_key(job_id, "history"), 0, -1):
-            found |= {digest} if (digest := json.loads(member).get("sha256")) else set()
-        return found
 
     def sweep_orphans(self, grace_seconds: float = 3600.0) -> int:
         """Delete the objects no record points at (a crash between writing an object and its record, a
