@@ -193,7 +193,17 @@ class S3Artifacts:
         try:
             self._s3.head_bucket(Bucket=self.bucket)
         except self._client_error:
+            self._create()
+
+    def _create(self) -> None:
+        """CreateBucket, where another service may have just done it: compose starts the API, the stream and
+        the workers at once, each checks, and all but the first find it made (rclone answers
+        BucketAlreadyExists, AWS BucketAlreadyOwnedByYou); a crash at start there would fail `up`."""
+        try:
             self._s3.create_bucket(Bucket=self.bucket)
+        except self._client_error as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                raise
 
     def _name(self, key: str) -> str:
         _check_key(key)
