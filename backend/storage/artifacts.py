@@ -5,11 +5,11 @@ One small interface, two backends:
 - `DirArtifacts`: a local directory (the embedded default for `python -m backend.run`, `.data/artifacts`);
 - `S3Artifacts`: any S3-compatible service (AWS S3, R2, MinIO, GCS in interoperability mode) through boto3.
 
-Objects are named `<job id>/<name>`, so that `delete_job` removes every object of a job with one prefix
-and the orphan sweep can list jobs by prefix. Every write returns the object's SHA-256; the caller stores it
-in the job record *after* the write (an artifact is written before anything points at it) and passes it
-back on read, where it is verified: a missing object raises `ArtifactMissing`, a changed one
-`ArtifactCorrupt` (the API maps both to a clear 4xx/503, never a 500).
+Objects are named `<job id>/<name>` (cached renders too: `<job id>/renders/...`), so that `delete_job` removes
+every object of a job with one prefix and the orphan sweep can list jobs by prefix. Every write returns the
+object's SHA-256; the caller stores it in the job record *after* the write (an artifact is written before
+anything points at it) and passes it back on read, where it is verified: a missing object raises
+`ArtifactMissing`, a changed one `ArtifactCorrupt` (the API maps both to a clear 4xx/503, never a 500).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from urllib.parse import urlparse
 
 from backend.config import Settings
 
-__all__ = ["ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore", "ArtifactUnavailable",
-           "DirArtifacts", "S3Artifacts", "artifact_store", "artifacts_from_settings", "sha256"]
+__all__ = ["EXAMPLE_RENDERS", "RENDERS_FOLDER", "ArtifactCorrupt", "ArtifactError", "ArtifactMissing", "ArtifactStore",
+           "ArtifactUnavailable", "DirArtifacts", "S3Artifacts", "artifact_store", "artifacts_from_settings",
+           "render_digest", "sha256"]
 
 
 class ArtifactError(Exception):
@@ -47,6 +48,16 @@ class ArtifactCorrupt(ArtifactError):
 
 class ArtifactUnavailable(ArtifactError):
     """The store could not be reached (network, credentials, disk): try again later (503)."""
+
+
+RENDERS_FOLDER = "renders"  # a job's cached renders: <job id>/renders/<model file sha256>/<kind>-<params hash>
+EXAMPLE_RENDERS = "_examples"  # the shipped examples' renders (no job owns them): _examples/renders/...
+
+
+def render_digest(key: str) -> str | None:
+    """The model file's SHA-256 a render's key names (`<job id>/renders/<sha256>/...`); None for other keys."""
+    parts = key.split("/")
+    return parts[2] if len(parts) == 4 and parts[1] == RENDERS_FOLDER else None
 
 
 def sha256(data: bytes) -> str:
@@ -182,7 +193,17 @@ class S3Artifacts:
         try:
             self._s3.head_bucket(Bucket=self.bucket)
         except self._client_error:
+            self._create()
+
+    def _create(self) -> None:
+        """CreateBucket, where another service may have just done it: compose starts the API, the stream and
+        the workers at once, each checks, and all but the first find it made (rclone answers
+        BucketAlreadyExists, AWS BucketAlreadyOwnedByYou); a crash at start there would fail `up`."""
+        try:
             self._s3.create_bucket(Bucket=self.bucket)
+        except self._client_error as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                raise
 
     def _name(self, key: str) -> str:
         _check_key(key)

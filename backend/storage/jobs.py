@@ -38,12 +38,20 @@ import redis
 import torch
 from pydantic import AliasChoices, BaseModel, Field, PlainSerializer, PlainValidator, PrivateAttr, WithJsonSchema
 
-from backend.config import CHECKPOINT_HISTORY, Settings
+from backend.config import CHECKPOINT_HISTORY, CHECKPOINT_HISTORY_BYTES, Settings
 from backend.nca.jobspec import SPEC_VERSION, JobSpec
 from backend.nca.train import Progress
 
 from . import keys
-from .artifacts import ArtifactError, ArtifactMissing, ArtifactStore, artifacts_from_settings, sha256
+from .artifacts import (
+    EXAMPLE_RENDERS,
+    ArtifactError,
+    ArtifactMissing,
+    ArtifactStore,
+    artifacts_from_settings,
+    render_digest,
+    sha256,
+)
 from .connection import is_storage_full, text
 from .job_scripts import SCRIPTS
 from .keys import job_key
@@ -73,6 +81,11 @@ BOOKKEEPING_FIELDS = ("spec_version", "loss_every", "owner", "lease_ms", "target
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def _live_render(key: str, digests: set[str]) -> bool:
+    """A cached render of a model file the job still has (the sweep keeps it; one of a superseded file goes)."""
+    return render_digest(key) in digests
 
 
 def is_job_id(value: str) -> bool:
@@ -230,12 +243,13 @@ class LossPoints(Protocol):
 
 class JobStore:
     def __init__(self, client: redis.Redis, history_cap: int = CHECKPOINT_HISTORY,
-                 artifacts: ArtifactStore | None = None):
+                 artifacts: ArtifactStore | None = None, history_bytes: int = CHECKPOINT_HISTORY_BYTES):
         """`history_cap`: checkpoints a job's history keeps (NCA_CHECKPOINT_HISTORY), at least 2.
-        `artifacts`: where the files go; default: the one the environment's settings name (NCA_ARTIFACTS)."""
+        `artifacts`: where the files go; default: the one the environment's settings name (NCA_ARTIFACTS).
+        `history_bytes`: the most bytes of weights the history keeps (NCA_CHECKPOINT_HISTORY_BYTES)."""
         if history_cap < 2:
             raise ValueError("the checkpoint history keeps at least 2 checkpoints (the first and the latest)")
-        self._client, self.history_cap = client, history_cap
+        self._client, self.history_cap, self.history_bytes = client, history_cap, history_bytes
         self.artifacts = artifacts if artifacts is not None else artifacts_from_settings(Settings())
         self._scripts = {name: client.register_script(source) for name, source in SCRIPTS.items()}
 
@@ -442,7 +456,7 @@ class JobStore:
                 job_key(job_id, "history:weights"), job_key(job_id, "model")]
         loss_json = json.dumps(loss) if loss is not None and math.isfinite(loss) else "null"
         args = [token, model_key, int(iteration), "" if loss is None else loss, round(time.time(), 3), job_id,
-                model_sha, self.history_cap, loss_json, weights_sha]
+                model_sha, self.history_cap_for(len(data)), loss_json, weights_sha]
         version, *unused = self._run("checkpoint", keys, args)
         version = int(version)
         if version < 0:  # the lease is lost: the history's object stays if another run wrote the same weights
@@ -452,6 +466,11 @@ class JobStore:
             # Sizes for the owner's storage quota: every history entry's weights file is the same size.
             self._run("set_if_exists", [job_key(job_id)], ["model_bytes", len(model_bytes), "weights_bytes", len(data)])
         return version
+
+    def history_cap_for(self, weights_bytes: int) -> int:
+        """Entries the history keeps for weights files of this size: the count cap, or fewer when the byte cap
+        binds first (every entry of a job is the same size), never fewer than 2 (the first and the latest)."""
+        return max(2, min(self.history_cap, self.history_bytes // max(1, weights_bytes)))
 
     @staticmethod
     def _weights_key(job_id: str, iteration: int | str, digest: str) -> str:
@@ -550,6 +569,13 @@ class JobStore:
             moved += self.migrate(text(raw).removeprefix(keys.JOB.prefix).removesuffix(":target"))
         return moved
 
+    def _model_digests(self, job_id: str) -> set[str]:
+        """The SHA-256 of every model file the job has (latest and history): its renders' keys name them."""
+        found = {digest} if (digest := self._pointers(job_id, "model_sha256")[0]) else set()
+        for member in self._client.zrange(job_key(job_id, "history"), 0, -1):
+            found |= {digest} if (digest := json.loads(member).get("sha256")) else set()
+        return found
+
     def _referenced(self, job_id: str) -> set[str] | None:
         """The artifact keys a job's record points at; None when there is no such job."""
         target, upload, model, status = self._pointers(job_id, "target_sha256", "upload_sha256", "model_key",
@@ -586,12 +612,13 @@ class JobStore:
         progress is never taken); how many were deleted. Run by one elected process (backend.worker)."""
         cutoff, by_job = time.time() - grace_seconds, {}
         for key, modified in self.artifacts.objects():
-            if modified < cutoff:
+            if modified < cutoff and not key.startswith(f"{EXAMPLE_RENDERS}/"):  # the examples' renders: no job's
                 by_job.setdefault(key.split("/", 1)[0], []).append(key)
         swept = 0
         for job_id, old in by_job.items():
             referenced = self._referenced(job_id) or set()
-            unused = [key for key in old if key not in referenced]
+            live = self._model_digests(job_id) if referenced else set()
+            unused = [key for key in old if key not in referenced and not _live_render(key, live)]
             self._discard(unused)
             swept += len(unused)
         return swept

@@ -31,7 +31,7 @@ class Storage:
         """`celery`: the app that sends training messages (a worker passes its own; default: a sender)."""
         self._client = client
         self.artifacts: ArtifactStore = artifacts_from_settings(settings)
-        self.jobs = JobStore(client, settings.checkpoint_history, self.artifacts)
+        self.jobs = JobStore(client, settings.checkpoint_history, self.artifacts, settings.checkpoint_history_bytes)
         self.catalog = ModelCatalog(self.jobs, settings.models_dir)
         self.quota = JobQuota(client, settings.max_active_jobs, settings.max_active_jobs_per_client,
                               settings.max_active_jobs_per_owner, int(settings.max_owner_megabytes * 1e6),

@@ -247,6 +247,28 @@ def test_the_artifact_store_is_an_s3_service_on_a_named_volume(compose) -> None:
     assert f"{env['NCA_S3_ACCESS_KEY_ID']},{env['NCA_S3_SECRET_ACCESS_KEY']}" == argv[argv.index("--auth-key") + 1]
 
 
+def test_the_s3_healthcheck_passes_against_a_real_rclone_and_fails_without_it(compose, s3_server: str) -> None:
+    """The healthcheck's command, run here against the session's `rclone serve s3` (the image's server) in
+    place of :9000: rclone answers an unsigned GET / with an S3 error (400), which must count as up, and a
+    port nobody listens on as down. GNU wget here; the image has busybox's, which prints the same line."""
+    import shutil
+
+    from backend.storage.embedded_redis import free_port
+
+    if shutil.which("wget") is None:
+        pytest.skip("no wget on this machine")
+    test = compose["services"]["s3"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    port = s3_server.rsplit(":", 1)[1]
+
+    def check(at: str) -> int:
+        return subprocess.run(["sh", "-c", test[1].replace("127.0.0.1:9000", f"127.0.0.1:{at}")],
+                              timeout=30).returncode
+
+    assert check(port) == 0, "rclone serve s3 is up: the healthcheck must say so"
+    assert check(str(free_port())) != 0, "nothing listens: the healthcheck must fail"
+
+
 @pytest.mark.parametrize("variant", ["compose", "cpu_compose"])
 def test_only_the_proxy_publishes_a_port(variant, request) -> None:
     """One origin: the page, the API and the stream all go through the proxy's one port, so api and stream

@@ -70,3 +70,19 @@ def test_an_unreachable_s3_store_is_unavailable_not_a_crash(s3_server: str) -> N
 def test_a_location_without_a_bucket_is_refused() -> None:
     with pytest.raises(ValueError, match="names no bucket"):
         artifact_store("s3://")
+
+
+def test_services_that_create_the_bucket_at_once_all_start(s3_server: str) -> None:
+    """Compose starts the API, the stream and the workers together, each with NCA_S3_CREATE_BUCKET: one that
+    found no bucket and creates it after another did must start all the same (it crashed: BucketAlreadyExists)."""
+    from tests.conftest import S3_KEYS
+
+    def service(create: bool):
+        return artifact_store("s3://nca-race/artifacts", endpoint_url=s3_server, access_key=S3_KEYS[0],
+                              secret_key=S3_KEYS[1], create_bucket=create)
+
+    first = service(create=True)
+    late = service(create=False)
+    late._create()  # the losing side of the race: its HeadBucket said "none", then the other one made it
+    service(create=True).put("job/x", b"both")  # and a service starting now just finds it
+    assert late.get("job/x") == first.get("job/x") == b"both"

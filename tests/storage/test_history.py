@@ -110,6 +110,25 @@ def test_a_lower_cap_thins_at_the_next_checkpoint(store: JobStore, client: redis
         JobStore(client, history_cap=1)
 
 
+def test_the_byte_cap_keeps_the_history_within_its_bytes(store: JobStore, client: redis.Redis) -> None:
+    """NCA_CHECKPOINT_HISTORY_BYTES: the history keeps at most that many bytes of weights per job, whichever
+    of it and the count cap is smaller, and never fewer than the first and the latest."""
+    size = len(weights(10))
+    by_bytes = JobStore(client, history_cap=CAP, artifacts=store.artifacts, history_bytes=4 * size + size // 2)
+    job_id = claimed_job(by_bytes)
+    for iteration in range(10, 201, 10):
+        checkpoint(by_bytes, job_id, iteration)
+        kept = iterations(by_bytes, job_id)
+        assert len(kept) == min(iteration // 10, 4) and kept[0] == 10 and kept[-1] == iteration
+        stored = sum(len(by_bytes.history_weights(job_id, i)) for i in kept)
+        assert stored <= by_bytes.history_bytes, (stored, kept)
+        assert stored_weights(by_bytes, job_id) == set(kept)  # the dropped points' objects are gone too
+    tiny = JobStore(client, history_cap=CAP, artifacts=store.artifacts, history_bytes=1)
+    checkpoint(tiny, job_id, 210)
+    assert iterations(tiny, job_id) == [10, 210]  # below two files' worth: still the first and the latest
+    assert (tiny.history_cap_for(size), by_bytes.history_cap_for(size), store.history_cap_for(size)) == (2, 4, CAP)
+
+
 def test_a_resumed_run_replaces_what_was_trained_after_its_checkpoint(store: JobStore,
                                                                      client: redis.Redis) -> None:
     """The history is always one line of training ending at the latest checkpoint: a checkpoint at
