@@ -191,3 +191,29 @@ def test_the_paper_preset_stays_the_papers_recipe_with_a_starter_configured() ->
     reference = NCA(16, 128, 0.5)
     for name, value in reference.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[name], value), name
+
+
+def test_the_shipped_starter_is_of_the_default_shape_and_saw_only_its_own_drawing(tmp_path) -> None:
+    """models/starter.safetensors (benchmarks/starter.py on scripts/make_examples.py's pebble): the shape a
+    default job has (else every budget would be refused), 40 cells as measured, and its target is the pebble,
+    not one of the drawings its benefit was measured on (fish, house)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from backend.nca import modelfile
+    from backend.nca.target import load_target
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "scripts"))
+    from make_examples import draw
+
+    mf = modelfile.load(root / "models" / "starter.safetensors")
+    assert (mf.info.channels, mf.info.hidden) == (DEFAULTS["channels"], DEFAULTS["hidden"])
+    assert (mf.info.target_size, mf.info.padding) == (40, 16) and mf.info.extra["start_from"] == "example-heart"
+    options = TargetOptions(size=40, padding=16)
+    out = tmp_path
+    assert torch.allclose(mf.target, load_target(draw("pebble", out), options), atol=1e-6)
+    for unseen in ("fish", "house"):
+        assert not torch.allclose(mf.target, load_target(draw(unseen, out), options), atol=0.05)
