@@ -71,6 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="a drawing of scripts/make_examples.py")
     parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--iterations", type=int, help="a fixed count instead of the time budget (the budget recipe's "
+                                                       "batch, pool and damaged share; lr drop at 60 %%): a loaded "
+                                                       "machine then trains as much as a quiet one")
     parser.add_argument("--size", type=int, default=40)
     parser.add_argument("--padding", type=int, default=16)
     parser.add_argument("--init", help="starter (models/starter.safetensors) or a model file")
@@ -91,6 +94,10 @@ def main() -> None:
     options = {"target_size": args.size, "padding": args.padding, "experiment": "regenerating", "seed": args.seed,
                "minutes": args.minutes, "iterations": CAP, "damage": args.damage, "name": args.name or args.target,
                **({"start_from": "example-starter" if args.init == "starter" else str(args.init)} if init else {})}
+    if args.iterations:
+        options.pop("minutes")
+        options.update(iterations=args.iterations, lr_decay_at=round(0.6 * args.iterations), batch_size=4,
+                       pool_size=128, damage_count=1)
     spec = JobSpec.from_options(options)
     target = load_target(draw(args.target, args.out), spec.target)
     speed = calibrate()
@@ -108,13 +115,13 @@ def main() -> None:
     grown, at_1000 = measure(trainer, spec.train.max_steps, args.runs)
     if args.save:
         modelfile.save(result.model_file, args.save)
-    print(f"| {args.target} | {args.size}/{args.padding} | {args.init or 'random'} | {args.trial or '-'} | "
-          f"{args.damage} | {args.minutes:g} | {seconds:.0f} | {result.iteration} | {grown:.1f} | {at_1000:.1f} | "
-          f"{load_start:.1f} / {os.getloadavg()[0]:.1f} |", flush=True)
+    budget = f"{args.iterations} it" if args.iterations else f"{args.minutes:g} min"
+    row = (f"| {args.target} | {args.size}/{args.padding} | {args.init or 'random'} | {args.trial or '-'} | "
+           f"{args.damage} | {budget} | {seconds:.0f} | {result.iteration} | {grown:.1f} | {at_1000:.1f} | "
+           f"{load_start:.1f} / {os.getloadavg()[0]:.1f} | seed {args.seed} |")
+    print(row, flush=True)
     with contextlib.suppress(OSError), (args.out / "runs.md").open("a") as f:
-        f.write(f"| {args.target} | {args.size}/{args.padding} | {args.init or 'random'} | {args.trial or '-'} | "
-                f"{args.damage} | {args.minutes:g} | {seconds:.0f} | {result.iteration} | {grown:.1f} | "
-                f"{at_1000:.1f} | {load_start:.1f} / {os.getloadavg()[0]:.1f} | seed {args.seed} |\n")
+        f.write(row + "\n")
 
 
 if __name__ == "__main__":
