@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def main() -> None:
         options.update(iterations=args.iterations, lr_decay_at=round(0.6 * args.iterations), batch_size=4,
                        pool_size=128, damage_count=1)
     spec = JobSpec.from_options(options)
-    target = load_target(draw(args.target, args.out), spec.target)
+    with tempfile.TemporaryDirectory() as drawn:  # its own copy: two runs side by side would share the file
+        target = load_target(draw(args.target, Path(drawn)), spec.target)
     speed = calibrate()
     TrialTrainer.trial = args.trial
     if args.trial == "bf16":

@@ -205,7 +205,7 @@ class Limits:
 # Where the starter (models/starter.safetensors: scripts/make_examples.py --starter) is the default start of a job:
 # a time budget, on a target of at least STARTER_MIN_SIZE cells, of the starter's shape (the default channels
 # and hidden size). Measured in docs/benchmarks.md, "The starter"; the paper recipe (no budget) never uses it.
-STARTER_MIN_SIZE = 40
+STARTER_MIN_SIZE = 24  # measured at 24 (2-minute budgets) and 40 cells (5 minutes): docs/benchmarks.md
 
 
 def starter_applies(options: Mapping[str, Any]) -> bool:
