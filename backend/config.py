@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     cutout_seconds: float = 10.0  # time limit of a photo's subject cut-out; past it the whole image is used
     max_iterations: int = 20_000
     max_minutes: float = Field(12 * 60, gt=0)  # the longest time budget (`minutes`) a job may ask for
+    # The model a time budget starts from when the request names none (backend.nca.jobspec.starter_applies says
+    # where: measured in docs/benchmarks.md, "The starter"); lineage: the job's start_from. Empty: random weights.
+    starter: str = "example-starter"
     device: str = "auto"  # worker device: auto (cuda if available), cpu, cuda, cuda:N
 
     # Stream service (docs/stream-protocol.md); it plays on `device` too.

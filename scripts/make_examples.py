@@ -41,7 +41,7 @@ from backend.nca.fast import grow  # noqa: E402
 from backend.nca.jobspec import JobSpec  # noqa: E402
 from backend.nca.model import erase_circle, make_seed, to_rgb, to_rgba  # noqa: E402
 from backend.nca.target import load_target  # noqa: E402
-from backend.nca.train import PRESETS, Trainer  # noqa: E402
+from backend.nca.train import PRESETS  # noqa: E402
 
 CANVAS = 512  # drawn large, saved at PNG_SIZE (Lanczos) so edges are anti-aliased
 PNG_SIZE = 128
@@ -149,6 +149,40 @@ def draw_leaf(d: ImageDraw.ImageDraw) -> None:
         d.line(_scaled((x, y, x + 0.16, y - 0.02)), fill=(170, 230, 120, 255), width=int(0.018 * CANVAS))
 
 
+def draw_pebble(d: ImageDraw.ImageDraw) -> None:
+    """The starter's drawing: a round pebble with a dark rim, three coloured bands and two light spots (generic
+    parts: a rim, fills, spots; no gallery subject)."""
+    d.ellipse(_scaled((0.04, 0.06, 0.96, 0.94)), fill=(50, 60, 90, 255))
+    d.ellipse(_scaled((0.09, 0.11, 0.91, 0.89)), fill=(40, 150, 170, 255))
+    d.chord(_scaled((0.09, 0.11, 0.91, 0.89)), 200, 340, fill=(240, 170, 40, 255))
+    d.chord(_scaled((0.09, 0.11, 0.91, 0.89)), 20, 160, fill=(150, 60, 140, 255))
+    for box in ((0.3, 0.42, 0.44, 0.56), (0.56, 0.44, 0.68, 0.56)):
+        d.ellipse(_scaled(box), fill=(245, 240, 225, 255))
+
+
+def draw_fish(d: ImageDraw.ImageDraw) -> None:
+    """Held out of the starter's training: an orange fish with a tail, a fin, stripes and an eye."""
+    d.polygon(_scaled((0.62, 0.5, 0.97, 0.2, 0.97, 0.8)), fill=(200, 80, 20, 255))
+    d.ellipse(_scaled((0.04, 0.22, 0.74, 0.78)), fill=(245, 130, 30, 255))
+    d.polygon(_scaled((0.3, 0.24, 0.5, 0.08, 0.56, 0.28)), fill=(200, 80, 20, 255))
+    for x in (0.34, 0.5):
+        d.rectangle(_scaled((x, 0.26, x + 0.06, 0.74)), fill=(255, 245, 235, 255))
+    d.ellipse(_scaled((0.14, 0.38, 0.24, 0.48)), fill=(20, 20, 40, 255))
+
+
+def draw_house(d: ImageDraw.ImageDraw) -> None:
+    """Held out of the starter's training: a house with a red roof, a blue door and a yellow window."""
+    d.polygon(_scaled((0.02, 0.46, 0.5, 0.04, 0.98, 0.46)), fill=(190, 40, 40, 255))
+    d.rectangle(_scaled((0.12, 0.46, 0.88, 0.96)), fill=(235, 225, 200, 255))
+    d.rectangle(_scaled((0.42, 0.62, 0.6, 0.96)), fill=(40, 80, 170, 255))
+    d.rectangle(_scaled((0.18, 0.56, 0.34, 0.72)), fill=(250, 210, 60, 255))
+    d.rectangle(_scaled((0.66, 0.56, 0.82, 0.72)), fill=(250, 210, 60, 255))
+
+
+# Not shipped as models of their own: the starter's drawing and two targets kept out of its training set.
+OTHER_DRAWINGS: dict[str, Callable[[ImageDraw.ImageDraw], None]] = {
+    "pebble": draw_pebble, "fish": draw_fish, "house": draw_house}
+
 EXAMPLES: dict[str, tuple[Callable[[ImageDraw.ImageDraw], None], int]] = {
     # name: (drawing, training seed)
     "smiley": (draw_smiley, 1),
@@ -164,19 +198,31 @@ EXAMPLES: dict[str, tuple[Callable[[ImageDraw.ImageDraw], None], int]] = {
 
 def draw(name: str, out_dir: Path = ROOT / "models") -> Path:
     img = Image.new("RGBA", (CANVAS, CANVAS), (0, 0, 0, 0))
-    EXAMPLES[name][0](ImageDraw.Draw(img))
+    (OTHER_DRAWINGS[name] if name in OTHER_DRAWINGS else EXAMPLES[name][0])(ImageDraw.Draw(img))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.png"
     img.resize((PNG_SIZE, PNG_SIZE), Image.LANCZOS).save(path, optimize=True)
     return path
 
 
-def train(name: str, minutes: float | None = None, out_dir: Path = ROOT / "models", seed: int | None = None) -> Path:
+def train(name: str, minutes: float | None = None, out_dir: Path = ROOT / "models", seed: int | None = None,
+          continue_with: str | None = None, iterations: int | None = None) -> Path:
+    """Train one example from random weights, or with `continue_with` (a damage: strokes, circle) go on from
+    the shipped models/<name>.safetensors with that damage (same target: its optimizer state too).
+    `iterations` instead of a time budget: a fixed count, with the budget recipe's batch, pool, damaged share
+    and learning-rate drop (at 60 %), so that a loaded machine trains as much as a quiet one."""
     png = draw(name, out_dir)
-    spec = JobSpec.from_options({**RECIPE, "name": name, "seed": EXAMPLES[name][1] if seed is None else seed,
-                                 **({"minutes": minutes} if minutes else {})})
-    config = spec.train
-    trainer = Trainer(load_target(png, spec.target), config, name=name, target_size=TARGET_SIZE, padding=PADDING)
+    init = modelfile.load(ROOT / "models" / f"{name}.safetensors") if continue_with else None
+    options = {**RECIPE, "name": name, "seed": EXAMPLES[name][1] if seed is None else seed,
+               **({"minutes": minutes} if minutes else {})}
+    if continue_with:
+        options.update(damage=continue_with, start_from=f"example-{name}")
+    if iterations:
+        options.pop("minutes")
+        options.update(iterations=iterations, lr_decay_at=round(0.6 * iterations), batch_size=4, pool_size=128,
+                       damage_count=1)
+    spec = JobSpec.from_options(options)
+    trainer = spec.trainer(load_target(png, spec.target), init=init)
     out = out_dir / f"{name}.safetensors"
     log_dir = ROOT / "artifacts" / "examples" if out_dir == ROOT / "models" else out_dir
     log_path = log_dir / f"{name}.csv"
@@ -242,6 +288,9 @@ def main() -> None:
     parser.add_argument("--cards", action="store_true", help="only write the model cards of the shipped models")
     parser.add_argument("--minutes", type=float, help="override the recipe's time budget")
     parser.add_argument("--seed", type=int, help="override the example's training seed")
+    parser.add_argument("--iterations", type=int, help="a fixed number of iterations instead of a time budget")
+    parser.add_argument("--continue-with", choices=["strokes", "circle"],
+                        help="go on training the shipped model with this damage (write to --out-dir)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (one per example in parallel)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "models", help="where to write (default models/)")
     args = parser.parse_args()
@@ -252,7 +301,8 @@ def main() -> None:
         elif args.cards:
             print(write_card(name, args.out_dir))
         else:
-            print(draw(name, args.out_dir) if args.draw_only else train(name, args.minutes, args.out_dir, args.seed))
+            print(draw(name, args.out_dir) if args.draw_only else train(name, args.minutes, args.out_dir, args.seed,
+                                                                         args.continue_with, args.iterations))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from backend.nca.budget import GUESSED_SPEED, PAPER_MINUTES_LIMIT, Speed, estimate
+from backend.nca.budget import GUESSED_SPEED, PAPER_MINUTES_LIMIT, Estimate, Speed, estimate
 from backend.nca.jobspec import JobSpec
 from backend.nca.train import TrainConfig
 from backend.storage.jobs import Job
@@ -35,6 +35,11 @@ class EstimateOut(BaseModel):
     long: bool = Field(description=f"the training takes more than {PAPER_MINUTES_LIMIT:g} minutes")
     paper_seconds: float | None = Field(description="the paper recipe (8000 iterations) on the same target, for "
                                                     "comparison")
+    start_from: str | None = Field(None, description="the model it starts from: the request's start_from, or for a "
+                                                     "time budget the server's starter where it applies (null: "
+                                                     "random weights)")
+    min_seconds: float | None = Field(None, description="with early_stop_patience: the soonest it may finish (the "
+                                                        "loss stalled from the start); else seconds")
 
 
 def speed_of(worker: dict[str, Any]) -> Speed:
@@ -76,7 +81,8 @@ def estimate_job(storage: Storage, spec: JobSpec) -> EstimateOut:
     worker = fastest(workers)
     if worker is None:
         return EstimateOut(seconds=None, iterations=None, plan=None, device=None, speed_source=None, workers=0,
-                           jobs_ahead=len(ahead), wait_seconds=None, long=False, paper_seconds=None)
+                           jobs_ahead=len(ahead), wait_seconds=None, long=False, paper_seconds=None,
+                           start_from=spec.start_from)
     speed = speed_of(worker)
     mine = estimate(spec.train, spec.target.size, spec.target.padding, speed)
     wait = sum(remaining_seconds(job, speed) for job in ahead) / len(workers)
@@ -85,7 +91,18 @@ def estimate_job(storage: Storage, spec: JobSpec) -> EstimateOut:
                        device=str(worker.get("device") or speed.device), speed_source=speed.source,
                        workers=len(workers), jobs_ahead=len(ahead), wait_seconds=round(wait, 1),
                        long=mine.seconds > PAPER_MINUTES_LIMIT * 60,
-                       paper_seconds=round(paper_seconds(spec, speed), 1))
+                       paper_seconds=round(paper_seconds(spec, speed), 1), start_from=spec.start_from,
+                       min_seconds=round(soonest_seconds(spec, mine), 1))
+
+
+def soonest_seconds(spec: JobSpec, mine: Estimate) -> float:
+    """The soonest a job may end: with early_stop_patience, when the loss stalls from its start (that many
+    iterations at full length: an upper bound of their cost); a job started from a model (the starter, a
+    continue) is the likeliest to; without patience, its estimate."""
+    patience = spec.train.early_stop_patience
+    if patience is None:
+        return mine.seconds
+    return min(mine.seconds, patience * mine.iteration_seconds)
 
 
 def default_budget(storage: Storage, spec: JobSpec) -> tuple[str, float | None]:

@@ -26,7 +26,7 @@ from backend.nca.modelfile import ModelFile
 from backend.nca.target import ProcessedTarget, TargetOptions, process_target
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, JobNotFound, is_job_id, new_job_id
-from backend.storage.models import BadReference, CheckpointNotFound, ModelNotFound, parse_reference
+from backend.storage.models import EXAMPLE_PREFIX, BadReference, CheckpointNotFound, ModelNotFound, parse_reference
 from backend.storage.owners import Caller
 from backend.storage.shared import Storage
 
@@ -140,7 +140,18 @@ def limits_of(settings: Settings) -> Limits:
     """This server's limits and defaults for a job spec (backend.nca.jobspec.Limits)."""
     return Limits(max_iterations=settings.max_iterations, max_minutes=settings.max_minutes,
                   max_pool_megabytes=settings.max_pool_megabytes, checkpoint_every=settings.checkpoint_every,
-                  min_checkpoint_every=settings.min_checkpoint_every)
+                  min_checkpoint_every=settings.min_checkpoint_every, starter=starter_of(settings))
+
+
+def starter_of(settings: Settings) -> str | None:
+    """The server's starter (NCA_STARTER) when it is there to start from: a shipped example's file must exist
+    (a deployment without models/ trains from random weights rather than answering 404 to a request that
+    named no model)."""
+    starter = settings.starter.strip()
+    if starter.startswith(EXAMPLE_PREFIX):
+        return starter if (settings.models_dir / f"{starter.removeprefix(EXAMPLE_PREFIX)}.safetensors").is_file() \
+            else None
+    return starter or None
 
 
 def spec_of(raw: dict[str, Any], settings: Settings, default_name: str) -> JobSpec:

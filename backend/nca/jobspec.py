@@ -199,6 +199,21 @@ class Limits:
     max_pool_megabytes: float = math.inf
     checkpoint_every: int | None = None  # this server's default cadence; None: the option's default
     min_checkpoint_every: int = 1  # the server's floor: each checkpoint is ~200 KB written to its storage
+    starter: str | None = None  # the model a time budget starts from where it helps (`starter_applies`); None: never
+
+
+# Where the starter (models/starter.safetensors: scripts/make_examples.py --starter) is the default start of a job:
+# a time budget, on a target of at least STARTER_MIN_SIZE cells, of the starter's shape (the default channels
+# and hidden size). Measured in docs/benchmarks.md, "The starter"; the paper recipe (no budget) never uses it.
+STARTER_MIN_SIZE = 24  # measured at 24 (2-minute budgets) and 40 cells (5 minutes): docs/benchmarks.md
+
+
+def starter_applies(options: Mapping[str, Any]) -> bool:
+    """Whether a request's options (a time budget, no start_from of its own) start from the server's starter."""
+    return (options.get("minutes") is not None and options.get("start_from") is None
+            and options.get("target_size", DEFAULTS["target_size"]) >= STARTER_MIN_SIZE
+            and options.get("channels", DEFAULTS["channels"]) == DEFAULTS["channels"]
+            and options.get("hidden", DEFAULTS["hidden"]) == DEFAULTS["hidden"])
 
 
 def spec_from_request(values: Mapping[str, Any], limits: Limits = Limits(), default_name: str = "image",
@@ -211,11 +226,14 @@ def spec_from_request(values: Mapping[str, Any], limits: Limits = Limits(), defa
     `limits.max_iterations`; options it leaves out follow BUDGET_RECIPE. Without one, `iterations` is at most
     that cap (left out: the default within it). Left out too: the seed (`seed`, or a random one, recorded in
     the job), the checkpoint cadence (the server's) and the name (`default_name`). `key_background=true`
-    (older clients) means background=key. The sample pool must fit `limits.max_pool_megabytes`.
+    (older clients) means background=key. The sample pool must fit `limits.max_pool_megabytes`. A time budget
+    without `start_from` starts from `limits.starter` where `starter_applies` (recorded as its start_from).
     """
     options = {name: value for name, value in values.items() if value is not None}
     if options.pop("key_background", False) and options.setdefault("background", "key") != "key":
         raise SpecError("key_background=true means background=key: send only background", "background")
+    if limits.starter and starter_applies(options):
+        options["start_from"] = limits.starter
     if "minutes" in options:
         if "iterations" in options:
             raise SpecError("send minutes or iterations, not both: with a time budget the iterations are planned "

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from backend.nca import jobspec
-from backend.nca.jobspec import DEFAULTS, OPTIONS, SPEC_VERSION, JobSpec, SpecError
+from backend.nca.jobspec import DEFAULTS, OPTIONS, SPEC_VERSION, JobSpec, Limits, SpecError, spec_from_request
 from backend.nca.options import option_of
 from backend.nca.target import TargetError, TargetOptions
 from backend.nca.train import TrainConfig
@@ -158,3 +158,62 @@ def test_the_paper_preset_is_the_papers_recipe_bit_for_bit() -> None:
         "channels": 16, "hidden": 128, "fire_rate": 0.5, "seed": 0, "checkpoint_every": 100, "minutes": None,
         "early_stop_patience": None, "damage": "circle", "fast": True}
     assert (spec.target.size, spec.target.padding) == (40, 16)
+
+
+def test_a_time_budget_starts_from_the_servers_starter_where_it_applies() -> None:
+    """The starter is the default start of a time budget of the starter's shape on a target of at least
+    STARTER_MIN_SIZE cells, recorded as the job's start_from; a request's own start_from, the paper recipe (no
+    budget), a smaller target, another shape or a server without a starter never get it."""
+    from backend.nca.jobspec import STARTER_MIN_SIZE
+
+    limits = Limits(starter="example-starter")
+    assert spec_from_request({"minutes": 5.0}, limits).start_from == "example-starter"
+    assert spec_from_request({"minutes": 5.0}, Limits()).start_from is None  # no starter configured
+    assert spec_from_request({"minutes": 5.0, "start_from": "example-heart"}, limits).start_from == "example-heart"
+    assert spec_from_request({}, limits).start_from is None  # the paper recipe
+    assert spec_from_request({"iterations": 500}, limits).start_from is None
+    small = {"minutes": 5.0, "target_size": STARTER_MIN_SIZE - 1, "padding": 6}
+    assert spec_from_request(small, limits).start_from is None
+    assert spec_from_request({"minutes": 5.0, "hidden": 64}, limits).start_from is None  # another shape
+
+
+def test_the_paper_preset_stays_the_papers_recipe_with_a_starter_configured() -> None:
+    """A server with a starter trains the paper recipe exactly as before: same spec, random weights of its seed."""
+    import torch
+
+    from backend.nca.model import NCA
+
+    with_starter = spec_from_request({}, Limits(starter="example-starter"), seed=7)
+    assert with_starter == spec_from_request({}, Limits(), seed=7)
+    assert with_starter.start_from is None
+    trainer = with_starter.trainer(torch.zeros(4, 72, 72))
+    torch.manual_seed(7)
+    reference = NCA(16, 128, 0.5)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+
+
+def test_the_shipped_starter_is_of_the_default_shape_and_saw_only_its_own_drawing(tmp_path) -> None:
+    """models/starter.safetensors (benchmarks/starter.py on scripts/make_examples.py's pebble): the shape a
+    default job has (else every budget would be refused), 40 cells as measured, and its target is the pebble,
+    not one of the drawings its benefit was measured on (fish, house)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from backend.nca import modelfile
+    from backend.nca.target import load_target
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "scripts"))
+    from make_examples import draw
+
+    mf = modelfile.load(root / "models" / "starter.safetensors")
+    assert (mf.info.channels, mf.info.hidden) == (DEFAULTS["channels"], DEFAULTS["hidden"])
+    assert (mf.info.target_size, mf.info.padding) == (40, 16) and mf.info.extra["start_from"] == "example-heart"
+    options = TargetOptions(size=40, padding=16)
+    out = tmp_path
+    assert torch.allclose(mf.target, load_target(draw("pebble", out), options), atol=1e-6)
+    for unseen in ("fish", "house"):
+        assert not torch.allclose(mf.target, load_target(draw(unseen, out), options), atol=0.05)

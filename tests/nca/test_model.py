@@ -9,6 +9,7 @@ from backend.nca.model import (
     NCA,
     alive_mask,
     damage_circles,
+    damage_strokes,
     depthwise_filters,
     erase_circle,
     make_seed,
@@ -129,3 +130,13 @@ def test_damage_circles_and_erase():
     x = torch.ones(1, 16, 10, 10)
     erase_circle(x, 5, 5, 2)
     assert x[0, :, 5, 5].sum() == 0 and x[0, :, 5, 8].sum() == 16 and x[0, :, 3, 5].sum() == 0
+
+
+def test_damage_strokes_are_one_to_three_eraser_swipes():
+    """Like a user's eraser: every sample loses something (a stroke through the middle half of the grid), none
+    loses everything."""
+    keep = damage_strokes(256, 36, 36, torch.Generator().manual_seed(0))
+    assert keep.shape == (256, 1, 36, 36) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    erased = 1 - keep[:, :, 6:30, 6:30].mean(dim=(1, 2, 3))  # the pattern's box on the gallery's grid
+    assert (erased > 0).all() and (erased < 1).all()
+    assert erased.median() < 0.5  # most samples keep most of themselves
