@@ -218,7 +218,7 @@ async def _connect_like_the_page(url: str, deadline: float, **kwargs: object) \
     while True:
         await asyncio.sleep(wait)
         try:
-            ws = await websockets.connect(url, compression=None, open_timeout=10, **kwargs)
+            ws = await websockets.connect(url, compression=None, open_timeout=10, close_timeout=1, **kwargs)
             return Viewer(ws), ws
         except (OSError, websockets.InvalidHandshake, TimeoutError):
             assert time.monotonic() < deadline, "could not reconnect through the proxy"
@@ -355,7 +355,7 @@ async def _eager_reconnect(url: str, deadline: float, **kwargs: object) -> Viewe
     """A client that tries again every 0.1 s: what it sees is the proxy's own delay, not a backoff's."""
     while True:
         try:
-            ws = await websockets.connect(url, compression=None, open_timeout=10, **kwargs)
+            ws = await websockets.connect(url, compression=None, open_timeout=10, close_timeout=1, **kwargs)
             return Viewer(ws)
         except (OSError, websockets.InvalidHandshake, TimeoutError):
             assert time.monotonic() < deadline, "could not reconnect through the proxy"

@@ -115,7 +115,7 @@ async def _join(url: str, deadline: float, host_token: str | None = None) -> Vie
     wait = RETRY_MIN
     while True:
         try:
-            ws = await websockets.connect(url, compression=None, open_timeout=10, max_queue=None)
+            ws = await websockets.connect(url, compression=None, open_timeout=10, max_queue=None, close_timeout=1)
             if host_token is not None:
                 await ws.send(json.dumps({"cmd": "host", "token": host_token}))
             return Viewer(ws)

@@ -109,5 +109,8 @@ class Viewer:
 
 @contextlib.asynccontextmanager
 async def watch(url: str, **kwargs: object) -> AsyncIterator[Viewer]:
+    # A test client that stopped reading has frames queued ahead of the server's close frame: without a short
+    # close timeout each such close waits websockets' default 10 s.
+    kwargs.setdefault("close_timeout", 1)
     async with websockets.connect(url, compression=None, **kwargs) as ws:
         yield Viewer(ws)

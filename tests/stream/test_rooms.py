@@ -245,7 +245,7 @@ class contextlib_all:  # noqa: N801 (used like a function)
         self.urls, self.sockets = urls, []
 
     async def __aenter__(self) -> list[Viewer]:
-        self.sockets = [await websockets.connect(u, compression=None) for u in self.urls]
+        self.sockets = [await websockets.connect(u, compression=None, close_timeout=1) for u in self.urls]
         return [Viewer(ws) for ws in self.sockets]
 
     async def __aexit__(self, *_: object) -> None:
