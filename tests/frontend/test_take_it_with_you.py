@@ -171,8 +171,8 @@ def test_watch_shows_the_card_and_the_menu_and_groups_the_models(page, stack, tr
         if stack.example_id:
             assert stack.example_id in by_label["Examples"]
         # The card follows the picture's panel (it loads when scrolled into view): no gap as tall as the sidebar.
-        gap = page.evaluate("() => document.querySelector('.watch-extras').getBoundingClientRect().top"
-                            " - document.querySelector('.watch-layout').firstElementChild.getBoundingClientRect().bottom")
+        gap = page.evaluate("() => document.querySelector('.watch-extras').getBoundingClientRect().top - document"
+                            ".querySelector('.watch-layout').firstElementChild.getBoundingClientRect().bottom")
         assert gap < 40, gap
         expect(page.locator("#watch-card .verdict")).to_contain_text("(trained to regrow).", timeout=60_000)
         expect(page.locator("#play-mode")).to_contain_text("Plays on from the seed")

@@ -16,17 +16,9 @@ from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, to_bytes
 from backend.nca.train import Progress
 from backend.storage.artifacts import ArtifactCorrupt, ArtifactMissing
-from backend.storage.connection import connect
 from backend.storage.jobs import JobStore, job_key, new_job_id
 from backend.storage.tensors import tensor_to_bytes
 from backend.worker.losses import LossHistory
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    client = connect(redis_url)
-    client.flushdb()
-    return client
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import torch
 
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, to_bytes
-from backend.storage.connection import connect
 from backend.storage.jobs import JobStore, new_job_id
 from backend.storage.models import (
     BadReference,
@@ -21,13 +20,6 @@ from backend.storage.models import (
 )
 
 CAP = 6
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    client = connect(redis_url)
-    client.flushdb()
-    return client
 
 
 @pytest.fixture

@@ -26,18 +26,6 @@ from backend.storage.shared import Storage
 from backend.worker.lifecycle import Heartbeat
 
 
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    client = connect(redis_url)
-    client.flushdb()
-    return client
-
-
-@pytest.fixture
-def store(client: redis.Redis, tmp_path: Path) -> JobStore:
-    return JobStore(client, artifacts=artifact_store(str(tmp_path / "artifacts")))
-
-
 def new_job(store: JobStore) -> str:
     job_id = new_job_id()
     store.create(job_id, JobSpec.from_options({"name": "lease", "experiment": "growing", "iterations": 100}),

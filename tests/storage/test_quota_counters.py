@@ -15,7 +15,6 @@ import torch
 
 from backend.nca import JobSpec
 from backend.storage import keys
-from backend.storage.artifacts import artifact_store
 from backend.storage.connection import connect
 from backend.storage.jobs import JobStore, job_key, new_job_id
 from backend.storage.quota import (
@@ -30,18 +29,6 @@ from backend.storage.quota import (
     Reservation,
 )
 from backend.storage.retention import Deletion
-
-
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    client = connect(redis_url)
-    client.flushdb()
-    return client
-
-
-@pytest.fixture
-def store(client: redis.Redis, tmp_path: Path) -> JobStore:
-    return JobStore(client, artifacts=artifact_store(str(tmp_path / "artifacts")))
 
 
 def quota(client: redis.Redis, total: int = 100, per_client: int = 100, per_owner: int = 100) -> JobQuota:
