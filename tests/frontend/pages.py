@@ -78,3 +78,21 @@ def act_as(page, stack, token: str) -> None:
     page.context.add_cookies([{"name": "nca_owner", "value": token, "url": stack.api_url, "httpOnly": True,
                                "sameSite": "Lax"}])
     stack.owner_token = token
+
+
+def trained_job(stack, token: str | None = None, timeout: float = 120, **options: object) -> str:
+    """A tiny job (TINY_TRAINING and `options`) trained to success by the stack's worker, owned by `token`
+    (default: the current test's owner); its id."""
+    import httpx
+
+    from tests.conftest import TINY_TRAINING, png_image, wait_for
+
+    headers = {"X-Owner-Token": token or stack.owner_token}
+    fields = {k: str(v) for k, v in {**TINY_TRAINING, **options}.items()}
+    response = httpx.post(f"{stack.api_url}/api/jobs", data=fields, headers=headers, timeout=30,
+                          files={"image": ("square.png", png_image(), "image/png")})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    wait_for(lambda: httpx.get(f"{stack.api_url}/api/jobs/{job_id}", headers=headers, timeout=10
+                               ).json()["status"] == "succeeded", timeout=timeout, what=f"job {options.get('name')!r}")
+    return job_id

@@ -6,18 +6,12 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.conftest import TINY_TRAINING, png_image, wait_for
-from tests.frontend.pages import open_app, screenshot
+from tests.conftest import wait_for
+from tests.frontend.pages import open_app, screenshot, trained_job
 
 
 def test_continue_and_fork_from_a_job_card(page, stack):
-    fields = {k: str(v) for k, v in {**TINY_TRAINING, "iterations": 40, "name": "source"}.items()}
-    response = stack.http.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10,
-                          files={"image": ("square.png", png_image(), "image/png")})
-    assert response.status_code == 202, response.text
-    source = response.json()["id"]
-    wait_for(lambda: stack.http.get(f"{stack.api_url}/api/jobs/{source}", timeout=10).json()["status"] == "succeeded",
-             timeout=120, what="the source job")
+    source = trained_job(stack, iterations=40, name="source")
     open_app(page, "jobs")
     card = page.locator(f'li.job[data-job-id="{source}"]')
     expect(card.locator('[data-action="continue"]')).to_be_visible()

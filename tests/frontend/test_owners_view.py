@@ -14,9 +14,8 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import TINY_TRAINING, png_image, wait_for
 from tests.frontend.conftest import own_browser
-from tests.frontend.pages import DESKTOP, open_app, screenshot, wait_painted
+from tests.frontend.pages import DESKTOP, open_app, screenshot, trained_job, wait_painted
 
 
 @pytest.fixture
@@ -36,13 +35,7 @@ def second(browser, stack):
 
 def test_owners_share_publish_revoke_delete_and_carry_a_token(page, stack, second):
     a_headers = {"X-Owner-Token": stack.owner_token}
-    fields = {k: str(v) for k, v in {**TINY_TRAINING, "iterations": 20, "name": "alice's square"}.items()}
-    created = httpx.post(f"{stack.api_url}/api/jobs", data=fields, headers=a_headers, timeout=30,
-                         files={"image": ("sq.png", png_image(), "image/png")})
-    assert created.status_code == 202, created.text
-    job_id = created.json()["id"]
-    wait_for(lambda: httpx.get(f"{stack.api_url}/api/jobs/{job_id}", headers=a_headers, timeout=10
-                               ).json()["status"] == "succeeded", timeout=120, what="A's job")
+    job_id = trained_job(stack, iterations=20, name="alice's square")
 
     bob_context = second()
     own_browser(bob_context, stack)

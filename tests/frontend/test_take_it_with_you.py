@@ -13,8 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import TINY_TRAINING, png_image, wait_for
-from tests.frontend.pages import SCREENSHOTS, act_as, ca_step, open_app, screenshot, set_range
+from tests.frontend.pages import SCREENSHOTS, act_as, ca_step, open_app, screenshot, set_range, trained_job
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 ALL_LOADED_JS = """(selector) => {
@@ -32,17 +31,8 @@ def trained_owner(stack) -> str:
 @pytest.fixture(scope="module")
 def trained(stack, trained_owner) -> str:
     """A finished job trained by the stack's worker: far too short to regrow, as it was asked to."""
-    owner = {"X-Owner-Token": trained_owner}
-    fields = {k: str(v) for k, v in {**TINY_TRAINING, "experiment": "regenerating", "batch_size": 4, "iterations": 40,
-                                     "checkpoint_every": 20, "name": "short square"}.items()}
-    response = httpx.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10, headers=owner,
-                          files={"image": ("square.png", png_image(), "image/png")})
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    wait_for(lambda: httpx.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10, headers=owner).json()["status"]
-             == "succeeded",
-             timeout=180, what="the job to finish")
-    return job_id
+    return trained_job(stack, trained_owner, timeout=180, experiment="regenerating", batch_size=4, iterations=40,
+                       checkpoint_every=20, name="short square")
 
 
 def test_a_finished_jobs_card_shows_its_verdict_its_pictures_and_what_to_do(page, stack, trained, trained_owner):

@@ -14,8 +14,7 @@ from playwright.sync_api import expect
 
 from backend.nca.model import NCA
 from backend.nca.modelfile import ModelFile, ModelInfo
-from tests.conftest import TINY_TRAINING, png_image, wait_for
-from tests.frontend.pages import open_app, screenshot, set_range, wait_painted
+from tests.frontend.pages import open_app, screenshot, set_range, trained_job, wait_painted
 from tests.stream.jobs import HEART, TrainingJob, as_checkpoint
 
 
@@ -72,14 +71,7 @@ def test_the_slider_switches_the_canvas_between_checkpoints(page, stack, job):
 
 
 def test_the_job_card_shows_its_checkpoints_grown_and_opens_one(page, stack):
-    fields = {k: str(v) for k, v in {**TINY_TRAINING, "iterations": 60, "checkpoint_every": 10,
-                                     "name": "replay"}.items()}
-    response = stack.http.post(f"{stack.api_url}/api/jobs", data=fields, timeout=10,
-                          files={"image": ("square.png", png_image(), "image/png")})
-    assert response.status_code == 202, response.text
-    job_id = response.json()["id"]
-    wait_for(lambda: stack.http.get(f"{stack.api_url}/api/jobs/{job_id}", timeout=10).json()["status"] == "succeeded",
-             timeout=120, what="the job to finish")
+    job_id = trained_job(stack, iterations=60, checkpoint_every=10, name="replay")
 
     open_app(page, "jobs")
     card = page.locator(f'.job[data-job-id="{job_id}"]')
