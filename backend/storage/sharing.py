@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -148,8 +149,10 @@ class Access:
         """Where the caller's model listing reads, in order (backend.storage.listing): every job (the operator),
         or its own, the ones its share links open, the public gallery; each an index read newest first (the
         share links: their short list), never the whole of one."""
-        if caller.admin:
-            return [("all", IndexSource(self._client, keys.JOBS.pattern))]
-        own: list[tuple[str, Source]] = [("owner", self.owners.index(caller.owner))] if caller.owner else []
-        return [*own, ("shared", ListSource(self.shared_jobs(caller))),
-                ("public", IndexSource(self._client, keys.GALLERY.pattern))]
+        sources: dict[str, Callable[[], Source]] = {
+            "all": lambda: IndexSource(self._client, keys.JOBS.pattern),
+            "owner": lambda: self.owners.index(caller.owner),
+            "shared": lambda: ListSource(self.shared_jobs(caller)),
+            "public": lambda: IndexSource(self._client, keys.GALLERY.pattern),
+        }
+        return [(name, sources[name]()) for name in self.model_phase_names(caller)]
