@@ -26,7 +26,14 @@ from backend.nca.modelfile import ModelFile
 from backend.nca.target import ProcessedTarget, TargetOptions, process_target
 from backend.storage.connection import REDIS_DOWN_ERRORS
 from backend.storage.jobs import Job, JobNotFound, is_job_id, new_job_id
-from backend.storage.models import EXAMPLE_PREFIX, BadReference, CheckpointNotFound, ModelNotFound, parse_reference
+from backend.storage.models import (
+    EXAMPLE_PREFIX,
+    BadReference,
+    CheckpointNotFound,
+    ModelNotFound,
+    example_file,
+    parse_reference,
+)
 from backend.storage.owners import Caller
 from backend.storage.shared import Storage
 
@@ -149,8 +156,10 @@ def starter_of(settings: Settings) -> str | None:
     named no model)."""
     starter = settings.starter.strip()
     if starter.startswith(EXAMPLE_PREFIX):
-        return starter if (settings.models_dir / f"{starter.removeprefix(EXAMPLE_PREFIX)}.safetensors").is_file() \
-            else None
+        try:
+            return starter if example_file(settings.models_dir, starter).is_file() else None
+        except ModelNotFound:
+            return None
     return starter or None
 
 

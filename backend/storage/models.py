@@ -86,6 +86,15 @@ class ModelEntry(BaseModel):
     updated_at: float  # unix seconds
 
 
+def example_file(models_dir: Path, model_id: str) -> Path:
+    """The file of the shipped example `model_id` (`example-<stem>`); ModelNotFound for a stem that is not a
+    plain file name."""
+    stem = model_id.removeprefix(EXAMPLE_PREFIX)
+    if not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):  # NUL: open() raises ValueError
+        raise ModelNotFound(model_id)
+    return models_dir / f"{stem}.safetensors"
+
+
 class ModelCatalog:
     def __init__(self, jobs: JobStore, models_dir: str | Path):
         self.jobs, self.models_dir = jobs, Path(models_dir)
@@ -184,10 +193,7 @@ class ModelCatalog:
             return None
 
     def _example_path(self, model_id: str) -> Path:
-        stem = model_id.removeprefix(EXAMPLE_PREFIX)
-        if not stem or stem.startswith(".") or any(c in stem for c in "/\\\0"):  # NUL: open() raises ValueError
-            raise ModelNotFound(model_id)
-        return self.models_dir / f"{stem}.safetensors"
+        return example_file(self.models_dir, model_id)
 
     def _example_entry(self, path: Path) -> ModelEntry | None:
         """Read only the header; a broken file is left out of the list rather than failing it, and so is
