@@ -569,12 +569,22 @@ class JobStore:
             moved += self.migrate(text(raw).removeprefix(keys.JOB.prefix).removesuffix(":target"))
         return moved
 
-    def _model_digests(self, job_id: str) -> set[str]:
-        """The SHA-256 of every model file the job has (latest and history): its renders' keys name them."""
-        found = {digest} if (digest := self._pointers(job_id, "model_sha256")[0]) else set()
-        for member in self._client.zrange(job_key(job_id, "history"), 0, -1):
-            found |= {digest} if (digest := json.loads(member).get("sha256")) else set()
-        return found
+    def model_digests(self, job_id: str) -> set[str]:
+        """The SHA-256 of every model file the job has (latest and history), as its renders' keys name them:
+        from the record; a file stored before the artifact store (no digest recorded) is read and hashed."""
+        found: set[str] = set()
+        unhashed: list[bytes | None] = []
+        if digest := self._pointers(job_id, "model_sha256")[0]:
+            found.add(digest)
+        else:
+            unhashed.append(self.checkpoint(job_id))
+        for raw in self._client.zrange(job_key(job_id, "history"), 0, -1):
+            member = json.loads(raw)
+            if member.get("sha256"):
+                found.add(member["sha256"])
+            else:
+                unhashed.append(self.history_weights(job_id, member["iteration"]))
+        return found | {sha256(data) for data in unhashed if data}
 
     def _referenced(self, job_id: str) -> set[str] | None:
         """The artifact keys a job's record points at; None when there is no such job."""
@@ -617,7 +627,7 @@ class JobStore:
         swept = 0
         for job_id, old in by_job.items():
             referenced = self._referenced(job_id) or set()
-            live = self._model_digests(job_id) if referenced else set()
+            live = self.model_digests(job_id) if referenced else set()
             unused = [key for key in old if key not in referenced and not _live_render(key, live)]
             self._discard(unused)
             swept += len(unused)

@@ -15,7 +15,7 @@ import torch
 from backend.nca import NCA, JobSpec, ModelFile, ModelInfo
 from backend.nca.modelfile import from_bytes, to_bytes
 from backend.nca.train import Progress
-from backend.storage.artifacts import ArtifactCorrupt, ArtifactMissing
+from backend.storage.artifacts import ArtifactCorrupt, ArtifactMissing, sha256
 from backend.storage.jobs import JobStore, job_key, new_job_id
 from backend.storage.tensors import tensor_to_bytes
 from backend.worker.losses import LossHistory
@@ -137,6 +137,21 @@ def test_jobs_stored_by_the_previous_version_are_read_through_then_moved(store: 
     after = redis_bytes(client, job_id)
     assert after <= 20_000 < before, (before, after)
     assert store.sweep_orphans(grace_seconds=0) == 0  # the moved objects are all pointed at
+
+
+def test_a_jobs_model_digests_are_its_files_sha256_before_and_after_the_move(store: JobStore,
+                                                                           client: redis.Redis) -> None:
+    """What the render cache knows a job's files by (deleting a job forgets them; the sweep keeps their renders):
+    read from the record, or hashed from the blobs of a job not moved yet; the same set either way."""
+    job_id = new_job_id()
+    write_as_previous_version(client, job_id, torch.rand(4, 72, 72))
+    files = [store.checkpoint(job_id), store.history_weights(job_id, 100), store.history_weights(job_id, 200)]
+    expected = {sha256(data) for data in files}
+    assert len(expected) == 3
+    assert store.model_digests(job_id) == expected
+    store.migrate_all()
+    assert store.model_digests(job_id) == expected
+    assert store.model_digests(new_job_id()) == set()
 
 
 def test_a_legacy_job_resumed_by_a_new_worker_drops_its_old_blobs(store: JobStore, client: redis.Redis) -> None:

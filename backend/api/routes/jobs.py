@@ -17,7 +17,6 @@ from backend.storage.shared import Storage
 
 from ..deps import PreviewsDep, RendersDep, SettingsDep, StorageDep, StoreDep
 from ..identity import CallerDep, OwnerDep, managed_job, visible_job
-from ..renders import model_digest
 from ..schemas import CheckpointList, CheckpointOut, ErrorOut, JobAccess, JobList, JobOut
 from ..security import QUOTA_RESPONSES, TOKEN, TOKEN_RESPONSES, job_slot
 from ..submissions import UPLOAD_BODY, UPLOAD_ERRORS, StartNotFound, job_spec, read_upload, submit
@@ -135,17 +134,11 @@ async def delete_job(managed: ManagedDep, storage: StorageDep, previews: Preview
     history, model, share links, cached previews and renders, and the worker's exported file; nothing of any
     other job. Its owner's or the operator's; a job already deleted answers 404."""
     job_id, _ = managed
-    digests = await run_in_threadpool(model_digests, storage.jobs, job_id)
+    digests = await run_in_threadpool(storage.jobs.model_digests, job_id)
     await run_in_threadpool(storage.deletion.delete, job_id)
     previews.forget(job_id)
     renders.forget(digests)
     return Response(status_code=204)
-
-
-def model_digests(store: JobStore, job_id: str) -> set[str]:
-    """The digests the render cache knows the job's model files by: the latest and the history's."""
-    files = [store.checkpoint(job_id), *(store.history_weights(job_id, c.iteration) for c in store.history(job_id))]
-    return {model_digest(data) for data in files if data}
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses={**ERRORS, **TOKEN_RESPONSES},
